@@ -1,0 +1,97 @@
+"""Prometheus metrics exported on the metrics port.
+
+All metric names live here so dashboards, alerts and tests have one place to check against.
+Each process uses the default registry; tests read values through :func:`sample`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+
+# Ingest -------------------------------------------------------------------------------------
+RECORDS_RECEIVED = Counter(
+    "cortex_bridge_records_received", "Records built from accepted input, before queueing.", ["source", "kind"]
+)
+RECORDS_ENQUEUED = Counter(
+    "cortex_bridge_records_enqueued", "Records made durable in the queue (duplicates excluded).", ["source", "kind"]
+)
+RECORDS_DUPLICATE = Counter(
+    "cortex_bridge_records_duplicate", "Records not queued because their id was already known.", ["source", "kind"]
+)
+INPUTS_IGNORED = Counter(
+    "cortex_bridge_inputs_ignored", "Inputs acknowledged without producing records.", ["source", "reason"]
+)
+INPUTS_REJECTED = Counter(
+    "cortex_bridge_inputs_rejected", "Inputs refused with a 4xx/503 answer.", ["source", "status"]
+)
+
+# Queue --------------------------------------------------------------------------------------
+QUEUE_DEPTH = Gauge("cortex_bridge_queue_depth", "Undelivered records in the durable queue.")
+QUEUE_BYTES = Gauge("cortex_bridge_queue_bytes", "Bytes of undelivered records in the durable queue.")
+QUEUE_OLDEST_AGE = Gauge(
+    "cortex_bridge_queue_oldest_age_seconds", "Age of the oldest undelivered record (0 when empty)."
+)
+DEAD_LETTERS = Gauge("cortex_bridge_dead_letters", "Records in the dead-letter set.")
+QUEUE_FULL = Gauge("cortex_bridge_queue_full", "1 while the queue refuses input because it is full.")
+QUEUE_WRITABLE = Gauge("cortex_bridge_queue_writable", "0 while the queue cannot write to disk.")
+QUEUE_COMMIT_SECONDS = Histogram(
+    "cortex_bridge_queue_commit_seconds",
+    "Duration of one group commit (write + fsync).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
+# Delivery -----------------------------------------------------------------------------------
+RECORDS_DELIVERED = Counter("cortex_bridge_records_delivered", "Records stored by Cortex.", ["kind"])
+RECORDS_DEAD_LETTERED = Counter(
+    "cortex_bridge_records_dead_lettered", "Records moved to the dead-letter set.", ["kind", "reason"]
+)
+RECORDS_RETRIED = Counter(
+    "cortex_bridge_records_retried", "Records scheduled for another attempt.", ["kind", "reason"]
+)
+TIME_TO_DELIVER = Histogram(
+    "cortex_bridge_time_to_deliver_seconds",
+    "From receipt to Cortex's 2xx.",
+    ["kind"],
+    buckets=_LATENCY_BUCKETS,
+)
+LAST_DELIVERY = Gauge(
+    "cortex_bridge_last_delivery_timestamp_seconds", "Unix time of the last successful Cortex write."
+)
+AMBIGUOUS_RECONCILED = Counter(
+    "cortex_bridge_ambiguous_reconciled",
+    "Records whose delivery outcome was unknown, by what the read-back found.",
+    ["kind", "outcome"],
+)
+
+# Cortex API ---------------------------------------------------------------------------------
+CORTEX_REQUESTS = Counter(
+    "cortex_bridge_cortex_requests", "Requests sent to Cortex.", ["endpoint", "status"]
+)
+CORTEX_REQUEST_SECONDS = Histogram(
+    "cortex_bridge_cortex_request_duration_seconds",
+    "Duration of Cortex requests.",
+    ["endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CORTEX_AUTH_FAILED = Gauge(
+    "cortex_bridge_cortex_auth_failed", "1 while Cortex rejects the token (401/403); sending is stopped."
+)
+CORTEX_TOKEN_EXPIRY = Gauge(
+    "cortex_bridge_cortex_token_expiry_timestamp_seconds", "The token's JWT exp claim (0 when unknown)."
+)
+RATE_LIMIT_TOKENS = Gauge("cortex_bridge_rate_limit_tokens", "Tokens available in the request bucket.")
+RATE_LIMIT_PAUSES = Counter("cortex_bridge_rate_limit_pauses", "429 answers that paused all sending.")
+RATE_LIMIT_PAUSE_SECONDS = Counter(
+    "cortex_bridge_rate_limit_pause_seconds", "Seconds all sending was paused by Retry-After."
+)
+
+# Process ------------------------------------------------------------------------------------
+READY = Gauge("cortex_bridge_ready", "1 when /readyz answers 200.")
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """Current value of a metric sample in the default registry (0.0 when absent)."""
+    value = REGISTRY.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value

@@ -1,0 +1,234 @@
+"""The normalized record model: the only thing that crosses from sources to the sender.
+
+Four kinds map one-to-one onto Cortex write endpoints (see CONTRACT.md):
+
+* ``deploy``      -> ``POST /api/v1/catalog/{entity}/deploys``
+* ``event``       -> ``POST /api/v1/catalog/{entity}/custom-events``
+* ``metric``      -> ``POST /api/v1/eng-intel/custom-metrics/{key}/entity/{entity}/bulk`` (one point)
+* ``custom_data`` -> ``PUT /api/v1/catalog/custom-data`` (one key of one entity)
+
+Every record has a deterministic ``id``: a source derives it from what identifies the input
+(delivery id, run id, event uid ...) so that a redelivered or replayed input maps to the same id
+and the durable queue stores it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    field_validator,
+)
+
+#: Namespace for record ids (uuid5), fixed forever so ids stay stable across versions.
+RECORD_ID_NAMESPACE = uuid.UUID("6f1c7a52-3a0e-4c55-9a43-1f0d2a8c9b11")
+
+#: Key under which the bridge stores a record's id inside ``customData`` of deploys and events,
+#: so that an ambiguous delivery can be matched exactly when it is read back from Cortex.
+BRIDGE_ID_KEY = "cortexBridgeId"
+
+DeployType = Literal["DEPLOY", "SCALE", "ROLLBACK", "RESTART"]
+RecordKind = Literal["deploy", "event", "metric", "custom_data"]
+
+
+def record_id(*parts: object) -> str:
+    """Deterministic record id from the parts that identify an input (uuid5 of their JSON)."""
+    return str(uuid.uuid5(RECORD_ID_NAMESPACE, json.dumps(parts, sort_keys=True, default=str)))
+
+
+def content_digest(payload: Any) -> str:
+    """Stable digest of a JSON-able payload, for ids of inputs that carry no id of their own."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(ts: datetime) -> str:
+    """UTC with an explicit ``Z``, millisecond precision: the format Cortex round-trips."""
+    ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(value: str | int | float | datetime) -> datetime:
+    """Parse ISO-8601 (``Z`` or offset; naive means UTC) or epoch seconds/milliseconds."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be a string or a number")
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class Provenance(BaseModel):
+    """Where a record came from: which source, which delivery, when it was received."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    delivery_id: str | None = None
+    received_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class Deployer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    email: str | None = None
+
+
+class _RecordBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    entity: str = Field(min_length=1, max_length=512, description="Cortex entity tag or id")
+    provenance: Provenance
+
+    @field_validator("entity")
+    @classmethod
+    def _strip_entity(cls, value: str) -> str:
+        if value != value.strip() or "/" in value:
+            raise ValueError("entity must be a Cortex tag without spaces or '/'")
+        return value
+
+
+#: A timestamp field: accepts ISO-8601 or epoch numbers, always serializes as UTC ``Z``.
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(parse_timestamp), PlainSerializer(format_timestamp, return_type=str)
+]
+
+
+class DeployRecord(_RecordBase):
+    """A deploy of an entity (rollout, rollback, scale or restart)."""
+
+    kind: Literal["deploy"] = "deploy"
+    title: str = Field(min_length=1)
+    timestamp: Timestamp
+    type: DeployType = "DEPLOY"
+    sha: str | None = None
+    environment: str | None = None
+    url: str | None = None
+    deployer: Deployer | None = None
+    custom_data: dict[str, Any] | None = Field(default=None, alias="customData")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class EventRecord(_RecordBase):
+    """A custom event on an entity (failed deploy, crash loop, release ...)."""
+
+    kind: Literal["event"] = "event"
+    type: str = Field(min_length=1)
+    title: str = Field(min_length=1)
+    timestamp: Timestamp
+    description: str | None = None
+    url: str | None = None
+    custom_data: dict[str, Any] | None = Field(default=None, alias="customData")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class MetricRecord(_RecordBase):
+    """One point of a custom metric (Eng Intelligence) for one entity."""
+
+    kind: Literal["metric"] = "metric"
+    key: str = Field(min_length=2, max_length=255, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
+    timestamp: Timestamp
+    value: float = Field(allow_inf_nan=False)
+
+
+class CustomDataRecord(_RecordBase):
+    """One custom-data key of one entity; a later value for the same key overwrites."""
+
+    kind: Literal["custom_data"] = "custom_data"
+    key: str = Field(min_length=1, max_length=255)
+    value: Any
+    description: str | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _value_present(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("value is required (any JSON except null)")
+        return value
+
+
+Record = Annotated[
+    DeployRecord | EventRecord | MetricRecord | CustomDataRecord,
+    Field(discriminator="kind"),
+]
+RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
+
+
+def record_to_json(record: Record) -> str:
+    """Serialize a record for the durable queue."""
+    return record.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def record_from_json(data: str | bytes) -> Record:
+    """Inverse of :func:`record_to_json`."""
+    return RECORD_ADAPTER.validate_json(data)
+
+
+def lane_of(record: Record) -> str:
+    """The batching lane: records in one lane may share one Cortex request."""
+    if isinstance(record, MetricRecord):
+        return f"metric\x1f{record.key}\x1f{record.entity}"
+    if isinstance(record, CustomDataRecord):
+        return "custom_data"
+    return f"{record.kind}\x1f{record.entity}"
+
+
+def cortex_body(record: DeployRecord | EventRecord) -> dict[str, Any]:
+    """Request body for a deploy or custom event, with the bridge id in ``customData``."""
+    custom = dict(record.custom_data or {})
+    custom[BRIDGE_ID_KEY] = record.id
+    body: dict[str, Any] = {
+        "title": record.title,
+        "timestamp": format_timestamp(record.timestamp),
+        "type": record.type,
+    }
+    if isinstance(record, DeployRecord):
+        for field in ("sha", "environment", "url"):
+            value = getattr(record, field)
+            if value is not None:
+                body[field] = value
+        if record.deployer is not None:
+            body["deployer"] = record.deployer.model_dump(exclude_none=True)
+    else:
+        if record.description is not None:
+            body["description"] = record.description
+        if record.url is not None:
+            body["url"] = record.url
+    body["customData"] = custom
+    return body
+
+
+def metric_point(record: MetricRecord) -> dict[str, Any]:
+    return {"timestamp": format_timestamp(record.timestamp), "value": record.value}
+
+
+def custom_data_item(record: CustomDataRecord) -> dict[str, Any]:
+    item: dict[str, Any] = {"key": record.key, "value": record.value}
+    if record.description is not None:
+        item["description"] = record.description
+    return item
