@@ -116,14 +116,14 @@ class Settings(BaseSettings):
         env_prefix="BRIDGE_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
     )
 
-    cortex: CortexSettings = Field(default_factory=CortexSettings)  # type: ignore[arg-type]
-    queue: QueueSettings = Field(default_factory=QueueSettings)  # type: ignore[arg-type]
-    retry: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
-    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    cortex: CortexSettings = Field(default_factory=CortexSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
-    log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
-    drain: DrainSettings = Field(default_factory=DrainSettings)  # type: ignore[arg-type]
+    log: LogSettings = Field(default_factory=LogSettings)
+    drain: DrainSettings = Field(default_factory=DrainSettings)
     sources: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Source adapters (webhooks, kafka, kubernetes); each has `name` and `type`.",

@@ -111,9 +111,15 @@ class _RecordBase(BaseModel):
         return value
 
 
+def _record_timestamp(value: Any) -> datetime:
+    # Millisecond precision, as sent to Cortex, so read-backs compare equal.
+    ts = parse_timestamp(value)
+    return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
+
+
 #: A timestamp field: accepts ISO-8601 or epoch numbers, always serializes as UTC ``Z``.
 Timestamp = Annotated[
-    AwareDatetime, BeforeValidator(parse_timestamp), PlainSerializer(format_timestamp, return_type=str)
+    AwareDatetime, BeforeValidator(_record_timestamp), PlainSerializer(format_timestamp, return_type=str)
 ]
 
 

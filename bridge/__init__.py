@@ -1,0 +1,1 @@
+"""Cortex-bridge: CI/CD, Kafka and Kubernetes events into Cortex, durably and effectively once."""

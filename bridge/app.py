@@ -1,0 +1,231 @@
+"""Wiring: settings -> queue, request budget, Cortex client, sender, sources, HTTP servers.
+
+Also owns the process lifecycle, including the SIGTERM drain contract (docs/operations.md):
+readiness goes false at once, new input gets 503 + Retry-After, sources stop, in-flight Cortex
+requests finish or stay recorded as ambiguous, the queue is checkpointed, exit 0 within the
+deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from bridge import metrics
+from bridge.config import Settings
+from bridge.cortex.catalog import RepositoryCatalog
+from bridge.cortex.client import CortexClient
+from bridge.cortex.token import token_expiry
+from bridge.queue import DurableQueue
+from bridge.sender.bucket import TokenBucket
+from bridge.sender.sender import Sender
+from bridge.sources.admit import error_response
+from bridge.sources.base import Source, SourceContext
+from bridge.sources.native import NativeEndpoint
+from bridge.sources.registry import build_sources
+
+log = structlog.get_logger("bridge.app")
+
+TOKEN_EXPIRY_WARNING_SECONDS = 7 * 86400
+
+
+@dataclass
+class Bridge:
+    """A running bridge: build with :meth:`create`, then :meth:`start` / :meth:`stop`."""
+
+    settings: Settings
+    queue: DurableQueue
+    client: CortexClient
+    sender: Sender
+    sources: list[Source]
+    draining: bool = False
+    started: bool = False
+    ingest_port: int = 0
+    metrics_port: int = 0
+    _runners: list[web.AppRunner] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def create(cls, settings: Settings) -> Bridge:
+        queue = await DurableQueue.open(
+            settings.queue.path,
+            max_records=settings.queue.max_records,
+            max_bytes=settings.queue.max_bytes,
+            history_seconds=settings.queue.delivered_history_seconds,
+        )
+        bucket = TokenBucket(settings.cortex.rate_limit_per_minute, settings.cortex.burst)
+        client = CortexClient(
+            settings.cortex.url,
+            settings.cortex.token_value,
+            bucket,
+            timeout_seconds=settings.cortex.request_timeout_seconds,
+            max_connections=settings.cortex.max_concurrency + 2,
+        )
+        sender = Sender(queue, client, settings.cortex, settings.retry)
+        bridge = cls(settings, queue, client, sender, [])
+        ctx = SourceContext(
+            settings=settings,
+            queue=queue,
+            lookup_repository=RepositoryCatalog(client).lookup,
+            draining=lambda: bridge.draining,
+        )
+        try:
+            bridge.sources = build_sources(settings.sources, ctx)
+        except Exception:
+            await queue.close()
+            await client.close()
+            raise
+        return bridge
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def ingest_app(self) -> web.Application:
+        http = self.settings.http
+        app = web.Application(client_max_size=http.max_body_bytes, middlewares=[self._drain_middleware])
+        native = NativeEndpoint(
+            self.queue,
+            token=self.settings.ingest.token_value(),
+            max_body_bytes=http.max_body_bytes,
+            retry_after=self.settings.queue.retry_after_seconds,
+        )
+        app.router.add_post("/v1/records", native.handle)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        for source in self.sources:
+            app.router.add_routes(source.routes())
+        return app
+
+    @web.middleware
+    async def _drain_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.draining and request.method == "POST":
+            return error_response(503, "bridge is shutting down; retry on another replica", source="drain",
+                                  headers={"Retry-After": str(self.settings.queue.retry_after_seconds)})
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready means: input is accepted and durable, and Cortex accepts our token."""
+        reasons = []
+        if not self.started:
+            reasons.append("starting")
+        if self.draining:
+            reasons.append("draining")
+        if not self.queue.writable:
+            reasons.append("queue cannot write to disk")
+        if self.sender.auth.failed:
+            reasons.append(f"Cortex rejected the token ({self.sender.auth.status})")
+        return not reasons, reasons
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, reasons = self.readiness()
+        metrics.READY.set(1 if ready else 0)
+        return web.json_response({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
+
+    @staticmethod
+    async def _metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def metrics_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve ingest and metrics, start the sender and the sources."""
+        http, met = self.settings.http, self.settings.metrics
+        self.ingest_port = await self._serve(self.ingest_app(), http.host, http.port)
+        self.metrics_port = await self._serve(self.metrics_app(), met.host, met.port)
+        self._check_token_expiry()
+        if self.settings.cortex.verify_token_on_start:
+            resp = await self.sender.verify_token()
+            if resp is not None and resp.status in (401, 403):
+                log.error("cortex_token_invalid_at_start", status=resp.status,
+                          hint="records are accepted and kept until a valid token is configured")
+        await self.sender.start()
+        for source in self.sources:
+            await source.start()
+        self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
+        self.started = True
+        metrics.READY.set(1 if self.readiness()[0] else 0)
+        log.info("bridge_started", ingest_port=self.ingest_port, metrics_port=self.metrics_port,
+                 cortex_url=self.settings.cortex.url, queue=str(self.settings.queue.path),
+                 sources=[s.name for s in self.sources])
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def _check_token_expiry(self) -> None:
+        token = self.settings.cortex.token_value()
+        exp = token_expiry(token) if token else None
+        metrics.CORTEX_TOKEN_EXPIRY.set(exp or 0)
+        if exp is not None:
+            left = exp - time.time()
+            if left <= 0:
+                log.error("cortex_token_expired", expired_seconds_ago=int(-left))
+            elif left < TOKEN_EXPIRY_WARNING_SECONDS:
+                log.warning("cortex_token_expires_soon", expires_in_hours=round(left / 3600, 1))
+
+    async def _maintenance(self) -> None:
+        last_prune = 0.0
+        while True:
+            with contextlib.suppress(Exception):
+                await self.queue.refresh_gauges()
+                metrics.READY.set(1 if self.readiness()[0] else 0)
+                if time.monotonic() - last_prune > 3600:
+                    await self.queue.prune_history()
+                    last_prune = time.monotonic()
+            await asyncio.sleep(5)
+
+    async def stop(self, deadline: float | None = None) -> None:
+        """Drain: refuse input, stop sources, finish or record in-flight sends, close the queue."""
+        deadline = self.settings.drain.deadline_seconds if deadline is None else deadline
+        end = time.monotonic() + deadline
+        self.draining = True
+        metrics.READY.set(0)
+        log.info("drain_started", deadline_seconds=deadline)
+        for source in self.sources:
+            try:
+                await asyncio.wait_for(source.stop(), timeout=max(0.1, (end - time.monotonic()) / 2))
+            except Exception as exc:
+                log.warning("source_stop_failed", source=source.name, error=str(exc))
+        await self.sender.stop(deadline=max(0.1, end - time.monotonic() - 1.0))
+        for task in self._tasks:
+            task.cancel()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        await self.client.close()
+        await self.queue.close()
+        log.info("drain_finished")
+
+
+async def run_until_signal(settings: Settings) -> None:
+    """``cortex-bridge run``: start, wait for SIGTERM/SIGINT, drain, return."""
+    bridge = await Bridge.create(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await bridge.start()
+    await stop.wait()
+    await bridge.stop()

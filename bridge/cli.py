@@ -1,0 +1,290 @@
+"""``cortex-bridge`` command line: run, check-config, sim, demo, queue, dlq, trace.
+
+Every error is one line on stderr and a non-zero exit: 2 for bad usage or configuration,
+1 for a failure while doing the work. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge.config import ConfigError, Settings, load_settings
+from bridge.logs import configure_logging
+
+
+class CliError(Exception):
+    """A failure to report as one line with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def _queue_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "queue", None):
+        return Path(args.queue)
+    return _settings(args).queue.path
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bridge.app import run_until_signal
+    from bridge.queue import QueueUnavailable
+    from bridge.sources.base import SourceConfigError
+
+    settings = _settings(args)
+    configure_logging(settings.log.level, settings.log.format)
+    try:
+        asyncio.run(run_until_signal(settings))
+    except (SourceConfigError, ConfigError) as exc:
+        raise CliError(str(exc), 2) from None
+    except QueueUnavailable as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot start: {exc.strerror or exc}") from None
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from bridge.config import ConfigError as _ConfigError
+    from bridge.queue import DurableQueue
+    from bridge.sources.base import SourceConfigError, SourceContext
+    from bridge.sources.registry import build_sources
+
+    settings = _settings(args)
+    try:
+        token = settings.cortex.token_value()
+        settings.ingest.token_value()
+    except _ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+
+    async def check_sources() -> None:
+        # Sources are built against a throwaway queue so their settings are fully validated.
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            queue = await DurableQueue.open(Path(tmp) / "check.db")
+            try:
+                build_sources(settings.sources, SourceContext(settings=settings, queue=queue))
+            finally:
+                await queue.close()
+
+    try:
+        asyncio.run(check_sources())
+    except SourceConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    summary = settings.model_dump(mode="json")
+    summary["cortex"]["token"] = "(set)" if token else "(not set)"
+    summary["ingest"]["token"] = "(set)" if settings.ingest.token_value() else "(not set)"
+    summary["sources"] = [{"name": s.get("name"), "type": s.get("type")} for s in settings.sources]
+    _print_json(summary)
+    if not token:
+        print("warning: no Cortex token configured (cortex.token or cortex.token_file)", file=sys.stderr)
+    if args.verify:
+        return _verify_token(settings)
+    print("configuration OK", file=sys.stderr)
+    return 0
+
+
+def _verify_token(settings: Settings) -> int:
+    from bridge.cortex.client import CortexClient, NotSent
+    from bridge.sender.bucket import TokenBucket
+
+    async def verify() -> int:
+        bucket = TokenBucket(settings.cortex.rate_limit_per_minute, settings.cortex.burst)
+        async with CortexClient(settings.cortex.url, settings.cortex.token_value, bucket,
+                                timeout_seconds=10) as client:
+            try:
+                resp = await client.verify_token()
+            except Exception as exc:
+                kind = "unreachable" if isinstance(exc, NotSent) else "no answer"
+                raise CliError(f"Cortex at {settings.cortex.url} {kind}: {exc}") from None
+        if resp.status == 401:
+            raise CliError("Cortex rejected the token (401): the API key was not accepted")
+        if not resp.ok:
+            raise CliError(f"Cortex token check failed ({resp.status}): {resp.message()}")
+        print("Cortex accepted the token", file=sys.stderr)
+        return 0
+
+    return asyncio.run(verify())
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from bridge.cortex.simulator import SimulatorConfig, serve
+
+    try:
+        config = SimulatorConfig.from_yaml(args.entities) if args.entities else SimulatorConfig()
+    except Exception as exc:
+        raise CliError(f"cannot load simulator config {args.entities}: {exc}", 2) from None
+    if args.token:
+        config.tokens = list(args.token)
+    if args.rate_limit is not None:
+        config.rate_limit_per_minute = args.rate_limit
+    print(f"Cortex simulator on http://{args.host}:{args.port} (state: /_sim/state)", file=sys.stderr)
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+
+    return asyncio.run(run_demo(serve=args.serve, records=args.records))
+
+
+def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
+    import sqlite3
+
+    from bridge.queue import inspect
+
+    try:
+        conn = inspect.open_file(_queue_path(args))
+    except inspect.QueueFileMissing as exc:
+        raise CliError(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise CliError(f"cannot read queue database: {exc}") from None
+    try:
+        return fn(conn)
+    except sqlite3.DatabaseError as exc:
+        raise CliError(f"queue database error: {exc}") from None
+    finally:
+        conn.close()
+
+
+def cmd_queue_stats(args: argparse.Namespace) -> int:
+    from bridge.queue import inspect
+
+    _print_json(_with_queue(args, inspect.stats))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from bridge.queue import inspect
+
+    if args.dlq_command == "list":
+        _print_json(_with_queue(args, lambda c: inspect.dlq_list(c, limit=args.limit, reason=args.reason)))
+    elif args.dlq_command == "show":
+        entry = _with_queue(args, lambda c: inspect.dlq_show(c, args.id))
+        if entry is None:
+            raise CliError(f"no dead letter with id {args.id}")
+        _print_json(entry)
+    else:
+        if not args.ids and not args.reason and not args.all:
+            raise CliError(f"dlq {args.dlq_command}: give record ids, --reason, or --all", 2)
+        fn = inspect.dlq_replay if args.dlq_command == "replay" else inspect.dlq_purge
+        n = _with_queue(args, lambda c: fn(c, ids=args.ids or None, reason=args.reason))
+        verb = "replayed" if args.dlq_command == "replay" else "purged"
+        print(f"{verb} {n} dead letter(s)")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from bridge.queue import inspect
+
+    found = _with_queue(args, lambda c: inspect.trace(c, args.id))
+    _print_json(found)
+    return 0 if not (len(found) == 1 and found[0].get("status") == "unknown") else 1
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse prints usage + exits 2; keep it to one line
+        raise CliError(f"{self.prog}: {message} (see --help)", 2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cortex-bridge", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--config", "-c", help="YAML config file (default: $BRIDGE_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run the bridge daemon")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate the configuration and print it (secrets hidden)")
+    p.add_argument("--verify", action="store_true", help="also check the Cortex token against the API")
+    p.set_defaults(fn=cmd_check_config)
+
+    p = sub.add_parser("sim", help="run the Cortex API simulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8900)
+    p.add_argument("--entities", help="YAML file with entities, metric_keys, tokens, faults")
+    p.add_argument("--token", action="append", help="accepted bearer token (repeatable)")
+    p.add_argument("--rate-limit", type=int, help="requests per minute (0 = unlimited)")
+    p.set_defaults(fn=cmd_sim)
+
+    p = sub.add_parser("demo", help="run simulator + bridge + sample inputs and print what Cortex received")
+    p.add_argument("--serve", action="store_true", help="keep running and print the URLs")
+    p.add_argument("--records", type=int, default=400, help="how many generated metric points to add")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("queue", help="inspect the durable queue")
+    qsub = p.add_subparsers(dest="queue_command", required=True, parser_class=_Parser)
+    q = qsub.add_parser("stats", help="depth, bytes, oldest age, dead letters")
+    q.add_argument("--queue", help="queue file (default: from the configuration)")
+    q.set_defaults(fn=cmd_queue_stats)
+
+    p = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
+    dsub = p.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
+    d = dsub.add_parser("list", help="most recent dead letters")
+    d.add_argument("--limit", type=int, default=50)
+    d.add_argument("--reason")
+    d.add_argument("--queue")
+    d.set_defaults(fn=cmd_dlq)
+    d = dsub.add_parser("show", help="one dead letter with its record")
+    d.add_argument("id")
+    d.add_argument("--queue")
+    d.set_defaults(fn=cmd_dlq)
+    for name, text in (("replay", "move dead letters back to the queue"), ("purge", "delete dead letters")):
+        d = dsub.add_parser(name, help=text)
+        d.add_argument("ids", nargs="*")
+        d.add_argument("--reason", help="all dead letters with this reason")
+        d.add_argument("--all", action="store_true", help="every dead letter")
+        d.add_argument("--queue")
+        d.set_defaults(fn=cmd_dlq)
+
+    p = sub.add_parser("trace", help="where a record or webhook delivery stands")
+    p.add_argument("id", help="record id or delivery id")
+    p.add_argument("--queue")
+    p.set_defaults(fn=cmd_trace)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.fn(args)
+        return code
+    except CliError as exc:
+        print(f"cortex-bridge: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

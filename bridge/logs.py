@@ -1,0 +1,58 @@
+"""structlog setup: JSON lines with bound context, and no secrets.
+
+Every event passes through :func:`redact`, which masks values under secret-looking keys and
+bearer tokens inside strings, so a careless ``log.info(..., headers=...)`` cannot leak a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"(token|secret|password|authorization|signature|api[_-]?key|sasl)", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+MASK = "***"
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return _BEARER.sub(r"\1" + MASK, value)
+    if isinstance(value, dict):
+        return {k: MASK if _SECRET_KEYS.search(str(k)) else _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v) for v in value]
+    return value
+
+
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask secrets anywhere in the event."""
+    for key in list(event):
+        event[key] = MASK if _SECRET_KEYS.search(key) and key != "event" else _mask(event[key])
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Configure structlog (and stdlib logging of libraries) once per process."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")

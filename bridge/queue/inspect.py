@@ -1,0 +1,150 @@
+"""Operator access to a queue file from another process (``queue stats``, ``dlq``, ``trace``).
+
+Safe while the daemon runs: SQLite serializes writers, reads see committed data only, and
+nothing here touches records that are being sent (replay only moves dead letters back).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from bridge.queue.schema import State, connect
+
+
+class QueueFileMissing(Exception):
+    """No queue database at the given path."""
+
+
+def open_file(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise QueueFileMissing(f"no queue database at {path}")
+    return connect(str(path))
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, Any]:
+    count, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+    head = conn.execute("SELECT received_at FROM records ORDER BY seq LIMIT 1").fetchone()
+    by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
+    by_kind = dict(conn.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
+    dead_by_reason = dict(conn.execute("SELECT reason, COUNT(*) FROM dead GROUP BY reason").fetchall())
+    delivered = conn.execute("SELECT COUNT(*) FROM delivered").fetchone()[0]
+    return {
+        "undelivered": count,
+        "undelivered_bytes": size,
+        "oldest_age_seconds": round(time.time() - head[0], 3) if head else 0.0,
+        "by_state": by_state,
+        "by_kind": by_kind,
+        "dead_letters": sum(dead_by_reason.values()),
+        "dead_by_reason": dead_by_reason,
+        "delivered_history": delivered,
+    }
+
+
+def dlq_list(conn: sqlite3.Connection, *, limit: int = 50, reason: str | None = None) -> list[dict[str, Any]]:
+    sql = "SELECT id, kind, source, reason, status, detail, dead_at, attempts FROM dead"
+    params: list[Any] = []
+    if reason:
+        sql += " WHERE reason = ?"
+        params.append(reason)
+    sql += " ORDER BY dead_at DESC LIMIT ?"
+    params.append(limit)
+    cols = ("id", "kind", "source", "reason", "status", "detail", "dead_at", "attempts")
+    return [dict(zip(cols, row, strict=True)) for row in conn.execute(sql, params)]
+
+
+def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT id, kind, source, reason, status, detail, dead_at, attempts, body FROM dead WHERE id = ?",
+        (record_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    cols = ("id", "kind", "source", "reason", "status", "detail", "dead_at", "attempts")
+    out: dict[str, Any] = dict(zip(cols, row[:-1], strict=True))
+    out["record"] = json.loads(row[-1])
+    return out
+
+
+def _select_dead(ids: list[str] | None, reason: str | None) -> tuple[str, list[Any]]:
+    where, params = [], []
+    if ids:
+        where.append(f"id IN ({','.join('?' * len(ids))})")
+        params.extend(ids)
+    if reason:
+        where.append("reason = ?")
+        params.append(reason)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def dlq_replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None) -> int:
+    """Move dead letters back to the queue as fresh records (attempts reset)."""
+    where, params = _select_dead(ids, reason)
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            f"SELECT id, kind, lane, source, body, size, received_at FROM dead{where}", params
+        ).fetchall()
+        for rid, kind, lane, source, body, size, received_at in rows:
+            conn.execute(
+                "INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
+                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rid, kind, lane, source, body, size, received_at, now, now),
+            )
+            conn.execute("DELETE FROM dead WHERE id = ?", (rid,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(rows)
+
+
+def dlq_purge(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None) -> int:
+    where, params = _select_dead(ids, reason)
+    conn.execute("BEGIN IMMEDIATE")
+    n = conn.execute(f"DELETE FROM dead{where}", params).rowcount
+    conn.execute("COMMIT")
+    return int(n)
+
+
+def trace(conn: sqlite3.Connection, ident: str) -> list[dict[str, Any]]:
+    """Where a record (by record id) or a whole delivery (by delivery id) stands."""
+    ids = [ident]
+    out: list[dict[str, Any]] = []
+    for source, delivery_id, seen_at, record_ids in conn.execute(
+        "SELECT source, delivery_id, seen_at, record_ids FROM deliveries WHERE delivery_id = ?", (ident,)
+    ):
+        out.append({"delivery_id": delivery_id, "source": source, "received_at": seen_at,
+                    "record_ids": json.loads(record_ids)})
+        ids = json.loads(record_ids)
+    for rid in ids:
+        row = conn.execute(
+            "SELECT kind, source, state, attempts, last_error, received_at, next_attempt_at FROM records WHERE id = ?",
+            (rid,),
+        ).fetchone()
+        if row:
+            out.append({"id": rid, "status": "queued", "kind": row[0], "source": row[1],
+                        "state": State(row[2]).name.lower(), "attempts": row[3], "last_error": row[4],
+                        "received_at": row[5], "next_attempt_at": row[6]})
+            continue
+        row = conn.execute(
+            "SELECT kind, entity, source, cortex_uuid, received_at, delivered_at, how FROM delivered WHERE id = ?",
+            (rid,),
+        ).fetchone()
+        if row:
+            out.append({"id": rid, "status": "delivered", "kind": row[0], "entity": row[1], "source": row[2],
+                        "cortex_uuid": row[3], "received_at": row[4], "delivered_at": row[5], "how": row[6]})
+            continue
+        row = conn.execute("SELECT kind, source, reason, status, detail, dead_at FROM dead WHERE id = ?",
+                           (rid,)).fetchone()
+        if row:
+            out.append({"id": rid, "status": "dead_letter", "kind": row[0], "source": row[1], "reason": row[2],
+                        "cortex_status": row[3], "detail": row[4], "dead_at": row[5]})
+            continue
+        if rid != ident or not out:
+            out.append({"id": rid, "status": "unknown"})
+    return out

@@ -1,0 +1,108 @@
+"""SQLite schema of the durable queue, and the record states it tracks.
+
+One database file holds everything that must survive ``kill -9``: undelivered records, the
+dead-letter set, a short history of delivered ids (dedup and ``trace``), seen webhook delivery
+ids, and small key/value state for sources (Kafka offsets are Kafka's; Kubernetes watch state
+lives here).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from enum import IntEnum
+
+
+class State(IntEnum):
+    """Where an undelivered record stands."""
+
+    READY = 0  #: waiting for its ``next_attempt_at``
+    SENDING = 1  #: claimed for a non-idempotent request: if found after a crash, outcome unknown
+    AMBIGUOUS = 2  #: sent, outcome unknown: must be read back from Cortex before any resend
+    CLAIMED = 3  #: claimed for an idempotent request: safe to resend after a crash
+
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    source TEXT NOT NULL,
+    body TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    enqueued_at REAL NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    first_failure_at REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS records_due ON records (state, next_attempt_at, seq);
+CREATE INDEX IF NOT EXISTS records_lane ON records (lane, state, next_attempt_at, seq);
+
+CREATE TABLE IF NOT EXISTS delivered (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    source TEXT NOT NULL,
+    cortex_uuid TEXT,
+    received_at REAL NOT NULL,
+    delivered_at REAL NOT NULL,
+    how TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
+
+CREATE TABLE IF NOT EXISTS dead (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    source TEXT NOT NULL,
+    body TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    status INTEGER,
+    dead_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dead_at ON dead (dead_at);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    source TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    seen_at REAL NOT NULL,
+    record_ids TEXT NOT NULL,
+    PRIMARY KEY (source, delivery_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_seen ON deliveries (seen_at);
+
+CREATE TABLE IF NOT EXISTS source_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open the queue database with the settings durability depends on."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: every commit fsyncs the WAL, so an acknowledged record survives power loss.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.executescript(_DDL)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )
+    return conn

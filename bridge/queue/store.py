@@ -1,0 +1,552 @@
+"""The durable queue: SQLite in WAL mode with group commit.
+
+Every database call runs on one dedicated thread with one connection, so SQLite never sees
+concurrent writers and the event loop never blocks on disk. Producers call :meth:`DurableQueue.append`;
+concurrent appends that arrive while a commit is running are written together in the next
+transaction (one fsync for all of them), and each producer is released only after that
+commit returned. That is what makes a 2xx mean "on disk" without one fsync per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge import metrics
+from bridge.queue import inspect
+from bridge.queue.schema import State, connect
+from bridge.records import Record, lane_of, record_from_json, record_to_json
+
+T = TypeVar("T")
+
+
+class QueueError(Exception):
+    """Base class of queue refusals."""
+
+
+class QueueFull(QueueError):
+    """The queue holds its configured maximum of records or bytes; retry later."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue cannot write to disk (full, read-only, I/O error); nothing was stored."""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append stored."""
+
+    new_ids: list[str]
+    duplicate_ids: list[str]
+    duplicate_delivery: bool = False
+
+
+@dataclass(frozen=True)
+class QueuedRecord:
+    """An undelivered record as the sender sees it."""
+
+    seq: int
+    record: Record
+    attempts: int
+    first_failure_at: float | None
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How many records of one lane may share one claim, by record kind."""
+
+    max_items: dict[str, int]
+    max_bytes: dict[str, int] = field(default_factory=dict)
+    #: kinds whose request is not idempotent: claimed as SENDING so a crash makes them ambiguous
+    ambiguous_kinds: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Submission:
+    rows: Sequence[tuple[str, str, str, str, str, int, float]]
+    delivery: tuple[str, str] | None
+    state_updates: dict[str, str]
+    future: asyncio.Future[AppendResult]
+
+
+class DurableQueue:
+    """SQLite-backed queue of records, dead letters and delivery history."""
+
+    def __init__(self, path: Path, *, max_records: int, max_bytes: int, history_seconds: float) -> None:
+        self.path = path
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.history_seconds = history_seconds
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[_Submission] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._count = 0
+        self._bytes = 0
+        self._reserved_count = 0
+        self._reserved_bytes = 0
+        self.writable = True
+        self._ready_listeners: list[Callable[[], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, max_records: int = 1_000_000, max_bytes: int = 1 << 30, history_seconds: float = 7 * 86400
+    ) -> DurableQueue:
+        """Open (creating if needed) and recover: work that was in flight at a crash is resolved."""
+        queue = cls(path, max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds)
+        await queue._run(queue._open_sync)
+        queue._writer = asyncio.create_task(queue._write_loop(), name="queue-writer")
+        queue._publish_gauges()
+        return queue
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = connect(str(self.path))
+        except sqlite3.DatabaseError as exc:
+            raise QueueUnavailable(f"cannot open queue database {self.path}: {exc}") from exc
+        conn = self._conn
+        with _transaction(conn):
+            # A record claimed for a non-idempotent request may have reached Cortex: read back first.
+            conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.AMBIGUOUS, State.SENDING))
+            conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.READY, State.CLAIMED))
+        self._count, self._bytes = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+
+    async def close(self) -> None:
+        """Flush pending appends, then close the database."""
+        if self._writer is not None:
+            while self._pending:
+                self._wakeup.set()
+                await asyncio.sleep(0.005)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._conn is not None:
+            await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # a failed checkpoint loses nothing: the WAL is replayed on the next open
+        self._conn.close()
+        self._conn = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "queue is closed"
+        return self._conn
+
+    def on_ready(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) whenever new records were committed."""
+        self._ready_listeners.append(callback)
+
+    # -- append (group commit) ---------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return self._count
+
+    @property
+    def is_full(self) -> bool:
+        return self._count >= self.max_records or self._bytes >= self.max_bytes
+
+    async def append(
+        self,
+        records: Sequence[Record],
+        *,
+        delivery: tuple[str, str] | None = None,
+        state_updates: dict[str, str] | None = None,
+    ) -> AppendResult:
+        """Make ``records`` durable; return only after the commit's fsync.
+
+        ``delivery`` = (source, delivery id): if that delivery was seen before, nothing is stored
+        and ``duplicate_delivery`` is set. ``state_updates`` are written in the same transaction
+        (a source's "what I already emitted" memory stays consistent with what is queued).
+        Raises :class:`QueueFull` or :class:`QueueUnavailable`; in both cases nothing is stored.
+        """
+        rows = []
+        size = 0
+        for record in records:
+            body = record_to_json(record)
+            rows.append(
+                (record.id, record.kind, lane_of(record), record.provenance.source, body, len(body),
+                 record.provenance.received_at.timestamp())
+            )
+            size += len(body)
+        if rows and (
+            self._count + self._reserved_count + len(rows) > self.max_records
+            or self._bytes + self._reserved_bytes + size > self.max_bytes
+        ):
+            metrics.QUEUE_FULL.set(1)
+            raise QueueFull(f"queue is full ({self._count} records, {self._bytes} bytes)")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._reserved_count += len(rows)
+        self._reserved_bytes += size
+        self._pending.append(_Submission(rows, delivery, dict(state_updates or {}), future))
+        self._wakeup.set()
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self._reserved_count -= len(rows)
+            self._reserved_bytes -= size
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await self._run(self._write_sync, batch)
+            except sqlite3.Error as exc:
+                self.writable = False
+                metrics.QUEUE_WRITABLE.set(0)
+                err = QueueUnavailable(f"queue cannot write to disk: {exc}")
+                for sub in batch:
+                    if not sub.future.done():
+                        sub.future.set_exception(err)
+                continue
+            metrics.QUEUE_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            self.writable = True
+            metrics.QUEUE_WRITABLE.set(1)
+            any_new = False
+            for sub, result in zip(batch, results, strict=True):
+                any_new = any_new or bool(result.new_ids)
+                if not sub.future.done():
+                    sub.future.set_result(result)
+            self._publish_gauges()
+            if any_new:
+                for callback in self._ready_listeners:
+                    callback()
+
+    def _write_sync(self, batch: list[_Submission]) -> list[AppendResult]:
+        conn = self.conn
+        now = time.time()
+        results: list[AppendResult] = []
+        added_count = 0
+        added_bytes = 0
+        with _transaction(conn):
+            for sub in batch:
+                if sub.delivery is not None:
+                    source, delivery_id = sub.delivery
+                    seen = conn.execute(
+                        "SELECT 1 FROM deliveries WHERE source = ? AND delivery_id = ?", (source, delivery_id)
+                    ).fetchone()
+                    if seen:
+                        results.append(AppendResult([], [r[0] for r in sub.rows], duplicate_delivery=True))
+                        continue
+                    conn.execute(
+                        "INSERT INTO deliveries (source, delivery_id, seen_at, record_ids) VALUES (?, ?, ?, ?)",
+                        (source, delivery_id, now, json.dumps([r[0] for r in sub.rows])),
+                    )
+                ids = [r[0] for r in sub.rows]
+                known = _known_ids(conn, ids)
+                new_ids, dup_ids = [], []
+                for rid, kind, lane, source, body, size, received_at in sub.rows:
+                    if rid in known:
+                        dup_ids.append(rid)
+                        continue
+                    conn.execute(
+                        "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
+                        " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (rid, kind, lane, source, body, size, received_at, now, now),
+                    )
+                    known.add(rid)
+                    new_ids.append(rid)
+                    added_count += 1
+                    added_bytes += size
+                for key, value in sub.state_updates.items():
+                    conn.execute(
+                        "INSERT INTO source_state (key, value, updated_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                        (key, value, now),
+                    )
+                results.append(AppendResult(new_ids, dup_ids))
+        self._count += added_count
+        self._bytes += added_bytes
+        return results
+
+    # -- sender side -------------------------------------------------------------------------
+
+    async def claim(self, policy: BatchPolicy, now: float | None = None) -> list[QueuedRecord]:
+        """Claim the oldest due lane's records, as many as ``policy`` allows for that kind."""
+        return await self._run(self._claim_sync, policy, time.time() if now is None else now)
+
+    def _claim_sync(self, policy: BatchPolicy, now: float) -> list[QueuedRecord]:
+        conn = self.conn
+        with _transaction(conn):
+            head = conn.execute(
+                "SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, seq LIMIT 1",
+                (State.READY, now),
+            ).fetchone()
+            if head is None:
+                return []
+            lane, kind = head
+            limit = policy.max_items.get(kind, 1)
+            rows = conn.execute(
+                "SELECT seq, body, attempts, first_failure_at, enqueued_at, size FROM records"
+                " WHERE lane = ? AND state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
+                (lane, State.READY, now, limit),
+            ).fetchall()
+            byte_cap = policy.max_bytes.get(kind)
+            if byte_cap is not None:
+                kept: list[Any] = []
+                total = 0
+                for row in rows:
+                    if kept and total + row[5] > byte_cap:
+                        break
+                    kept.append(row)
+                    total += row[5]
+                rows = kept
+            state = State.SENDING if kind in policy.ambiguous_kinds else State.CLAIMED
+            conn.executemany(
+                "UPDATE records SET state = ? WHERE seq = ?", [(state, row[0]) for row in rows]
+            )
+        return [QueuedRecord(r[0], record_from_json(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest READY record becomes due (None when there is none)."""
+        return await self._run(self._next_due_sync)
+
+    def _next_due_sync(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM records WHERE state = ?", (State.READY,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def mark_delivered(self, items: Iterable[tuple[int, str | None]], *, how: str = "sent") -> None:
+        """Records (by seq) that Cortex stored, with the uuid it returned where there is one."""
+        await self._run(self._delivered_sync, list(items), how)
+
+    def _delivered_sync(self, items: list[tuple[int, str | None]], how: str) -> None:
+        conn = self.conn
+        now = time.time()
+        removed_bytes = 0
+        removed = 0
+        with _transaction(conn):
+            for seq, cortex_uuid in items:
+                row = conn.execute(
+                    "SELECT id, kind, body, source, received_at, size FROM records WHERE seq = ?", (seq,)
+                ).fetchone()
+                if row is None:
+                    continue
+                rid, kind, body, source, received_at, size = row
+                entity = json.loads(body)["entity"]
+                conn.execute(
+                    "INSERT OR REPLACE INTO delivered (id, kind, entity, source, cortex_uuid, received_at,"
+                    " delivered_at, how) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rid, kind, entity, source, cortex_uuid, received_at, now, how),
+                )
+                conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+                removed += 1
+                removed_bytes += size
+        self._count -= removed
+        self._bytes -= removed_bytes
+
+    async def reschedule(
+        self, seqs: Sequence[int], *, next_attempt_at: float, error: str, count_attempt: bool
+    ) -> None:
+        """Put records back to READY, due at ``next_attempt_at``."""
+        await self._run(self._reschedule_sync, list(seqs), next_attempt_at, error, count_attempt)
+
+    def _reschedule_sync(self, seqs: list[int], due: float, error: str, count_attempt: bool) -> None:
+        now = time.time()
+        with _transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ?,"
+                " attempts = attempts + ?, first_failure_at = COALESCE(first_failure_at, ?) WHERE seq = ?",
+                [(State.READY, due, error[:1000], 1 if count_attempt else 0, now if count_attempt else None, s)
+                 for s in seqs],
+            )
+
+    async def mark_ambiguous(self, seqs: Sequence[int], error: str) -> None:
+        """The request for these records may or may not have been stored by Cortex."""
+        await self._run(self._set_state_sync, list(seqs), State.AMBIGUOUS, error)
+
+    def _set_state_sync(self, seqs: list[int], state: State, error: str) -> None:
+        with _transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE records SET state = ?, last_error = ? WHERE seq = ?", [(state, error[:1000], s) for s in seqs]
+            )
+
+    async def ambiguous(self, limit: int = 1000) -> list[QueuedRecord]:
+        """Records whose outcome is unknown, oldest first (lanes kept together)."""
+        return await self._run(self._ambiguous_sync, limit)
+
+    def _ambiguous_sync(self, limit: int) -> list[QueuedRecord]:
+        rows = self.conn.execute(
+            "SELECT seq, body, attempts, first_failure_at, enqueued_at FROM records WHERE state = ?"
+            " ORDER BY lane, seq LIMIT ?",
+            (State.AMBIGUOUS, limit),
+        ).fetchall()
+        return [QueuedRecord(r[0], record_from_json(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    async def dead_letter(self, seqs: Sequence[int], *, reason: str, detail: str, status: int | None) -> None:
+        """Move records to the dead-letter set: they will not be retried unless replayed."""
+        await self._run(self._dead_sync, list(seqs), reason, detail, status)
+
+    def _dead_sync(self, seqs: list[int], reason: str, detail: str, status: int | None) -> None:
+        conn = self.conn
+        now = time.time()
+        removed = 0
+        removed_bytes = 0
+        with _transaction(conn):
+            for seq in seqs:
+                row = conn.execute(
+                    "SELECT id, kind, lane, source, body, size, received_at, attempts FROM records WHERE seq = ?",
+                    (seq,),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO dead (id, kind, lane, source, body, size, received_at, attempts,"
+                    " reason, detail, status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, reason, detail[:4000], status, now),
+                )
+                conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+                removed += 1
+                removed_bytes += row[5]
+        self._count -= removed
+        self._bytes -= removed_bytes
+
+    async def dead_letter_input(
+        self, records: Sequence[Record], *, reason: str, detail: str
+    ) -> None:
+        """Keep records that can never be sent (e.g. unresolvable entity) in the dead-letter set."""
+        await self.append(records)
+        seqs = await self._run(self._seqs_sync, [r.id for r in records])
+        await self.dead_letter(seqs, reason=reason, detail=detail, status=None)
+
+    def _seqs_sync(self, ids: list[str]) -> list[int]:
+        marks = ",".join("?" * len(ids))
+        return [r[0] for r in self.conn.execute(f"SELECT seq FROM records WHERE id IN ({marks})", ids)]
+
+    # -- maintenance and inspection ----------------------------------------------------------
+
+    async def prune_history(self) -> int:
+        """Forget delivered ids and delivery ids older than the configured history."""
+        return await self._run(self._prune_sync, time.time() - self.history_seconds)
+
+    def _prune_sync(self, cutoff: float) -> int:
+        with _transaction(self.conn):
+            n = self.conn.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,)).rowcount
+            n += self.conn.execute("DELETE FROM deliveries WHERE seen_at < ?", (cutoff,)).rowcount
+        return n
+
+    async def stats(self) -> dict[str, Any]:
+        """Depth, bytes, oldest age, states, kinds, dead letters (see :func:`inspect.stats`)."""
+        return await self._run(self._stats_sync)
+
+    def _stats_sync(self) -> dict[str, Any]:
+        result = inspect.stats(self.conn)
+        # Recount: an operator's `dlq replay` from another process adds records behind our back.
+        self._count, self._bytes = result["undelivered"], result["undelivered_bytes"]
+        return result
+
+    async def refresh_gauges(self) -> dict[str, Any]:
+        result = await self.stats()
+        metrics.QUEUE_OLDEST_AGE.set(result["oldest_age_seconds"])
+        metrics.DEAD_LETTERS.set(result["dead_letters"])
+        self._publish_gauges()
+        return result
+
+    def _publish_gauges(self) -> None:
+        metrics.QUEUE_DEPTH.set(self._count)
+        metrics.QUEUE_BYTES.set(self._bytes)
+        metrics.QUEUE_FULL.set(1 if self.is_full else 0)
+
+    async def get_state(self, key: str) -> str | None:
+        """A source's persisted state value."""
+        return await self._run(self._get_state_sync, key)
+
+    def _get_state_sync(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM source_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def get_states(self, prefix: str) -> dict[str, str]:
+        """All persisted state values whose key starts with ``prefix``."""
+        return await self._run(self._get_states_sync, prefix)
+
+    def _get_states_sync(self, prefix: str) -> dict[str, str]:
+        rows = self.conn.execute(
+            "SELECT key, value FROM source_state WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff")
+        )
+        return {k: v for k, v in rows}
+
+    async def put_state(self, updates: dict[str, str]) -> None:
+        """Persist source state without records (same durability as an append)."""
+        await self.append([], state_updates=updates)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only query for inspection commands (``dlq``, ``trace``)."""
+        return await self._run(lambda: self.conn.execute(sql, params).fetchall())
+
+    async def execute(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` inside one transaction on the database thread, then recount."""
+        def work() -> T:
+            with _transaction(self.conn):
+                result = fn(self.conn)
+            self._count, self._bytes = self.conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+            return result
+        result = await self._run(work)
+        self._publish_gauges()
+        for callback in self._ready_listeners:
+            callback()
+        return result
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is what matters
+
+
+def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """Ids already queued, delivered (within history) or dead-lettered."""
+    if not ids:
+        return set()
+    known: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for table in ("records", "delivered", "dead"):
+            known.update(r[0] for r in conn.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk))
+    return known

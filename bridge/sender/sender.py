@@ -1,0 +1,361 @@
+"""The batching sender: durable queue -> Cortex, under the shared request budget.
+
+Workers take a permit from the bucket *first*, then claim whatever is ready: under backlog a
+claim fills a whole bulk request (100 metric points of one entity × key, custom data up to
+~2 MB), and when idle a short linger lets a burst coalesce. Each outcome is handled per record
+(see :meth:`Sender._handle`); nothing leaves the queue except as delivered or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import backoff
+import structlog
+
+from bridge import metrics
+from bridge.config import CortexSettings, RetrySettings
+from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
+from bridge.queue import BatchPolicy, DurableQueue, QueuedRecord
+from bridge.records import MetricRecord, utc_now
+from bridge.sender.bucket import Permit
+from bridge.sender.reconcile import reconcile_ambiguous
+from bridge.sender.requests import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST, build_request
+
+log = structlog.get_logger("bridge.sender")
+
+#: Cortex silently discards metric points older than 6 months (CONTRACT.md §3.2); a few days'
+#: margin keeps a point that is just inside the window from being lost in transit.
+METRIC_MAX_AGE = timedelta(days=180)
+
+POLICY = BatchPolicy(
+    max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000},
+    max_bytes={"custom_data": CUSTOM_DATA_MAX_BYTES - 100_000},
+    ambiguous_kinds=frozenset({"deploy", "event", "metric"}),
+)
+
+
+def backoff_delay(attempt: int, initial: float, cap: float) -> float:
+    """Full-jitter exponential backoff for the ``attempt``-th retry (1-based)."""
+    schedule = backoff.expo(base=2, factor=initial, max_value=cap)
+    next(schedule)  # the generator's first value is a priming None
+    value = initial
+    for _ in range(max(1, attempt)):
+        value = float(next(schedule))
+    return max(0.05, backoff.full_jitter(value))
+
+
+@dataclass
+class AuthState:
+    """Cortex rejected the token (401/403): sending stops until a re-check succeeds."""
+
+    failed: bool = False
+    status: int = 0
+    message: str = ""
+
+
+class Sender:
+    """Delivers queued records to Cortex; run with :meth:`run`, stop with :meth:`stop`."""
+
+    def __init__(
+        self, queue: DurableQueue, client: CortexClient, cortex: CortexSettings, retry: RetrySettings
+    ) -> None:
+        self.queue = queue
+        self.client = client
+        self.cortex = cortex
+        self.retry = retry
+        self.auth = AuthState()
+        self._auth_ok = asyncio.Event()
+        self._auth_ok.set()
+        self._generation = 0
+        self._work = asyncio.Condition()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._ambiguous_pending = asyncio.Event()
+        self._ambiguous_pending.set()  # recovery: a crash may have left ambiguous records
+        queue.on_ready(self.notify)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New records are ready (called by the queue after each commit)."""
+        self._generation += 1
+
+        async def wake() -> None:
+            async with self._work:
+                self._work.notify_all()
+
+        if self._tasks:
+            asyncio.get_running_loop().create_task(wake())
+
+    async def start(self) -> None:
+        self._stopping = False
+        for i in range(self.cortex.max_concurrency):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"sender-{i}"))
+        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
+        self._tasks.append(asyncio.create_task(self._auth_loop(), name="auth-recheck"))
+
+    async def stop(self, deadline: float = 10.0) -> None:
+        """Stop claiming; let in-flight requests finish within ``deadline`` seconds.
+
+        A request still unanswered at the deadline is cancelled: its records stay SENDING in the
+        database and are read back as ambiguous at the next start, never resent blindly.
+        """
+        self._stopping = True
+        self.notify()
+        end = time.monotonic() + deadline
+        while self._in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- worker ------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        idle = True
+        while not self._stopping:
+            await self._auth_ok.wait()
+            seen = self._generation
+            if idle and self.cortex.linger_ms:
+                await asyncio.sleep(self.cortex.linger_ms / 1000)  # let a burst coalesce
+            permit = await self.client.bucket.acquire()
+            if self._stopping or not self._auth_ok.is_set():
+                permit.cancel()
+                continue
+            batch = await self.queue.claim(POLICY)
+            if not batch:
+                permit.cancel()
+                idle = True
+                await self._wait_for_work(seen)
+                continue
+            idle = False
+            self._in_flight += 1
+            try:
+                await self._send(batch, permit)
+            except Exception:  # never lose the worker; the records stay claimed until restart
+                log.exception("send_failed_unexpectedly", kind=batch[0].record.kind)
+                await self._reschedule(batch, "internal error", count_attempt=True)
+            finally:
+                self._in_flight -= 1
+
+    async def _wait_for_work(self, seen: int) -> None:
+        due = await self.queue.next_due_at()
+        timeout = 5.0 if due is None else min(5.0, max(0.01, due - time.time()))
+        async with self._work:
+            if self._generation != seen:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), timeout)
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def _send(self, batch: list[QueuedRecord], permit: Permit) -> None:
+        batch = await self._drop_too_old(batch)
+        if not batch:
+            permit.cancel()
+            return
+        request = build_request(batch)
+        kind = batch[0].record.kind
+        try:
+            response = await self.client.request(
+                request.method, request.path, endpoint=request.endpoint, body=request.body, permit=permit
+            )
+        except NotSent as exc:
+            await self._retry_later(batch, str(exc))
+            return
+        except Ambiguous as exc:
+            if kind == "custom_data":  # a bulk PUT overwrites: resending is harmless
+                await self._retry_later(batch, str(exc))
+            else:
+                log.warning("delivery_ambiguous", kind=kind, records=len(batch), error=str(exc))
+                await self.queue.mark_ambiguous([q.seq for q in batch], str(exc))
+                self._ambiguous_pending.set()
+            return
+        await self._handle(request.entities, request.superseded, response)
+
+    async def _handle(
+        self, entities: dict[str, list[QueuedRecord]], superseded: list[QueuedRecord], resp: CortexResponse
+    ) -> None:
+        batch = [q for items in entities.values() for q in items] + superseded
+        kind = batch[0].record.kind
+        if resp.ok:
+            errors = resp.body.get("errors") if isinstance(resp.body, dict) and kind == "custom_data" else None
+            missing = {tag for tag, err in (errors or {}).items() if str(err).upper() == "NOT_FOUND"}
+            cortex_uuid = resp.body.get("uuid") if isinstance(resp.body, dict) else None
+            delivered = [q for tag, items in entities.items() if tag not in missing for q in items]
+            delivered += [q for q in superseded if q.record.entity not in missing]
+            if delivered:
+                await self._delivered(delivered, str(cortex_uuid) if cortex_uuid else None)
+            not_found = [q for q in batch if q.record.entity in missing]
+            if not_found:
+                await self._not_found(not_found, f"entity not found in Cortex: {sorted(missing)}")
+            return
+        message = resp.message()
+        if resp.status == 429:
+            # The client paused the bucket; the records go back without using an attempt.
+            await self._reschedule(batch, "rate limited (429)", count_attempt=False)
+        elif resp.status in (401, 403):
+            await self._reschedule(batch, f"Cortex rejected the token ({resp.status})", count_attempt=False)
+            self._auth_failed(resp.status, message)
+        elif resp.status == 404:
+            await self._not_found(batch, message)
+        elif resp.status in (400, 413, 422) or (400 <= resp.status < 500 and resp.status not in (408, 409)):
+            if len(batch) > 1:
+                await self._isolate(batch)
+            else:
+                await self._dead(batch, "rejected", f"Cortex {resp.status}: {message}", resp.status)
+        else:
+            await self._retry_later(batch, f"Cortex {resp.status}: {message}")
+
+    async def _isolate(self, batch: list[QueuedRecord]) -> None:
+        """A bulk request was rejected: send its records one by one to find the bad ones."""
+        for q in batch:
+            request = build_request([q])
+            try:
+                resp = await self.client.request(
+                    request.method, request.path, endpoint=request.endpoint, body=request.body)
+            except NotSent as exc:
+                await self._retry_later([q], str(exc))
+                continue
+            except Ambiguous as exc:
+                await self.queue.mark_ambiguous([q.seq], str(exc))
+                self._ambiguous_pending.set()
+                continue
+            if 400 <= resp.status < 500 and resp.status not in (401, 403, 404, 408, 409, 429):
+                await self._dead([q], "rejected", f"Cortex {resp.status}: {resp.message()}", resp.status)
+            else:
+                await self._handle(request.entities, request.superseded, resp)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    async def _delivered(self, items: Sequence[QueuedRecord], cortex_uuid: str | None) -> None:
+        await self.queue.mark_delivered([(q.seq, cortex_uuid) for q in items])
+        now = utc_now()
+        for q in items:
+            metrics.RECORDS_DELIVERED.labels(q.record.kind).inc()
+            metrics.TIME_TO_DELIVER.labels(q.record.kind).observe(
+                (now - q.record.provenance.received_at).total_seconds())
+        metrics.LAST_DELIVERY.set(time.time())
+        log.debug("delivered", kind=items[0].record.kind, records=len(items), cortex_uuid=cortex_uuid)
+
+    async def _retry_later(self, batch: Sequence[QueuedRecord], error: str) -> None:
+        """5xx, network error or timeout: exponential backoff, dead letter after the max age."""
+        await self._with_max_age(batch, error, self.retry.initial_backoff_seconds, exponential=True)
+
+    async def _not_found(self, batch: Sequence[QueuedRecord], error: str) -> None:
+        """404: the entity or metric key may be created later; retry on a long schedule."""
+        await self._with_max_age(batch, error, self.retry.not_found_retry_seconds, exponential=False)
+
+    async def _with_max_age(
+        self, batch: Sequence[QueuedRecord], error: str, base: float, *, exponential: bool
+    ) -> None:
+        now = time.time()
+        expired = [q for q in batch if q.first_failure_at and now - q.first_failure_at >= self.retry.max_age_seconds]
+        if expired:
+            await self._dead(expired, "max_age", f"still failing after max age: {error}", None)
+        live = [q for q in batch if q not in expired]
+        for q in live:
+            delay = (backoff_delay(q.attempts + 1, base, self.retry.max_backoff_seconds) if exponential
+                     else base)
+            metrics.RECORDS_RETRIED.labels(q.record.kind, "not_found" if not exponential else "error").inc()
+            await self.queue.reschedule([q.seq], next_attempt_at=now + delay, error=error, count_attempt=True)
+        if live:
+            log.info("delivery_retry", kind=live[0].record.kind, records=len(live), error=error)
+
+    async def _reschedule(self, batch: Sequence[QueuedRecord], error: str, *, count_attempt: bool) -> None:
+        await self.queue.reschedule([q.seq for q in batch], next_attempt_at=time.time(), error=error,
+                                    count_attempt=count_attempt)
+
+    async def _dead(self, batch: Sequence[QueuedRecord], reason: str, detail: str, status: int | None) -> None:
+        await self.queue.dead_letter([q.seq for q in batch], reason=reason, detail=detail, status=status)
+        for q in batch:
+            metrics.RECORDS_DEAD_LETTERED.labels(q.record.kind, reason).inc()
+            log.warning("dead_lettered", record_id=q.record.id, kind=q.record.kind, reason=reason, detail=detail)
+
+    async def _drop_too_old(self, batch: list[QueuedRecord]) -> list[QueuedRecord]:
+        cutoff = utc_now() - METRIC_MAX_AGE
+        old = [q for q in batch if isinstance(q.record, MetricRecord) and q.record.timestamp < cutoff]
+        if old:
+            await self._dead(old, "too_old", "metric point older than Cortex's 6-month window "
+                             "(Cortex would answer 200 and discard it)", None)
+        return [q for q in batch if q not in old]
+
+    # -- auth ----------------------------------------------------------------------------------
+
+    def _auth_failed(self, status: int, message: str) -> None:
+        if not self.auth.failed:
+            log.error("cortex_token_rejected", status=status, message=message,
+                      hint="check the Cortex API token and its permissions; sending is paused")
+        self.auth = AuthState(True, status, message)
+        self._auth_ok.clear()
+        metrics.CORTEX_AUTH_FAILED.set(1)
+
+    def _auth_restored(self) -> None:
+        if self.auth.failed:
+            log.info("cortex_token_accepted")
+        self.auth = AuthState()
+        self._auth_ok.set()
+        metrics.CORTEX_AUTH_FAILED.set(0)
+        self.notify()
+
+    async def verify_token(self) -> CortexResponse | None:
+        """Check the token now; update the auth state. None when Cortex could not be reached."""
+        try:
+            resp = await self.client.verify_token()
+        except (NotSent, Ambiguous) as exc:
+            log.warning("cortex_unreachable", error=str(exc))
+            return None
+        if resp.status in (401, 403):
+            self._auth_failed(resp.status, resp.message())
+        elif resp.ok:
+            self._auth_restored()
+        return resp
+
+    async def _auth_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.retry.auth_recheck_seconds)
+            if self.auth.failed:
+                await self.verify_token()
+
+    # -- ambiguity -----------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        delay = 1.0
+        while not self._stopping:
+            await self._ambiguous_pending.wait()
+            await self._auth_ok.wait()
+            self._ambiguous_pending.clear()
+            if not self.cortex.reconcile_ambiguous:
+                await self._resend_ambiguous()
+                continue
+            try:
+                await reconcile_ambiguous(self.queue, self.client)
+            except Exception as exc:
+                log.warning("reconcile_failed", error=str(exc))
+            if await self.queue.ambiguous(limit=1):
+                # Reads failed (Cortex down?): try again later, backing off.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                self._ambiguous_pending.set()
+            else:
+                delay = 1.0
+
+    async def _resend_ambiguous(self) -> None:
+        """Reconciliation disabled: accept possible duplicates and resend."""
+        items = await self.queue.ambiguous()
+        if items:
+            await self._reschedule(items, "ambiguous; resending without read-back", count_attempt=False)

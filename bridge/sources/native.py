@@ -1,0 +1,111 @@
+"""The native record format: ``POST /v1/records`` (and Kafka topics with ``format: native``).
+
+Body: one record object or ``{"records": [...]}``; each has ``kind`` (deploy, event, metric,
+custom_data), ``entity`` and the kind's fields (``key`` for metric and custom_data). An ``id``
+is optional: without one, the id is derived from the record's content, so posting the same
+record twice stores it once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bridge.queue import DurableQueue
+from bridge.records import RECORD_ADAPTER, Record, content_digest, record_id, utc_now
+from bridge.sources.admit import admit, error_response
+
+MAX_RECORDS_PER_REQUEST = 10_000
+
+
+class RecordErrors(Exception):
+    """Some records of an input are invalid; ``errors`` lists each with its index."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} invalid record(s)")
+        self.errors = errors
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("deploy", "event", "metric", "custom_data"))
+        out.append(f"{loc or 'record'}: {err['msg']}")
+    return out
+
+
+def parse_native(
+    payload: Any, *, source: str, delivery_id: str | None = None, received_at: datetime | None = None
+) -> list[Record]:
+    """Validate a native body into records; raise :class:`RecordErrors` if any is invalid."""
+    items = payload.get("records") if isinstance(payload, dict) and "records" in payload else payload
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise RecordErrors([{"index": None, "errors": ["body must be a record object or {\"records\": [...]}"]}])
+    if len(items) > MAX_RECORDS_PER_REQUEST:
+        raise RecordErrors([{"index": None, "errors": [f"at most {MAX_RECORDS_PER_REQUEST} records per request"]}])
+    received = received_at or utc_now()
+    records: list[Record] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append({"index": index, "errors": ["record must be a JSON object"]})
+            continue
+        fields = {k: v for k, v in item.items() if k != "provenance"}
+        if "id" not in fields:
+            fields["id"] = record_id("native", content_digest(fields))
+        fields["provenance"] = {"source": source, "delivery_id": delivery_id, "received_at": received}
+        try:
+            records.append(RECORD_ADAPTER.validate_python(fields))
+        except ValidationError as exc:
+            errors.append({"index": index, "id": item.get("id"), "errors": _describe(exc)})
+    if errors:
+        raise RecordErrors(errors)
+    return records
+
+
+class NativeEndpoint:
+    """``POST /v1/records``: bearer-token check, validation, durable append."""
+
+    name = "native"
+
+    def __init__(self, queue: DurableQueue, *, token: str | None, max_body_bytes: int, retry_after: int) -> None:
+        self.queue = queue
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.retry_after = retry_after
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.token is not None:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {self.token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return error_response(401, "missing or wrong bearer token", source=self.name,
+                                      headers={"WWW-Authenticate": "Bearer"})
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
+        ctype = request.content_type
+        if ctype not in ("application/json", "application/cloudevents+json") and not ctype.endswith("+json"):
+            return error_response(415, "content type must be application/json", source=self.name)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            return error_response(400, f"body is not valid JSON: {exc}", source=self.name)
+        delivery_id = request.headers.get("Idempotency-Key")
+        try:
+            records = parse_native(payload, source=self.name, delivery_id=delivery_id)
+        except RecordErrors as exc:
+            return error_response(400, "invalid records; nothing was stored", source=self.name,
+                                  extra={"errors": exc.errors})
+        return await admit(self.queue, records, source=self.name, delivery_id=delivery_id,
+                           retry_after=self.retry_after)
