@@ -51,10 +51,16 @@ class TokenBucket:
     """Rate limiter shared by every Cortex request of the process (reads and retries too)."""
 
     def __init__(
-        self, rate_per_minute: int, burst: int, *, clock: Callable[[], float] = time.monotonic
+        self,
+        rate_per_minute: int,
+        burst: int,
+        *,
+        window_seconds: float = WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = rate_per_minute
-        self.rate = rate_per_minute / WINDOW_SECONDS
+        self.window = window_seconds
+        self.rate = rate_per_minute / window_seconds
         self.capacity = float(max(1, min(burst, rate_per_minute)))
         self._clock = clock
         self._tokens = self.capacity
@@ -92,12 +98,12 @@ class TokenBucket:
         if now < self._paused_until:
             return self._paused_until - now
         self._refill(now)
-        while self._completed and self._completed[0] <= now - WINDOW_SECONDS:
+        while self._completed and self._completed[0] <= now - self.window:
             self._completed.popleft()
         if len(self._completed) + self._in_flight >= self.limit:
             if not self._completed:
                 return 0.05  # every slot is in flight: a completion will wake us
-            return self._completed[0] + WINDOW_SECONDS - now
+            return self._completed[0] + self.window - now
         if self._tokens < 1:
             return (1 - self._tokens) / self.rate
         return 0.0

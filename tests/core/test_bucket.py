@@ -1,0 +1,71 @@
+"""The request budget: burst, refill, strict sliding window, and 429 pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bridge.sender.bucket import TokenBucket
+
+
+async def _send(bucket: TokenBucket, n: int, latency: float = 0.0) -> list[float]:
+    """Acquire ``n`` permits one after another; return the completion times."""
+    done = []
+    for _ in range(n):
+        permit = await bucket.acquire()
+        if latency:
+            await asyncio.sleep(latency)
+        permit.done()
+        done.append(time.monotonic())
+    return done
+
+
+async def test_burst_then_refill_rate() -> None:
+    bucket = TokenBucket(600, 5, window_seconds=60)  # 10 per second, 5 back to back
+    start = time.monotonic()
+    times = await _send(bucket, 10)
+    assert times[4] - start < 0.1  # the burst leaves at once
+    assert times[9] - start >= 0.45  # the next five wait for refill at 10/s
+
+
+async def test_sliding_window_is_never_exceeded() -> None:
+    # 6 requests per 1 s window; a naive bucket (burst 6 + refill 6/s) would let ~12 through in 1 s.
+    bucket = TokenBucket(6, 6, window_seconds=1.0)
+    start = time.monotonic()
+    times = await _send(bucket, 14, latency=0.01)
+    for i, t in enumerate(times):
+        in_window = [u for u in times[: i + 1] if u > t - 1.0]
+        assert len(in_window) <= 6, f"{len(in_window)} completions within 1 s at {t - start:.2f}"
+    assert times[-1] - start >= 2.0
+
+
+async def test_cancelled_permit_gives_its_token_back() -> None:
+    bucket = TokenBucket(60, 2, window_seconds=60)
+    (await bucket.acquire()).cancel()
+    (await bucket.acquire()).cancel()
+    start = time.monotonic()
+    await _send(bucket, 2)
+    assert time.monotonic() - start < 0.1
+
+
+async def test_pause_stops_every_sender_until_retry_after() -> None:
+    bucket = TokenBucket(6000, 50, window_seconds=60)
+    bucket.pause(0.5)
+    start = time.monotonic()
+    times = await asyncio.gather(*[_send(bucket, 1) for _ in range(5)])
+    assert min(t[0] for t in times) - start >= 0.49
+    assert bucket.paused_for == 0
+
+
+async def test_in_flight_requests_count_against_the_window() -> None:
+    bucket = TokenBucket(3, 3, window_seconds=1.0)
+    held = [await bucket.acquire() for _ in range(3)]
+    waiter = asyncio.create_task(bucket.acquire())
+    await asyncio.sleep(0.2)
+    assert not waiter.done()  # three still in flight: a fourth would exceed the window
+    for permit in held:
+        permit.done()
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # completions now occupy the window for 1 s
+    permit = await asyncio.wait_for(waiter, 2.0)
+    permit.done()

@@ -1,0 +1,156 @@
+"""The durable queue on real SQLite files: group commit, dedupe, capacity, recovery, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.queue import BatchPolicy, DurableQueue, QueueFull, QueueUnavailable, inspect
+from bridge.queue.schema import State
+from bridge.records import Record
+from bridge.sources.native import parse_native
+
+POLICY = BatchPolicy(max_items={"metric": 100, "event": 1, "custom_data": 1000},
+                     ambiguous_kinds=frozenset({"event", "metric"}))
+
+
+def metric(i: int, entity: str = "svc") -> Record:
+    return parse_native({"kind": "metric", "entity": entity, "key": "lead-time", "timestamp": 1_700_000_000 + i,
+                         "value": i}, source="test")[0]
+
+
+def event(i: int) -> Record:
+    return parse_native({"kind": "event", "entity": "svc", "type": "T", "title": f"e{i}",
+                         "timestamp": 1_700_000_000 + i}, source="test")[0]
+
+
+async def open_queue(path: Path, **kw: int) -> DurableQueue:
+    return await DurableQueue.open(path / "q.db", **kw)
+
+
+async def test_concurrent_appends_share_commits_and_all_persist(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    results = await asyncio.gather(*[queue.append([metric(i)]) for i in range(300)])
+    assert all(len(r.new_ids) == 1 for r in results)
+    await queue.close()
+    # A fresh process (new connection) sees every acknowledged record.
+    conn = inspect.open_file(tmp_path / "q.db")
+    assert inspect.stats(conn)["undelivered"] == 300
+
+
+async def test_same_record_id_is_stored_once_even_after_delivery(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    first = await queue.append([metric(1)])
+    again = await queue.append([metric(1)])
+    assert first.new_ids and not again.new_ids and again.duplicate_ids == first.new_ids
+    batch = await queue.claim(POLICY)
+    await queue.mark_delivered([(q.seq, None) for q in batch])
+    after = await queue.append([metric(1)])
+    assert after.duplicate_ids and queue.depth == 0
+    await queue.close()
+
+
+async def test_delivery_id_dedupes_a_redelivered_input(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    first = await queue.append([metric(1), metric(2)], delivery=("github", "d-1"))
+    second = await queue.append([metric(1), metric(2)], delivery=("github", "d-1"))
+    assert len(first.new_ids) == 2 and second.duplicate_delivery
+    assert queue.depth == 2
+    await queue.close()
+
+
+async def test_full_queue_refuses_without_storing_anything(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path, max_records=3)
+    await queue.append([metric(1), metric(2)])
+    with pytest.raises(QueueFull):
+        await queue.append([metric(3), metric(4)])
+    assert queue.depth == 2
+    await queue.append([metric(3)])
+    assert queue.is_full
+    await queue.close()
+
+
+async def test_claim_fills_a_bulk_request_from_one_lane(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await queue.append([metric(i) for i in range(150)] + [metric(i, "other") for i in range(10)])
+    first = await queue.claim(POLICY)
+    second = await queue.claim(POLICY)
+    third = await queue.claim(POLICY)
+    assert [len(first), len(second), len(third)] == [100, 50, 10]
+    assert {q.record.entity for q in third} == {"other"}
+    assert await queue.claim(POLICY) == []
+    await queue.close()
+
+
+async def test_crash_recovery_turns_sending_into_ambiguous(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await queue.append([event(1), event(2)])
+    claimed = await queue.claim(POLICY)  # SENDING: the request may be on the wire
+    assert len(claimed) == 1
+    # Simulate kill -9: abandon the queue without closing it, reopen the file.
+    reopened = await DurableQueue.open(tmp_path / "q.db")
+    ambiguous = await reopened.ambiguous()
+    assert [q.record.id for q in ambiguous] == [claimed[0].record.id]
+    ready = await reopened.claim(POLICY)
+    assert ready and ready[0].record.id != claimed[0].record.id
+    await reopened.close()
+
+
+async def test_dead_letters_keep_reason_and_can_be_replayed(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await queue.append([event(1)])
+    batch = await queue.claim(POLICY)
+    await queue.dead_letter([batch[0].seq], reason="rejected", detail="Cortex 400: bad title", status=400)
+    assert queue.depth == 0
+    conn = inspect.open_file(tmp_path / "q.db")
+    listed = inspect.dlq_list(conn)
+    assert listed[0]["reason"] == "rejected" and listed[0]["status"] == 400
+    assert inspect.dlq_show(conn, batch[0].record.id)["record"]["title"] == "e1"  # type: ignore[index]
+    assert inspect.dlq_replay(conn, reason="rejected") == 1
+    assert (await queue.stats())["undelivered"] == 1  # the daemon recounts what the operator replayed
+    assert inspect.trace(conn, batch[0].record.id)[0]["status"] == "queued"
+    conn.close()
+    await queue.close()
+
+
+async def test_reschedule_counts_attempts_only_when_asked(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await queue.append([event(1)])
+    batch = await queue.claim(POLICY)
+    await queue.reschedule([batch[0].seq], next_attempt_at=0, error="429", count_attempt=False)
+    batch = await queue.claim(POLICY)
+    assert batch[0].attempts == 0 and batch[0].first_failure_at is None
+    await queue.reschedule([batch[0].seq], next_attempt_at=0, error="503", count_attempt=True)
+    batch = await queue.claim(POLICY)
+    assert batch[0].attempts == 1 and batch[0].first_failure_at is not None
+    await queue.close()
+
+
+async def test_disk_full_refuses_input_and_recovers(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await queue.append([metric(0)])
+    # SQLite's own "database or disk is full" condition: cap the file at its current size.
+    pages = queue.conn.execute("PRAGMA page_count").fetchone()[0]
+    queue.conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(QueueUnavailable):
+        await queue.append([metric(i) for i in range(1, 400)])
+    assert not queue.writable
+    assert queue.depth == 1
+    queue.conn.execute("PRAGMA max_page_count=1073741823")
+    await queue.append([metric(500)])
+    assert queue.writable and queue.depth == 2
+    await queue.close()
+    conn = sqlite3.connect(tmp_path / "q.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT COUNT(*) FROM records WHERE state = ?", (State.READY,)).fetchone()[0] == 2
+
+
+async def test_source_state_is_written_with_records(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await queue.append([metric(1)], state_updates={"k8s/event/uid-1": "3"})
+    await queue.put_state({"k8s/event/uid-2": "1"})
+    assert await queue.get_states("k8s/event/") == {"k8s/event/uid-1": "3", "k8s/event/uid-2": "1"}
+    await queue.close()

@@ -1,0 +1,89 @@
+"""The normalized model: validation, timestamps, deterministic ids, request bodies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from bridge.records import (
+    BRIDGE_ID_KEY,
+    RECORD_ADAPTER,
+    DeployRecord,
+    cortex_body,
+    format_timestamp,
+    lane_of,
+    parse_timestamp,
+    record_from_json,
+    record_id,
+    record_to_json,
+)
+
+PROV = {"source": "test"}
+
+
+def test_timestamps_are_sent_as_utc_with_z() -> None:
+    ts = datetime(2026, 7, 13, 20, 26, 52, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert format_timestamp(ts) == "2026-07-13T18:26:52.123Z"
+    rec = DeployRecord(id="a", entity="svc", provenance=PROV, title="t", timestamp="2026-07-13T18:26:52+02:00")
+    assert cortex_body(rec)["timestamp"] == "2026-07-13T16:26:52.000Z"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-01-02T03:04:05Z", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("2026-01-02T03:04:05", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        (1767323045, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        (1767323045000, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    ],
+)
+def test_timestamp_inputs(raw: object, expected: datetime) -> None:
+    assert parse_timestamp(raw) == expected  # type: ignore[arg-type]
+
+
+def test_invalid_records_are_rejected_with_field_names() -> None:
+    with pytest.raises(ValidationError) as info:
+        RECORD_ADAPTER.validate_python(
+            {"kind": "deploy", "id": "x", "entity": "svc", "provenance": PROV, "title": "t",
+             "timestamp": "2026-01-01T00:00:00Z", "type": "UPGRADE"})
+    assert "type" in str(info.value)
+    with pytest.raises(ValidationError):
+        RECORD_ADAPTER.validate_python(
+            {"kind": "metric", "id": "x", "entity": "svc", "provenance": PROV, "key": "k-1",
+             "timestamp": "2026-01-01T00:00:00Z", "value": float("nan")})
+    with pytest.raises(ValidationError):
+        RECORD_ADAPTER.validate_python(
+            {"kind": "custom_data", "id": "x", "entity": "a/b", "provenance": PROV, "key": "k", "value": 1})
+
+
+def test_record_ids_are_deterministic_and_distinct() -> None:
+    assert record_id("github", "deploy", 42, "prod") == record_id("github", "deploy", 42, "prod")
+    assert record_id("github", "deploy", 42, "prod") != record_id("github", "deploy", 42, "staging")
+
+
+def test_json_round_trip_keeps_every_field() -> None:
+    rec = RECORD_ADAPTER.validate_python(
+        {"kind": "deploy", "id": "r1", "entity": "svc", "provenance": PROV, "title": "t",
+         "timestamp": "2026-01-01T00:00:00Z", "sha": "abc", "customData": {"n": 1},
+         "deployer": {"name": "a", "email": "a@example.com"}})
+    assert record_from_json(record_to_json(rec)) == rec
+
+
+def test_deploy_body_carries_bridge_id_without_touching_user_custom_data() -> None:
+    rec = DeployRecord(id="r2", entity="svc", provenance=PROV, title="t", timestamp="2026-01-01T00:00:00Z",
+                       customData={"branch": "main"})
+    body = cortex_body(rec)
+    assert body["customData"] == {"branch": "main", BRIDGE_ID_KEY: "r2"}
+    assert rec.custom_data == {"branch": "main"}
+
+
+def test_lanes_group_what_can_share_a_request() -> None:
+    a = RECORD_ADAPTER.validate_python({"kind": "metric", "id": "1", "entity": "svc", "provenance": PROV,
+                                        "key": "lead-time", "timestamp": 0, "value": 1})
+    b = RECORD_ADAPTER.validate_python({"kind": "metric", "id": "2", "entity": "svc", "provenance": PROV,
+                                        "key": "lead-time", "timestamp": 1, "value": 2})
+    c = RECORD_ADAPTER.validate_python({"kind": "metric", "id": "3", "entity": "other", "provenance": PROV,
+                                        "key": "lead-time", "timestamp": 1, "value": 2})
+    assert lane_of(a) == lane_of(b) != lane_of(c)
