@@ -22,6 +22,7 @@ import aiohttp
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimulatorConfig, SimulatorServer
+from bridge.logs import configure_logging
 from bridge.records import format_timestamp, utc_now
 
 KINDS = ("deploy", "event", "metric", "custom_data")
@@ -78,6 +79,7 @@ def _summary(sent: Counter[str], stored: dict[str, Any], requests: list[dict[str
 
 
 async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 60.0) -> int:
+    configure_logging("warning", "console")
     example = resources.files("bridge.cortex").joinpath("sim_example.yaml")
     config = SimulatorConfig.from_yaml(Path(str(example)))
     entities = [e.tag for e in config.entities]
@@ -111,7 +113,7 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
                 print(f"Cortex simulator: {sim.url}   bridge ingest: http://127.0.0.1:{bridge.ingest_port}"
                       f"   metrics: http://127.0.0.1:{bridge.metrics_port}/metrics\n")
                 dead = Counter({k: n for k, n in await _dead_by_kind(bridge)})
-                print(_summary(sent, sim.store.snapshot(), sim.store.request_log(), dead))
+                print(_summary(sent, sim.store.snapshot(), list(sim.store.requests), dead))
                 if dead:
                     print("\nDead letters are kept with their reason: `cortex-bridge dlq list` shows them "
                           "(here: a metric point older than Cortex's 6-month window).")

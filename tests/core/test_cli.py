@@ -1,0 +1,100 @@
+"""The command line as an operator uses it: real processes, real queue files, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.queue import BatchPolicy, DurableQueue
+from bridge.sources.native import parse_native
+
+SUBCOMMANDS = [[], ["run"], ["check-config"], ["sim"], ["demo"], ["queue", "stats"], ["dlq", "list"],
+               ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["trace"]]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS, ids=lambda s: " ".join(s) or "top")
+def test_every_command_has_help(sub: list[str]) -> None:
+    result = cli(*sub, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["frobnicate"], "invalid choice"),
+        (["--config", "/nonexistent.yaml", "check-config"], "cannot read config file"),
+        (["queue", "stats", "--queue", "/nonexistent/q.db"], "no queue database"),
+        (["dlq", "purge", "--queue", "/nonexistent/q.db"], "give record ids"),
+    ],
+)
+def test_errors_are_one_line_with_nonzero_exit(args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_config_validates_and_never_prints_secrets(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cortex:\n  rate_limit_per_minute: -5\n")
+    result = cli("--config", str(bad), "check-config")
+    assert result.returncode == 2 and "cortex.rate_limit_per_minute" in result.stderr
+    secret_file = tmp_path / "token"
+    secret_file.write_text("eyJhbGciOiJIUzI1NiJ9.c3VwZXItc2VjcmV0.sig\n")
+    good = tmp_path / "good.yaml"
+    good.write_text(f"cortex:\n  token_file: {secret_file}\ningest:\n  token: hunter2-ingest\n")
+    env = {"BRIDGE_CORTEX__RATE_LIMIT_PER_MINUTE": "500", "PATH": "/usr/bin:/bin"}
+    result = cli("--config", str(good), "check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["cortex"]["rate_limit_per_minute"] == 500  # the environment overrides the file
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "c3VwZXItc2VjcmV0" not in result.stdout + result.stderr
+
+
+def test_queue_and_dlq_commands_on_a_real_queue_file(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+
+    async def prepare() -> list[str]:
+        queue = await DurableQueue.open(path)
+        records = parse_native({"records": [
+            {"kind": "event", "entity": "svc", "type": "T", "title": "bad", "timestamp": 0},
+            {"kind": "event", "entity": "svc", "type": "T", "title": "fine", "timestamp": 1}]}, source="test")
+        await queue.append(records)
+        batch = await queue.claim(BatchPolicy(max_items={"event": 1}))
+        await queue.dead_letter([batch[0].seq], reason="rejected", detail="Cortex 400: title", status=400)
+        await queue.close()
+        return [r.id for r in records]
+
+    dead_id, queued_id = asyncio.run(prepare())
+    stats = json.loads(cli("queue", "stats", "--queue", str(path)).stdout)
+    assert stats["undelivered"] == 1 and stats["dead_letters"] == 1
+    listed = json.loads(cli("dlq", "list", "--queue", str(path)).stdout)
+    assert [e["id"] for e in listed] == [dead_id]
+    shown = json.loads(cli("dlq", "show", dead_id, "--queue", str(path)).stdout)
+    assert shown["record"]["title"] == "bad" and shown["status"] == 400
+    assert json.loads(cli("trace", queued_id, "--queue", str(path)).stdout)[0]["status"] == "queued"
+    assert cli("trace", "no-such-id", "--queue", str(path)).returncode == 1
+    assert "replayed 1" in cli("dlq", "replay", dead_id, "--queue", str(path)).stdout
+    assert json.loads(cli("queue", "stats", "--queue", str(path)).stdout)["undelivered"] == 2
+    assert "purged 0" in cli("dlq", "purge", "--all", "--queue", str(path)).stdout
+
+
+def test_demo_runs_the_whole_path_and_exits_zero() -> None:
+    result = cli("demo", "--records", "120")
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    assert "in Cortex" in table
+    metric_row = next(line for line in table.splitlines() if line.startswith("metric"))
+    sent, stored, _requests, dead = (int(x) for x in metric_row.split()[1:])
+    assert (sent, stored, dead) == (121, 120, 1)
