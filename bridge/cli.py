@@ -139,6 +139,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
         config.tokens = list(args.token)
     if args.rate_limit is not None:
         config.rate_limit_per_minute = args.rate_limit
+    faults = {name: getattr(args, name) for name in _SIM_FAULTS if getattr(args, name) is not None}
+    if faults:
+        try:
+            config.faults = config.faults.model_validate({**config.faults.model_dump(), **faults})
+        except ValueError as exc:
+            raise CliError(f"invalid simulator fault: {exc}".splitlines()[0], 2) from None
     print(f"Cortex simulator on http://{args.host}:{args.port} (state: /_sim/state)", file=sys.stderr)
     try:
         asyncio.run(serve(config, args.host, args.port))
@@ -147,6 +153,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
+
+
+_SIM_FAULTS = {
+    "latency_ms": (float, "added latency of every API answer"),
+    "error_rate": (float, "fraction of API requests answered 503"),
+    "drop_after_commit_every": (int, "every Nth write is stored, then its connection dropped unanswered"),
+    "force_429_every": (int, "every Nth API request is answered 429"),
+    "retry_after_seconds": (int, "Retry-After of the simulator's 429s"),
+}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -235,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entities", help="YAML file with entities, metric_keys, tokens, faults")
     p.add_argument("--token", action="append", help="accepted bearer token (repeatable)")
     p.add_argument("--rate-limit", type=int, help="requests per minute (0 = unlimited)")
+    for name, (kind, text) in _SIM_FAULTS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=f"fault: {text}")
     p.set_defaults(fn=cmd_sim)
 
     p = sub.add_parser("demo", help="run simulator + bridge + sample inputs and print what Cortex received")

@@ -98,3 +98,34 @@ def test_demo_runs_the_whole_path_and_exits_zero() -> None:
     metric_row = next(line for line in table.splitlines() if line.startswith("metric"))
     sent, stored, _requests, dead = (int(x) for x in metric_row.split()[1:])
     assert (sent, stored, dead) == (121, 120, 1)
+
+
+def test_sim_command_serves_with_faults_from_flags(tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "sim", "--port", str(port),
+                             "--entities", "bridge/cortex/sim_example.yaml", "--error-rate", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/_sim/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        request = urllib.request.Request(f"{url}/api/v1/catalog?pageSize=1",
+                                         headers={"Authorization": "Bearer sim-token"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert cli("sim", "--error-rate", "7").returncode == 2
