@@ -43,9 +43,9 @@ QUEUE_COMMIT_SECONDS = Histogram(
 )
 
 # Delivery -----------------------------------------------------------------------------------
-RECORDS_DELIVERED = Counter("cortex_bridge_records_delivered", "Records stored by Cortex.", ["kind"])
+RECORDS_DELIVERED = Counter("cortex_bridge_records_delivered", "Records stored by Cortex.", ["source", "kind"])
 RECORDS_DEAD_LETTERED = Counter(
-    "cortex_bridge_records_dead_lettered", "Records moved to the dead-letter set.", ["kind", "reason"]
+    "cortex_bridge_records_dead_lettered", "Records moved to the dead-letter set.", ["source", "kind", "reason"]
 )
 RECORDS_RETRIED = Counter(
     "cortex_bridge_records_retried", "Records scheduled for another attempt.", ["kind", "reason"]

@@ -62,7 +62,9 @@ async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> int:
         if present:
             await queue.mark_delivered(present, how="reconciled")
             metrics.AMBIGUOUS_RECONCILED.labels(kind, "found").inc(len(present))
-            metrics.RECORDS_DELIVERED.labels(kind).inc(len(present))
+            for q in items:
+                if q.seq in found:
+                    metrics.RECORDS_DELIVERED.labels(q.record.provenance.source, kind).inc()
         if missing:
             await queue.reschedule(missing, next_attempt_at=time.time(), error="not stored; resending",
                                    count_attempt=False)

@@ -146,11 +146,28 @@ class Sender:
             self._in_flight += 1
             try:
                 await self._send(batch, permit)
-            except Exception:  # never lose the worker; the records stay claimed until restart
-                log.exception("send_failed_unexpectedly", kind=batch[0].record.kind)
-                await self._reschedule(batch, "internal error", count_attempt=True)
+            except Exception as exc:  # never lose the worker
+                await self._recover(batch, exc)
             finally:
                 self._in_flight -= 1
+
+    async def _recover(self, batch: list[QueuedRecord], exc: Exception) -> None:
+        """An unexpected error (e.g. the disk failed while recording an outcome).
+
+        The request may have been sent, so a non-idempotent batch becomes ambiguous rather than
+        ready. If even that cannot be written, the records stay SENDING in the database and are
+        read back as ambiguous at the next start.
+        """
+        kind = batch[0].record.kind
+        log.error("send_failed_unexpectedly", kind=kind, records=len(batch), error=repr(exc))
+        try:
+            if kind in POLICY.ambiguous_kinds:
+                await self.queue.mark_ambiguous([q.seq for q in batch], f"internal error: {exc!r}")
+                self._ambiguous_pending.set()
+            else:
+                await self._reschedule(batch, f"internal error: {exc!r}", count_attempt=True)
+        except Exception as again:
+            log.error("outcome_not_recorded", kind=kind, records=len(batch), error=repr(again))
 
     async def _wait_for_work(self, seen: int) -> None:
         due = await self.queue.next_due_at()
@@ -246,7 +263,7 @@ class Sender:
         await self.queue.mark_delivered([(q.seq, cortex_uuid) for q in items])
         now = utc_now()
         for q in items:
-            metrics.RECORDS_DELIVERED.labels(q.record.kind).inc()
+            metrics.RECORDS_DELIVERED.labels(q.record.provenance.source, q.record.kind).inc()
             metrics.TIME_TO_DELIVER.labels(q.record.kind).observe(
                 (now - q.record.provenance.received_at).total_seconds())
         metrics.LAST_DELIVERY.set(time.time())
@@ -283,7 +300,7 @@ class Sender:
     async def _dead(self, batch: Sequence[QueuedRecord], reason: str, detail: str, status: int | None) -> None:
         await self.queue.dead_letter([q.seq for q in batch], reason=reason, detail=detail, status=status)
         for q in batch:
-            metrics.RECORDS_DEAD_LETTERED.labels(q.record.kind, reason).inc()
+            metrics.RECORDS_DEAD_LETTERED.labels(q.record.provenance.source, q.record.kind, reason).inc()
             log.warning("dead_lettered", record_id=q.record.id, kind=q.record.kind, reason=reason, detail=detail)
 
     async def _drop_too_old(self, batch: list[QueuedRecord]) -> list[QueuedRecord]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from bridge.app import Bridge
 from bridge.cortex.simulator import SimEntity, SimFaults, SimulatorServer
+from bridge.metrics import sample
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY, format_timestamp, utc_now
 from tests.conftest import BridgeFactory, post_records, sim_config, sim_requests, sim_state, wait_until
@@ -42,6 +43,9 @@ def queue_conn(bridge: Bridge) -> Any:
 async def test_deploys_events_points_and_custom_data_are_delivered(sim: SimulatorServer,
                                                                    make_bridge: BridgeFactory) -> None:
     bridge = await make_bridge(sim)
+    delivered_before = sample("cortex_bridge_records_delivered_total", {"source": "native", "kind": "metric"})
+    requests_before = sample("cortex_bridge_cortex_requests_total",
+                             {"endpoint": "custom_metrics.bulk", "status": "200"})
     records = [deploy(1), event(2)] + [point(i) for i in range(250)] + [
         {"kind": "custom_data", "entity": "payments-api", "key": "tier", "value": 1},
         {"kind": "custom_data", "entity": "inventory", "key": "owner", "value": {"team": "core"}}]
@@ -57,6 +61,10 @@ async def test_deploys_events_points_and_custom_data_are_delivered(sim: Simulato
     assert len([r for r in writes if r["path"] == "/api/v1/catalog/custom-data"]) == 1
     trace = inspect.trace(queue_conn(bridge), body["ids"][0])
     assert trace[0]["status"] == "delivered" and trace[0]["cortex_uuid"] == stored["uuid"]
+    assert sample("cortex_bridge_records_delivered_total", {"source": "native", "kind": "metric"}) \
+        - delivered_before == 250
+    assert sample("cortex_bridge_cortex_requests_total",
+                  {"endpoint": "custom_metrics.bulk", "status": "200"}) - requests_before == 3
 
 
 async def test_429_pauses_all_sending_and_costs_no_attempt(make_bridge: BridgeFactory) -> None:
