@@ -26,7 +26,15 @@ METRIC_MAX_AGE = timedelta(days=183)
 #: How many requests ``/_sim/requests`` remembers; bounds memory of a long-running ``sim``.
 REQUEST_LOG_LIMIT = 1_000_000
 
-_ERROR_TYPES = {400: "BAD_REQUEST", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT"}
+# ErrorResponse.type by status; the enum has nothing closer than BAD_REQUEST for 405 and 413.
+_ERROR_TYPES = {
+    400: "BAD_REQUEST",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "BAD_REQUEST",
+    409: "CONFLICT",
+    413: "BAD_REQUEST",
+}
 
 # RFC 3339 with the offset optional: the official CLI sends naive times for events and metrics.
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})?")
@@ -51,7 +59,7 @@ def bad_request(details: str) -> SimError:
 
 
 def parse_date_time(value: object) -> datetime:
-    """Parse a strict ISO-8601 date-time into an aware UTC datetime; a missing offset means UTC."""
+    """Parse a strict ISO-8601 date-time into an aware datetime; a missing offset means UTC."""
     if not isinstance(value, str) or not _DATE_TIME.fullmatch(value):
         raise ValueError(f"expected a date-time like 2026-07-13T18:26:52Z, got {value!r}")
     try:
@@ -59,7 +67,7 @@ def parse_date_time(value: object) -> datetime:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValueError(f"invalid date-time {value!r}: {exc}") from None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 DateTime = Annotated[datetime, BeforeValidator(parse_date_time)]
@@ -192,8 +200,8 @@ class SimStore:
     """Everything the simulated tenant holds. Only the event loop touches it, so no locking."""
 
     def __init__(self, entities: list[SimEntity], metric_keys: list[str]) -> None:
+        #: By tag. Tests may add entities at run time; they are then found by tag and by id.
         self.entities: dict[str, SimEntity] = {entity.tag: entity for entity in entities}
-        self._by_id = {entity.id: entity for entity in entities}
         self._configured_metric_keys = list(metric_keys)
         self._ids = itertools.count(1)
         self._loaded_at = format_timestamp(datetime.now(UTC))
@@ -226,7 +234,9 @@ class SimStore:
 
     def entity(self, tag_or_id: str) -> SimEntity:
         """The entity with this tag or CID; 404 otherwise."""
-        entity = self.entities.get(tag_or_id) or self._by_id.get(tag_or_id)
+        entity = self.entities.get(tag_or_id)
+        if entity is None:
+            entity = next((e for e in self.entities.values() if e.id == tag_or_id), None)
         if entity is None:
             raise SimError(404, "Entity not found", f"no entity with tag or id {tag_or_id!r}")
         return entity
@@ -382,10 +392,12 @@ class SimStore:
     def metric_points_of(
         self, key: str, tag_or_id: str, start: datetime | None, end: datetime | None
     ) -> list[dict[str, Any]]:
-        """Points of one metric and entity in the inclusive range (default start: 6 months ago), oldest first."""
+        """Points of one metric and entity in the inclusive time range, oldest first.
+
+        Cortex's default ``startDate`` (6 months ago) needs no code: older points are never stored.
+        """
         self.metric_definition(key)
         entity = self.entity(tag_or_id)
-        start = start or datetime.now(UTC) - METRIC_MAX_AGE
         points = self.metric_points.get(key, {}).get(entity.tag, [])
         return sorted(
             (p for p in points if _within(p["timestamp"], start, end)), key=lambda p: p["timestamp"]

@@ -99,7 +99,7 @@ class SimulatorConfig(BaseModel):
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
 
 
-class _SlidingWindow:
+class SlidingWindow:
     """Arrival times of admitted requests in the last 60 s: the rate limit Cortex enforces."""
 
     def __init__(self) -> None:
@@ -119,6 +119,7 @@ class _SlidingWindow:
         return max(1, math.ceil(blocking + _WINDOW_SECONDS - now))
 
     def clear(self) -> None:
+        """Forget all admitted requests."""
         self._admitted.clear()
 
 
@@ -160,7 +161,7 @@ class SimulatorServer:
         self.host = host
         self.port = port
         self.store = SimStore(config.entities, config.metric_keys)
-        self._window = _SlidingWindow()
+        self._window = SlidingWindow()
         self._clock = _FaultClock(config.faults)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -307,6 +308,8 @@ async def _gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespo
     clock = server._fault_clock()
     faults = clock.faults
     forced_429, fails = clock.next_request()
+    # Whatever is answered other than 429 (401 and 503 too) counts against the window, so the
+    # request log is an exact audit of the limit.
     retry_after = 1 if forced_429 else server._window.admit(arrived, server.config.rate_limit_per_minute)
     if retry_after is not None and faults.retry_after_seconds is not None:
         retry_after = faults.retry_after_seconds
@@ -342,8 +345,8 @@ async def _authorized(config: SimulatorConfig, request: web.Request, handler: Ha
     except SimError as exc:
         return _error(exc)
     except web.HTTPException as exc:
-        # aiohttp's own refusals: unknown route (404), wrong method (405), body over 2 MB (413).
-        return _error(SimError(exc.status, exc.reason, exc.text))
+        # The router's refusals: no such path (404) or method (405).
+        return _error(SimError(exc.status, exc.reason, f"no endpoint {request.method} {request.path}"))
     except Exception:
         logger.exception("simulator handler failed for %s %s", request.method, request.path)
         return _error(SimError(500, "Internal Server Error", type_="UNHANDLED_EXCEPTION"))
@@ -357,7 +360,10 @@ def _store(request: web.Request) -> SimStore:
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise SimError(413, "Payload Too Large", f"request body exceeds {MAX_BODY_BYTES} bytes") from None
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:
