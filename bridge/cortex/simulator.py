@@ -75,6 +75,11 @@ class SimFaults(BaseModel):
     force_429_every: int = Field(
         default=0, ge=0, description="Every Nth /api/ request is answered 429 and not applied."
     )
+    reject_bodies_containing: str | None = Field(
+        default=None,
+        description="A write whose body contains this text is answered 400 and not applied "
+        "(Cortex rejecting a body for a reason the client could not foresee).",
+    )
 
 
 class SimulatorConfig(BaseModel):
@@ -340,6 +345,10 @@ async def _authorized(config: SimulatorConfig, request: web.Request, handler: Ha
         return _error(SimError(401, "Unauthorized", "missing or unknown bearer token", "UNAUTHORIZED"))
     if token in config.forbidden_tokens:
         return _error(SimError(403, "Forbidden", "this token is not permitted to call the API"))
+    poison = request.app[_SERVER].config.faults.reject_bodies_containing
+    small = request.content_length is not None and request.content_length <= MAX_BODY_BYTES
+    if poison and small and request.method in _WRITE_METHODS and poison.encode() in await request.read():
+        return _error(bad_request(f"body: rejected by injected fault (contains {poison!r})"))
     try:
         return await handler(request)
     except SimError as exc:

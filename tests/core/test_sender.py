@@ -183,3 +183,17 @@ async def test_forbidden_token_is_an_auth_failure_too(make_bridge: BridgeFactory
         await post_records(bridge, {"records": [event(1)]})
         await wait_until(lambda: bridge.sender.auth.failed)
         assert bridge.sender.auth.status == 403 and bridge.queue.depth == 1
+
+
+async def test_rejected_record_in_a_bulk_is_isolated_and_dead_lettered(make_bridge: BridgeFactory) -> None:
+    async with SimulatorServer(sim_config(faults=SimFaults(reject_bodies_containing="POISON"))) as sim:
+        bridge = await make_bridge(sim, cortex={"linger_ms": 200})
+        records = [{"kind": "custom_data", "entity": "inventory", "key": f"k{i}", "value": f"v{i}"} for i in range(4)]
+        records[2]["value"] = "POISON"
+        status, body = await post_records(bridge, {"records": records + [event(1)]})
+        await wait_until(lambda: drained(bridge))
+        dead = inspect.dlq_show(queue_conn(bridge), body["ids"][2])
+        assert dead is not None and dead["status"] == 400 and "POISON" in dead["detail"]
+        state = await sim_state(sim)
+        assert sorted(state["custom_data"]["inventory"]) == ["k0", "k1", "k3"]
+        assert state["counts"]["events"] == 1
