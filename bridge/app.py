@@ -186,15 +186,20 @@ class Bridge:
                 log.warning("cortex_token_expires_soon", expires_in_hours=round(left / 3600, 1))
 
     async def _maintenance(self) -> None:
-        last_prune = 0.0
+        last_prune = last_gauges = 0.0
         while True:
             with contextlib.suppress(Exception):
-                await self.queue.refresh_gauges()
+                if not self.queue.writable:
+                    # Nothing else writes while we refuse input: probe, or readiness never returns.
+                    await self.queue.probe_writable()
+                if time.monotonic() - last_gauges >= 5:
+                    await self.queue.refresh_gauges()
+                    last_gauges = time.monotonic()
                 metrics.READY.set(1 if self.readiness()[0] else 0)
                 if time.monotonic() - last_prune > 3600:
                     await self.queue.prune_history()
                     last_prune = time.monotonic()
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)
 
     async def stop(self, deadline: float | None = None) -> None:
         """Drain: refuse input, stop sources, finish or record in-flight sends, close the queue."""

@@ -105,9 +105,9 @@ async def post_records(bridge: Bridge, body: Any, *, headers: dict[str, str] | N
     """POST to the bridge's native endpoint; returns (status, parsed JSON or text)."""
     url = f"http://127.0.0.1:{bridge.ingest_port}/v1/records"
     hdrs = {"Content-Type": "application/json", **(headers or {})}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url, json=None if raw is not None else body, data=raw, headers=hdrs) as resp:
-            try:
-                return resp.status, await resp.json(content_type=None)
-            except ValueError:
-                return resp.status, await resp.text()
+    async with aiohttp.ClientSession() as http, \
+            http.post(url, json=None if raw is not None else body, data=raw, headers=hdrs) as resp:
+        try:
+            return resp.status, await resp.json(content_type=None)
+        except ValueError:
+            return resp.status, await resp.text()

@@ -101,6 +101,10 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA temp_store=MEMORY")
+    # Keep the WAL small (checkpoint every ~1 MB, truncate to 4 MB after): a WAL that has taken
+    # the last free space cannot be checkpointed, since the checkpoint itself needs room.
+    conn.execute("PRAGMA wal_autocheckpoint=256")
+    conn.execute("PRAGMA journal_size_limit=4194304")
     conn.executescript(_DDL)
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)

@@ -435,14 +435,53 @@ class DurableQueue:
     async def dead_letter_input(
         self, records: Sequence[Record], *, reason: str, detail: str
     ) -> None:
-        """Keep records that can never be sent (e.g. unresolvable entity) in the dead-letter set."""
-        await self.append(records)
-        seqs = await self._run(self._seqs_sync, [r.id for r in records])
-        await self.dead_letter(seqs, reason=reason, detail=detail, status=None)
+        """Keep records that can never be sent (e.g. unresolvable entity) straight in the dead-letter set.
 
-    def _seqs_sync(self, ids: list[str]) -> list[int]:
-        marks = ",".join("?" * len(ids))
-        return [r[0] for r in self.conn.execute(f"SELECT seq FROM records WHERE id IN ({marks})", ids)]
+        One transaction, never through the ready queue, so the sender cannot pick them up.
+        """
+        stored = await self._run(self._dead_input_sync, list(records), reason, detail)
+        for record in stored:
+            metrics.RECORDS_DEAD_LETTERED.labels(record.provenance.source, record.kind, reason).inc()
+
+    def _dead_input_sync(self, records: list[Record], reason: str, detail: str) -> list[Record]:
+        conn = self.conn
+        now = time.time()
+        stored = []
+        with _transaction(conn):
+            known = _known_ids(conn, [r.id for r in records])
+            for record in records:
+                if record.id in known:
+                    continue
+                body = record_to_json(record)
+                conn.execute(
+                    "INSERT INTO dead (id, kind, lane, source, body, size, received_at, attempts, reason, detail,"
+                    " status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?)",
+                    (record.id, record.kind, lane_of(record), record.provenance.source, body, len(body),
+                     record.provenance.received_at.timestamp(), reason, detail[:4000], now),
+                )
+                known.add(record.id)
+                stored.append(record)
+        return stored
+
+    async def probe_writable(self) -> bool:
+        """Try a tiny durable write; readiness comes back as soon as the disk has room again."""
+        try:
+            await self._run(self._probe_sync)
+        except sqlite3.Error:
+            self.writable = False
+        else:
+            self.writable = True
+        metrics.QUEUE_WRITABLE.set(1 if self.writable else 0)
+        return self.writable
+
+    def _probe_sync(self) -> None:
+        # A checkpoint moves WAL frames into the database and truncates the WAL: on a small,
+        # full volume that is often what gives the space back.
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with _transaction(self.conn):
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_write_probe', ?)", (str(time.time()),))
 
     # -- maintenance and inspection ----------------------------------------------------------
 
@@ -529,14 +568,25 @@ class _transaction:
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
             try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error is what matters
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                exc = err
+                self._abort(err)
+                raise
+        self._abort(exc)
+
+    def _abort(self, err: BaseException) -> None:
+        # A failed statement or COMMIT can leave the transaction open: close it.
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+        if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
+            # The WAL itself may be what fills a small volume; a checkpoint shrinks it.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:

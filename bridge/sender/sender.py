@@ -79,6 +79,7 @@ class Sender:
         self._in_flight = 0
         self._ambiguous_pending = asyncio.Event()
         self._ambiguous_pending.set()  # recovery: a crash may have left ambiguous records
+        self._unrecorded: list[list[QueuedRecord]] = []
         queue.on_ready(self.notify)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class Sender:
             self._tasks.append(asyncio.create_task(self._worker(), name=f"sender-{i}"))
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
         self._tasks.append(asyncio.create_task(self._auth_loop(), name="auth-recheck"))
+        self._tasks.append(asyncio.create_task(self._unrecorded_loop(), name="unrecorded-outcomes"))
 
     async def stop(self, deadline: float = 10.0) -> None:
         """Stop claiming; let in-flight requests finish within ``deadline`` seconds.
@@ -128,46 +130,72 @@ class Sender:
     async def _worker(self) -> None:
         idle = True
         while not self._stopping:
-            await self._auth_ok.wait()
-            seen = self._generation
-            if idle and self.cortex.linger_ms:
-                await asyncio.sleep(self.cortex.linger_ms / 1000)  # let a burst coalesce
-            permit = await self.client.bucket.acquire()
-            if self._stopping or not self._auth_ok.is_set():
-                permit.cancel()
-                continue
-            batch = await self.queue.claim(POLICY)
-            if not batch:
-                permit.cancel()
-                idle = True
-                await self._wait_for_work(seen)
-                continue
-            idle = False
-            self._in_flight += 1
             try:
-                await self._send(batch, permit)
-            except Exception as exc:  # never lose the worker
-                await self._recover(batch, exc)
-            finally:
-                self._in_flight -= 1
+                idle = await self._work_once(idle)
+            except Exception as exc:  # e.g. the disk is full: claim cannot write; never lose the worker
+                log.error("sender_worker_error", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def _work_once(self, idle: bool) -> bool:
+        """Claim and send one batch; returns whether the queue had nothing ready."""
+        await self._auth_ok.wait()
+        seen = self._generation
+        if idle and self.cortex.linger_ms:
+            await asyncio.sleep(self.cortex.linger_ms / 1000)  # let a burst coalesce
+        permit = await self.client.bucket.acquire()
+        if self._stopping or not self._auth_ok.is_set():
+            permit.cancel()
+            return idle
+        try:
+            batch = await self.queue.claim(POLICY)
+        except BaseException:
+            permit.cancel()
+            raise
+        if not batch:
+            permit.cancel()
+            await self._wait_for_work(seen)
+            return True
+        self._in_flight += 1
+        try:
+            await self._send(batch, permit)
+        except Exception as exc:
+            await self._recover(batch, exc)
+        finally:
+            self._in_flight -= 1
+        return False
 
     async def _recover(self, batch: list[QueuedRecord], exc: Exception) -> None:
         """An unexpected error (e.g. the disk failed while recording an outcome).
 
         The request may have been sent, so a non-idempotent batch becomes ambiguous rather than
-        ready. If even that cannot be written, the records stay SENDING in the database and are
-        read back as ambiguous at the next start.
+        ready (the read-back finds it if Cortex stored it). If even that cannot be written now,
+        the batch is kept in memory and recorded as soon as the disk takes writes again; after a
+        crash the records are still SENDING in the database and are read back at the next start.
         """
         kind = batch[0].record.kind
         log.error("send_failed_unexpectedly", kind=kind, records=len(batch), error=repr(exc))
         try:
-            if kind in POLICY.ambiguous_kinds:
-                await self.queue.mark_ambiguous([q.seq for q in batch], f"internal error: {exc!r}")
-                self._ambiguous_pending.set()
-            else:
-                await self._reschedule(batch, f"internal error: {exc!r}", count_attempt=True)
+            await self._record_unknown_outcome(batch, f"internal error: {exc!r}")
         except Exception as again:
             log.error("outcome_not_recorded", kind=kind, records=len(batch), error=repr(again))
+            self._unrecorded.append(batch)
+
+    async def _record_unknown_outcome(self, batch: list[QueuedRecord], error: str) -> None:
+        if batch[0].record.kind in POLICY.ambiguous_kinds:
+            await self.queue.mark_ambiguous([q.seq for q in batch], error)
+            self._ambiguous_pending.set()
+        else:
+            await self._reschedule(batch, error, count_attempt=True)
+
+    async def _unrecorded_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            while self._unrecorded:
+                try:
+                    await self._record_unknown_outcome(self._unrecorded[0], "outcome not recorded (disk error)")
+                except Exception:
+                    break  # still failing: try again in a second
+                self._unrecorded.pop(0)
 
     async def _wait_for_work(self, seen: int) -> None:
         due = await self.queue.next_due_at()
