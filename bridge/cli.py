@@ -224,6 +224,54 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0 if not (len(found) == 1 and found[0].get("status") == "unknown") else 1
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bridge.queue import DurableQueue
+    from bridge.sources.base import SourceConfigError, SourceContext
+    from bridge.sources.registry import build_sources
+    from bridge.sources.webhook import WebhookSource, describe, header_map
+
+    settings = _settings(args)
+    config = next((s for s in settings.sources if s.get("name") == args.source), None)
+    if config is None:
+        raise CliError(f"no source named {args.source!r} in the configuration", 2)
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    headers: list[tuple[str, str]] = []
+    for item in args.header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"--header {item!r}: expected NAME:VALUE", 2)
+        headers.append((name.strip(), value.strip()))
+    if not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("Content-Type", "application/json"))
+
+    async def evaluate() -> dict[str, Any]:
+        # The source is built against a throwaway queue: a preview never stores anything real.
+        with tempfile.TemporaryDirectory() as tmp:
+            queue = await DurableQueue.open(Path(tmp) / "preview.db")
+            try:
+                source = build_sources([config], SourceContext(settings=settings, queue=queue))[0]
+                if not isinstance(source, WebhookSource):
+                    raise CliError(f"source {args.source!r} is not a webhook source", 2)
+                outcome = await source.evaluate(header_map(headers), body, authenticate=args.verify_signature)
+                return describe(outcome)
+            finally:
+                await queue.close()
+
+    try:
+        result = asyncio.run(evaluate())
+    except SourceConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    if not args.verify_signature:
+        result["authentication"] = "not checked (use --verify-signature with the delivery's headers)"
+    _print_json(result)
+    return 1 if result["outcome"] == "rejected" else 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -283,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--all", action="store_true", help="every dead letter")
         d.add_argument("--queue")
         d.set_defaults(fn=cmd_dlq)
+
+    p = sub.add_parser("preview", help="print the records a webhook payload would produce, storing nothing")
+    p.add_argument("--source", required=True, help="name of a configured webhook source")
+    p.add_argument("file", help="payload file ('-' for stdin)")
+    p.add_argument("--header", "-H", action="append", help="request header NAME:VALUE (repeatable)")
+    p.add_argument("--verify-signature", action="store_true", help="check credentials in the given headers")
+    p.set_defaults(fn=cmd_preview)
 
     p = sub.add_parser("trace", help="where a record or webhook delivery stands")
     p.add_argument("id", help="record id or delivery id")

@@ -1,0 +1,56 @@
+"""Webhook test fixtures: a simulated Cortex and bridges with webhook sources.
+
+Every test talks HTTP to a bridge started in-process (``Bridge.create`` + ``start``) whose Cortex
+is the simulator, and reads what Cortex ended up with from the simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _webhook_support import ENTITIES, METRIC_KEYS, SIM_TOKEN, Running, StartBridge
+
+from bridge.app import Bridge
+from bridge.config import load_settings
+from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
+
+
+@pytest.fixture
+async def cortex() -> AsyncIterator[SimulatorServer]:
+    """The simulated Cortex tenant."""
+    config = SimulatorConfig(
+        tokens=[SIM_TOKEN],
+        entities=[SimEntity(tag=tag, git_repository=repo) for tag, repo in ENTITIES.items()],
+        metric_keys=METRIC_KEYS,
+    )
+    async with SimulatorServer(config) as server:
+        yield server
+
+
+@pytest.fixture
+async def start_bridge(cortex: SimulatorServer, tmp_path: Path) -> AsyncIterator[StartBridge]:
+    """``await start_bridge(source, ...)``: a bridge with these sources, stopped at teardown."""
+    started: list[Bridge] = []
+
+    async def start(*sources: dict[str, Any], **http: Any) -> Running:
+        settings = load_settings(
+            None,
+            cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5},
+            queue={"path": tmp_path / f"q{len(started)}.db"},
+            retry={"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
+            http={"host": "127.0.0.1", "port": 0, **http},
+            metrics={"host": "127.0.0.1", "port": 0},
+            log={"level": "warning"},
+            sources=list(sources),
+        )
+        bridge = await Bridge.create(settings)
+        await bridge.start()
+        started.append(bridge)
+        return Running(bridge, cortex)
+
+    yield start
+    for bridge in started:
+        await bridge.stop(deadline=2)
