@@ -1,0 +1,157 @@
+{{/* Names --------------------------------------------------------------------------------- */}}
+
+{{- define "cortex-bridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cortex-bridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cortex-bridge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cortex-bridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cortex-bridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "cortex-bridge.labels" -}}
+helm.sh/chart: {{ include "cortex-bridge.chart" . }}
+{{ include "cortex-bridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: cortex-bridge
+{{- end }}
+
+{{- define "cortex-bridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "cortex-bridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "cortex-bridge.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Paths the image and the daemon agree on (Dockerfile VOLUME, queue.path default). ---------- */}}
+
+{{- define "cortex-bridge.dataDir" -}}/var/lib/cortex-bridge{{- end }}
+{{- define "cortex-bridge.configDir" -}}/etc/cortex-bridge/config{{- end }}
+{{- define "cortex-bridge.secretsDir" -}}/etc/cortex-bridge/secrets{{- end }}
+
+{{/* Secrets ------------------------------------------------------------------------------- */}}
+
+{{/* Name of the Secret to mount, or "" when there is none. */}}
+{{- define "cortex-bridge.secretName" -}}
+{{- if .Values.secrets.existingSecret }}
+{{- .Values.secrets.existingSecret }}
+{{- else if .Values.secrets.data }}
+{{- include "cortex-bridge.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the Secret holds the Cortex token (always assumed for an existing Secret). */}}
+{{- define "cortex-bridge.hasCortexToken" -}}
+{{- if or .Values.secrets.existingSecret (hasKey .Values.secrets.data .Values.secrets.cortexTokenKey) }}true{{- end }}
+{{- end }}
+
+{{/* RBAC ---------------------------------------------------------------------------------- */}}
+
+{{/* "true" when the kubernetes source's RBAC is to be created (explicit, or a source needs it). */}}
+{{- define "cortex-bridge.rbacEnabled" -}}
+{{- if kindIs "bool" .Values.rbac.create }}
+{{- if .Values.rbac.create }}true{{- end }}
+{{- else }}
+{{- range .Values.config.sources }}
+{{- if eq (toString .type) "kubernetes" }}true{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cortex-bridge.automountToken" -}}
+{{- if kindIs "bool" .Values.serviceAccount.automountToken }}
+{{- .Values.serviceAccount.automountToken }}
+{{- else }}
+{{- ternary "true" "false" (ne (include "cortex-bridge.rbacEnabled" .) "") }}
+{{- end }}
+{{- end }}
+
+{{/* Configuration ------------------------------------------------------------------------- */}}
+
+{{/* The config file: the user's `config` plus what the chart owns (ports, queue path, secret files). */}}
+{{- define "cortex-bridge.config" -}}
+{{- $cfg := deepCopy .Values.config }}
+{{- $http := deepCopy (default (dict) $cfg.http) }}
+{{- $_ := set $http "host" "0.0.0.0" }}
+{{- $_ = set $http "port" (int .Values.ports.ingest) }}
+{{- $_ = set $cfg "http" $http }}
+{{- $metrics := deepCopy (default (dict) $cfg.metrics) }}
+{{- $_ = set $metrics "host" "0.0.0.0" }}
+{{- $_ = set $metrics "port" (int .Values.ports.metrics) }}
+{{- $_ = set $cfg "metrics" $metrics }}
+{{- $queue := deepCopy (default (dict) $cfg.queue) }}
+{{- $_ = set $queue "path" (printf "%s/queue.db" (include "cortex-bridge.dataDir" .)) }}
+{{- $_ = set $cfg "queue" $queue }}
+{{- $secretsDir := include "cortex-bridge.secretsDir" . }}
+{{- if include "cortex-bridge.hasCortexToken" . }}
+{{- $cortex := deepCopy (default (dict) $cfg.cortex) }}
+{{- $_ = set $cortex "token_file" (printf "%s/%s" $secretsDir .Values.secrets.cortexTokenKey) }}
+{{- $_ = set $cfg "cortex" $cortex }}
+{{- end }}
+{{- if .Values.secrets.ingestTokenKey }}
+{{- $ingest := deepCopy (default (dict) $cfg.ingest) }}
+{{- $_ = set $ingest "token_file" (printf "%s/%s" $secretsDir .Values.secrets.ingestTokenKey) }}
+{{- $_ = set $cfg "ingest" $ingest }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: preStop sleep + drain deadline + margin, or a checked explicit value. */}}
+{{- define "cortex-bridge.terminationGracePeriod" -}}
+{{- $deadline := 25.0 }}
+{{- if and .Values.config.drain (hasKey .Values.config.drain "deadline_seconds") }}
+{{- $deadline = float64 .Values.config.drain.deadline_seconds }}
+{{- end }}
+{{- $minimum := add (int .Values.preStopSleepSeconds) (int (ceil $deadline)) }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $minimum 10 }}
+{{- else if le (int .Values.terminationGracePeriodSeconds) $minimum }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + config.drain.deadline_seconds (%d), or the kubelet kills the bridge mid-drain" (int .Values.terminationGracePeriodSeconds) $minimum) }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Checks that JSON Schema cannot express. */}}
+{{- define "cortex-bridge.validate" -}}
+{{- if and (not .Values.secrets.existingSecret) .Values.secrets.ingestTokenKey (not (hasKey .Values.secrets.data .Values.secrets.ingestTokenKey)) }}
+{{- fail (printf "secrets.ingestTokenKey is %q but secrets.data has no such key (and no secrets.existingSecret is set)" .Values.secrets.ingestTokenKey) }}
+{{- end }}
+{{- if eq (int .Values.ports.ingest) (int .Values.ports.metrics) }}
+{{- fail (printf "ports.ingest and ports.metrics are both %d; the bridge listens on two different ports" (int .Values.ports.ingest)) }}
+{{- end }}
+{{- $names := list }}
+{{- range .Values.config.sources }}
+{{- if has .name $names }}
+{{- fail (printf "config.sources: the name %q is used twice; each source needs its own (it is its URL /webhooks/<name>)" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
