@@ -80,9 +80,17 @@ def _select_dead(ids: list[str] | None, reason: str | None) -> tuple[str, list[A
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
+#: Dead letters that are records; the others (e.g. Kafka poison messages, kind ``raw_input``)
+#: hold an input that never became a record and cannot be sent: re-publish it instead.
+REPLAYABLE_KINDS = ("deploy", "event", "metric", "custom_data")
+
+
 def dlq_replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None) -> int:
-    """Move dead letters back to the queue as fresh records (attempts reset)."""
+    """Move dead letters back to the queue as fresh records (attempts reset); returns how many."""
     where, params = _select_dead(ids, reason)
+    kinds = f"kind IN ({','.join('?' * len(REPLAYABLE_KINDS))})"
+    where = f"{where} AND {kinds}" if where else f" WHERE {kinds}"
+    params = [*params, *REPLAYABLE_KINDS]
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.queue import BatchPolicy, DurableQueue, QueueFull, QueueUnavailable, inspect
+from bridge.queue.poison import RawInput, dead_letter_raw
 from bridge.queue.schema import State
 from bridge.records import Record
 from bridge.sources.native import parse_native
@@ -153,4 +154,21 @@ async def test_source_state_is_written_with_records(tmp_path: Path) -> None:
     await queue.append([metric(1)], state_updates={"k8s/event/uid-1": "3"})
     await queue.put_state({"k8s/event/uid-2": "1"})
     assert await queue.get_states("k8s/event/") == {"k8s/event/uid-1": "3", "k8s/event/uid-2": "1"}
+    await queue.close()
+
+
+async def test_replay_skips_dead_inputs_that_are_not_records(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await queue.append([event(1)])
+    batch = await queue.claim(POLICY)
+    await queue.dead_letter([batch[0].seq], reason="rejected", detail="400", status=400)
+    await dead_letter_raw(queue, [RawInput(source="events", input_id="t/0/7", reason="invalid_json",
+                                           detail="Expecting value", payload=b"{oops")])
+    conn = inspect.open_file(tmp_path / "q.db")
+    assert inspect.stats(conn)["dead_letters"] == 2
+    assert inspect.dlq_replay(conn) == 1  # the poison message has no record to send
+    assert inspect.stats(conn)["dead_letters"] == 1
+    claimed = await queue.claim(POLICY)
+    assert [q.record.id for q in claimed] == [batch[0].record.id]
+    conn.close()
     await queue.close()

