@@ -14,7 +14,6 @@ and the durable queue stores it once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -43,14 +42,13 @@ RecordKind = Literal["deploy", "event", "metric", "custom_data"]
 
 
 def record_id(*parts: object) -> str:
-    """Deterministic record id from the parts that identify an input (uuid5 of their JSON)."""
-    return str(uuid.uuid5(RECORD_ID_NAMESPACE, json.dumps(parts, sort_keys=True, default=str)))
+    """Deterministic record id from the parts that identify an input (uuid5 of their canonical JSON).
 
-
-def content_digest(payload: Any) -> str:
-    """Stable digest of a JSON-able payload, for ids of inputs that carry no id of their own."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    Parts may be whole JSON objects (key order does not matter), so an input without an id of its
+    own gets one from its content.
+    """
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return str(uuid.uuid5(RECORD_ID_NAMESPACE, canonical))
 
 
 def utc_now() -> datetime:
@@ -64,14 +62,20 @@ def format_timestamp(ts: datetime) -> str:
 
 
 def parse_timestamp(value: str | int | float | datetime) -> datetime:
-    """Parse ISO-8601 (``Z`` or offset; naive means UTC) or epoch seconds/milliseconds."""
+    """Parse ISO-8601 (``Z`` or offset; naive means UTC) or epoch seconds/milliseconds.
+
+    Raises ``ValueError`` for anything else, so validation reports it as a bad field.
+    """
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be a string or a number")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = value / 1000 if value > 1e11 else value
-        return datetime.fromtimestamp(seconds, tz=UTC)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"timestamp {value!r} is out of range") from None
+    if not isinstance(value, str):
+        raise ValueError("timestamp must be an ISO-8601 string or epoch seconds/milliseconds")
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bridge.queue import DurableQueue
-from bridge.records import RECORD_ADAPTER, Record, content_digest, record_id, utc_now
+from bridge.records import RECORD_ADAPTER, Record, record_id, utc_now
 from bridge.sources.admit import admit, error_response
 
 MAX_RECORDS_PER_REQUEST = 10_000
@@ -59,7 +59,7 @@ def parse_native(
             continue
         fields = {k: v for k, v in item.items() if k != "provenance"}
         if "id" not in fields:
-            fields["id"] = record_id("native", content_digest(fields))
+            fields["id"] = record_id("native", fields)
         fields["provenance"] = {"source": source, "delivery_id": delivery_id, "received_at": received}
         try:
             records.append(RECORD_ADAPTER.validate_python(fields))

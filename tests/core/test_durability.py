@@ -4,81 +4,17 @@ nothing is stored twice in Cortex."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY
-from tests.conftest import SIM_TOKEN, sim_config, sim_state, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class BridgeProcess:
-    """``cortex-bridge run`` as a child process with its own config file."""
-
-    def __init__(self, tmp: Path, cortex_url: str, **extra: Any) -> None:
-        self.port = free_port()
-        self.config = tmp / "bridge.yaml"
-        self.log = tmp / "bridge.log"
-        self.queue = tmp / "queue.db"
-        settings = {
-            # The quota is not under test here: a high limit keeps the run short.
-            "cortex": {"url": cortex_url, "token": SIM_TOKEN, "linger_ms": 5, "max_concurrency": 4,
-                       "rate_limit_per_minute": 60_000, "burst": 200},
-            "queue": {"path": str(self.queue)},
-            "retry": {"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
-            "http": {"host": "127.0.0.1", "port": self.port},
-            "metrics": {"host": "127.0.0.1", "port": free_port()},
-            **extra,
-        }
-        self.config.write_text(yaml.safe_dump(settings))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--config", str(self.config), "run"],
-                                         stdout=log, stderr=log)
-        async def healthy() -> bool:
-            try:
-                async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
-        await wait_until(healthy, timeout=20, interval=0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+from tests.conftest import sim_config, sim_state, wait_until
+from tests.processes import BridgeProcess
 
 
 async def _ingest(url: str, start: int, acked: dict[str, dict[str, Any]], stop: asyncio.Event) -> None:

@@ -87,3 +87,10 @@ def test_lanes_group_what_can_share_a_request() -> None:
     c = RECORD_ADAPTER.validate_python({"kind": "metric", "id": "3", "entity": "other", "provenance": PROV,
                                         "key": "lead-time", "timestamp": 1, "value": 2})
     assert lane_of(a) == lane_of(b) != lane_of(c)
+
+
+@pytest.mark.parametrize("bad", [None, [], {}, True, 1e20, 1e308, float("nan"), "2026-13-01T00:00:00Z", "soon"])
+def test_bad_timestamps_are_validation_errors_not_crashes(bad: object) -> None:
+    with pytest.raises(ValidationError):
+        RECORD_ADAPTER.validate_python({"kind": "event", "id": "x", "entity": "svc", "provenance": PROV,
+                                        "type": "T", "title": "t", "timestamp": bad})
