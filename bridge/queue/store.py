@@ -261,22 +261,22 @@ class DurableQueue:
                         "INSERT INTO deliveries (source, delivery_id, seen_at, record_ids) VALUES (?, ?, ?, ?)",
                         (source, delivery_id, now, json.dumps([r[0] for r in sub.rows])),
                     )
-                ids = [r[0] for r in sub.rows]
-                known = _known_ids(conn, ids)
-                new_ids, dup_ids = [], []
-                for rid, kind, lane, source, body, size, received_at in sub.rows:
-                    if rid in known:
-                        dup_ids.append(rid)
-                        continue
-                    conn.execute(
-                        "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                        " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (rid, kind, lane, source, body, size, received_at, now, now),
-                    )
-                    known.add(rid)
-                    new_ids.append(rid)
-                    added_count += 1
-                    added_bytes += size
+                known = _known_ids(conn, [r[0] for r in sub.rows])
+                fresh: dict[str, tuple[str, str, str, str, str, int, float]] = {}
+                dup_ids = []
+                for row in sub.rows:
+                    if row[0] in known or row[0] in fresh:
+                        dup_ids.append(row[0])
+                    else:
+                        fresh[row[0]] = row
+                conn.executemany(
+                    "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
+                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(*r, now, now) for r in fresh.values()],
+                )
+                new_ids = list(fresh)
+                added_count += len(fresh)
+                added_bytes += sum(r[5] for r in fresh.values())
                 for key, value in sub.state_updates.items():
                     conn.execute(
                         "INSERT INTO source_state (key, value, updated_at) VALUES (?, ?, ?)"
@@ -591,12 +591,11 @@ class _transaction:
 
 def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
     """Ids already queued, delivered (within history) or dead-lettered."""
-    if not ids:
-        return set()
     known: set[str] = set()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    for start in range(0, len(ids), 300):
+        chunk = ids[start : start + 300]
         marks = ",".join("?" * len(chunk))
-        for table in ("records", "delivered", "dead"):
-            known.update(r[0] for r in conn.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk))
+        known.update(r[0] for r in conn.execute(
+            f"SELECT id FROM records WHERE id IN ({marks}) UNION ALL SELECT id FROM delivered WHERE id IN ({marks})"
+            f" UNION ALL SELECT id FROM dead WHERE id IN ({marks})", chunk * 3))
     return known

@@ -60,7 +60,7 @@ async def admit(
         metrics.RECORDS_ENQUEUED.labels(source, by_id[rid].kind).inc()
     for rid in result.duplicate_ids:
         metrics.RECORDS_DUPLICATE.labels(source, by_id[rid].kind).inc()
-    log.info("accepted", source=source, delivery_id=delivery_id, records=len(records),
+    log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
              new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)
     body: dict[str, Any] = {"accepted": len(records), "ids": [r.id for r in records]}
     if result.duplicate_delivery:
