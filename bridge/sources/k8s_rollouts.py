@@ -1,0 +1,638 @@
+"""Workloads: their caches, their Cortex entity, and rollouts turned into deploys.
+
+A rollout of a Deployment, StatefulSet or DaemonSet is reported once it completes (observed
+generation current, all replicas updated and available; the rules of ``kubectl rollout status``)
+and classified against what this workload looked like at its previous completed rollout:
+
+* pod template changed to a template never seen before -> ``DEPLOY``;
+* pod template changed to one an earlier revision had -> ``ROLLBACK``, and so is undoing a
+  rollout that never completed (back to the template that ran before it);
+* only ``kubectl.kubernetes.io/restartedAt`` changed -> ``RESTART``;
+* only ``spec.replicas`` changed -> ``SCALE``.
+
+Templates are compared by :func:`template_hash`, a digest of the pod template without the
+restart annotation and without the controller's ``pod-template-hash`` label, so a restart is
+not a new template and a ReplicaSet's template hashes like its Deployment's. "An earlier
+revision had it" means: the template was the completed one at an earlier rollout this bridge
+saw, or (Deployments) the ReplicaSet with this template was current before - the deployment
+controller reuses that ReplicaSet and records its former revisions in
+``deployment.kubernetes.io/revision-history``, so a rollback is recognized even by a bridge whose
+memory is younger than the revision. A rollout whose Progressing condition says
+``ProgressDeadlineExceeded`` is reported once per generation as a custom event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bridge.records import (
+    Deployer,
+    DeployRecord,
+    DeployType,
+    EventRecord,
+    Provenance,
+    Record,
+    record_id,
+    utc_now,
+)
+from bridge.sources.entity import EntityResolver, EntitySettings, is_tag
+from bridge.sources.k8s_watch import JsonObject, meta
+
+WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
+#: Watched resource (plural) -> kind.
+WORKLOAD_RESOURCES: dict[str, WorkloadKind] = {
+    "deployments": "Deployment",
+    "statefulsets": "StatefulSet",
+    "daemonsets": "DaemonSet",
+}
+ALL_DEPLOY_TYPES: tuple[DeployType, ...] = ("DEPLOY", "ROLLBACK", "SCALE", "RESTART")
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+POD_TEMPLATE_HASH = "pod-template-hash"
+REVISION = "deployment.kubernetes.io/revision"
+REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
+#: Earlier templates remembered per workload.
+HISTORY_LIMIT = 25
+
+ROLLOUTS_EMITTED = Counter(
+    "cortex_bridge_k8s_rollouts_emitted", "Rollouts reported, by deploy type (FAILED: custom event).", ["source", "type"]
+)
+UNMAPPED = Counter(
+    "cortex_bridge_k8s_unmapped_entities",
+    "Workloads (or objects) without a Cortex entity; their rollouts and events were skipped.",
+    ["source", "kind"],
+)
+
+_VALUE_SOURCE = re.compile(r"^(?:(?:annotation|label|template_annotation|template_label):\S+|(?:image|image_tag)(?::\S+)?)$")
+_TITLE_FIELDS = ("type", "kind", "namespace", "name", "version", "image", "replicas", "previous_replicas",
+                 "cluster", "environment", "revision", "summary")
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+class EntityMapping(BaseModel):
+    """``entity:`` of a kubernetes source: which Cortex entity a workload belongs to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[str] = Field(
+        default_factory=lambda: ["cortex.io/tag"],
+        description="Annotation (then label) keys on the workload holding the Cortex tag, tried in order.",
+    )
+    static: dict[str, str] = Field(default_factory=dict, description="'namespace/name' of a workload -> tag.")
+    template: str | None = Field(
+        None, description="Tag template over {kind, namespace, name, labels, annotations, cluster}, e.g. '{name}'."
+    )
+    lowercase: bool = Field(False, description="Lowercase the tag the template produced.")
+
+    @model_validator(mode="after")
+    def _valid(self) -> EntityMapping:
+        # Same rules as every other source's entity settings (tags in the static map, placeholders).
+        EntitySettings(static=self.static, template=self.template, lowercase=self.lowercase, lookup=False)
+        return self
+
+
+def _check_sources(value: list[str]) -> list[str]:
+    for item in value:
+        if not _VALUE_SOURCE.match(item):
+            raise ValueError(
+                f"{item!r}: use annotation:<key>, label:<key>, template_annotation:<key>, "
+                "template_label:<key>, image[:<container>] or image_tag[:<container>]"
+            )
+    return value
+
+
+class RolloutSettings(BaseModel):
+    """``rollouts:`` of a kubernetes source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Report completed rollouts as deploys.")
+    kinds: list[WorkloadKind] = Field(
+        default_factory=lambda: list(WORKLOAD_RESOURCES.values()), description="Workload kinds to report."
+    )
+    types: list[DeployType] = Field(
+        default_factory=lambda: list(ALL_DEPLOY_TYPES),
+        description="Deploy types to send (e.g. leave SCALE out when an autoscaler scales all day).",
+    )
+    title: str = Field("{summary}", description=f"Deploy title; placeholders: {', '.join(_TITLE_FIELDS)}.")
+    sha: list[str] = Field(
+        default_factory=lambda: ["annotation:cortex.io/git-sha"], description="Where the git sha comes from."
+    )
+    version: list[str] = Field(
+        default_factory=lambda: ["label:app.kubernetes.io/version", "image_tag"],
+        description="Where the version (title, customData) comes from.",
+    )
+    deployer: list[str] = Field(
+        default_factory=lambda: ["annotation:cortex.io/deployer"], description="Where the deployer comes from."
+    )
+    report_failed: bool = Field(True, description="Report ProgressDeadlineExceeded as a custom event.")
+    failed_event_type: str = Field("ROLLOUT_FAILED", min_length=1, description="Custom event type of a failure.")
+
+    @field_validator("sha", "version", "deployer")
+    @classmethod
+    def _sources_valid(cls, value: list[str]) -> list[str]:
+        return _check_sources(value)
+
+    @field_validator("title")
+    @classmethod
+    def _title_fields(cls, value: str) -> str:
+        try:
+            value.format(**dict.fromkeys(_TITLE_FIELDS, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"unknown or malformed placeholder ({exc}); known: {', '.join(_TITLE_FIELDS)}") from None
+        return value
+
+
+# -- object helpers -----------------------------------------------------------------------------
+
+
+def labels_of(obj: JsonObject) -> dict[str, str]:
+    """An object's labels."""
+    return {str(k): str(v) for k, v in (meta(obj).get("labels") or {}).items()}
+
+
+def annotations_of(obj: JsonObject) -> dict[str, str]:
+    """An object's annotations."""
+    return {str(k): str(v) for k, v in (meta(obj).get("annotations") or {}).items()}
+
+
+def pod_template(obj: JsonObject) -> JsonObject:
+    """A workload's (or ReplicaSet's) ``spec.template``."""
+    template = (obj.get("spec") or {}).get("template")
+    return template if isinstance(template, dict) else {}
+
+
+def template_hash(template: JsonObject) -> str:
+    """Digest of a pod template, ignoring the restart annotation and ``pod-template-hash``."""
+    clone = dict(template)
+    template_meta = dict(clone.get("metadata") or {})
+    template_meta.pop("creationTimestamp", None)
+    annotations = {k: v for k, v in (template_meta.get("annotations") or {}).items() if k != RESTARTED_AT}
+    labels = {k: v for k, v in (template_meta.get("labels") or {}).items() if k != POD_TEMPLATE_HASH}
+    template_meta.pop("annotations", None)
+    template_meta.pop("labels", None)
+    if annotations:
+        template_meta["annotations"] = annotations
+    if labels:
+        template_meta["labels"] = labels
+    clone["metadata"] = template_meta
+    canonical = json.dumps(clone, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def restarted_at(obj: JsonObject) -> str | None:
+    """The ``kubectl rollout restart`` stamp on a workload's pod template."""
+    value = ((pod_template(obj).get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
+    return str(value) if value else None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def desired_replicas(kind: str, obj: JsonObject) -> int | None:
+    """``spec.replicas`` (1 when unset, as defaulted); ``None`` for DaemonSets."""
+    if kind == "DaemonSet":
+        return None
+    value = (obj.get("spec") or {}).get("replicas")
+    return 1 if value is None else _int(value)
+
+
+def _condition(obj: JsonObject, kind: str) -> JsonObject | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == kind:
+            return cond
+    return None
+
+
+Progress = Literal["complete", "progressing", "failed"]
+
+
+def rollout_progress(kind: str, obj: JsonObject) -> Progress:
+    """Where the workload's rollout stands (the rules of ``kubectl rollout status``)."""
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    generation = _int(meta(obj).get("generation"))
+    observed = _int(status.get("observedGeneration"))
+    if observed < generation or observed == 0:
+        return "progressing"
+    if kind == "Deployment":
+        progressing = _condition(obj, "Progressing")
+        if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+            return "failed"
+        replicas = desired_replicas(kind, obj) or 0
+        updated = _int(status.get("updatedReplicas"))
+        if updated < replicas or _int(status.get("replicas")) > updated or _int(status.get("availableReplicas")) < updated:
+            return "progressing"
+        return "complete"
+    if kind == "StatefulSet":
+        replicas = desired_replicas(kind, obj) or 0
+        if _int(status.get("readyReplicas")) < replicas:
+            return "progressing"
+        strategy = spec.get("updateStrategy") or {}
+        if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+            return "complete"  # OnDelete: pods change only when deleted; nothing more to wait for
+        partition = (strategy.get("rollingUpdate") or {}).get("partition")
+        if partition is not None:
+            return "complete" if _int(status.get("updatedReplicas")) >= replicas - _int(partition) else "progressing"
+        if status.get("updateRevision") and status.get("updateRevision") != status.get("currentRevision"):
+            return "progressing"
+        return "complete"
+    desired = _int(status.get("desiredNumberScheduled"))
+    if (spec.get("updateStrategy") or {}).get("type", "RollingUpdate") == "RollingUpdate" and (
+        _int(status.get("updatedNumberScheduled")) < desired
+    ):
+        return "progressing"
+    return "complete" if _int(status.get("numberAvailable")) >= desired else "progressing"
+
+
+def _split_image(image: str) -> tuple[str, str | None]:
+    """(name, tag) of an image reference; the tag is None when only a digest (or nothing) is given."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        return name[: len(name) - len(last)] + last.split(":", 1)[0], last.split(":", 1)[1]
+    return name, None
+
+
+def containers(obj: JsonObject) -> list[JsonObject]:
+    """The containers of a workload's pod template."""
+    spec = pod_template(obj).get("spec") or {}
+    return [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+
+
+def resolve_value(sources: list[str], obj: JsonObject) -> str | None:
+    """The first non-empty value among ``sources`` (see :class:`RolloutSettings`)."""
+    template_meta = pod_template(obj).get("metadata") or {}
+    for item in sources:
+        what, _, key = item.partition(":")
+        value: str | None = None
+        if what in ("annotation", "label"):
+            plural = "annotations" if what == "annotation" else "labels"
+            value = (meta(obj).get(plural) or {}).get(key) or (template_meta.get(plural) or {}).get(key)
+        elif what in ("template_annotation", "template_label"):
+            value = (template_meta.get("annotations" if what == "template_annotation" else "labels") or {}).get(key)
+        else:
+            chosen = [c for c in containers(obj) if not key or c.get("name") == key][:1]
+            image = str(chosen[0].get("image") or "") if chosen else ""
+            value = image if what == "image" else (_split_image(image)[1] if image else None)
+        if value:
+            return str(value)
+    return None
+
+
+# -- caches and entities ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkloadRef:
+    """The object whose Cortex entity an input belongs to (a workload, or the object itself)."""
+
+    kind: str
+    namespace: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    annotations: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def of(cls, kind: str, obj: JsonObject) -> WorkloadRef:
+        m = meta(obj)
+        return cls(kind, str(m.get("namespace") or ""), str(m.get("name") or ""), labels_of(obj), annotations_of(obj))
+
+
+class WorkloadCache:
+    """Workloads and ReplicaSets as last seen by the streams (for owners, history and entities)."""
+
+    def __init__(self) -> None:
+        self.workloads: dict[tuple[str, str, str], JsonObject] = {}
+        self.replicasets: dict[tuple[str, str], JsonObject] = {}
+        # owner uid -> its ReplicaSets: a Deployment's status changes often, its history rarely
+        self._owned: dict[str, set[tuple[str, str]]] = {}
+
+    def clear(self) -> None:
+        """Forget everything (a new term lists every collection again)."""
+        self.workloads.clear()
+        self.replicasets.clear()
+        self._owned.clear()
+
+    def put(self, kind: str, obj: JsonObject) -> None:
+        """Remember the latest state of an object."""
+        m = meta(obj)
+        ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
+        if kind == "ReplicaSet":
+            self.remove(kind, obj)
+            self.replicasets[(ns, name)] = obj
+            for ref in m.get("ownerReferences") or []:
+                self._owned.setdefault(str(ref.get("uid")), set()).add((ns, name))
+        else:
+            self.workloads[(kind, ns, name)] = obj
+
+    def remove(self, kind: str, obj: JsonObject) -> None:
+        """Forget a deleted object."""
+        m = meta(obj)
+        ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
+        if kind == "ReplicaSet":
+            old = self.replicasets.pop((ns, name), None)
+            refs = (meta(old).get("ownerReferences") or []) if old is not None else []
+            for ref in refs:
+                owned = self._owned.get(str(ref.get("uid")))
+                if owned is not None:
+                    owned.discard((ns, name))
+                    if not owned:
+                        del self._owned[str(ref.get("uid"))]
+        else:
+            self.workloads.pop((kind, ns, name), None)
+
+    def workload(self, kind: str, namespace: str, name: str) -> WorkloadRef:
+        """A workload as known (without labels and annotations when it is not cached)."""
+        obj = self.workloads.get((kind, namespace, name))
+        return WorkloadRef.of(kind, obj) if obj is not None else WorkloadRef(kind, namespace, name)
+
+    def owned_replicasets(self, owner_uid: str) -> list[JsonObject]:
+        """The ReplicaSets a Deployment owns (its revision history)."""
+        return [self.replicasets[key] for key in self._owned.get(owner_uid, ()) if key in self.replicasets]
+
+    def owner_of_replicaset(self, namespace: str, name: str) -> WorkloadRef | None:
+        """The controller of a cached ReplicaSet (the ReplicaSet itself when it has none)."""
+        rs = self.replicasets.get((namespace, name))
+        if rs is None:
+            return None
+        ref = controller_of(rs)
+        if ref is None:
+            return WorkloadRef.of("ReplicaSet", rs)
+        return self.workload(str(ref.get("kind")), namespace, str(ref.get("name")))
+
+    def guess_pod_owner(self, namespace: str, pod: str) -> WorkloadRef | None:
+        """Owner of a pod that no longer exists, from the naming of its controllers' pods."""
+        for (ns, rs_name) in self.replicasets:
+            suffix = pod[len(rs_name) + 1:]
+            if ns == namespace and pod.startswith(rs_name + "-") and len(suffix) == 5 and suffix.isalnum():
+                return self.owner_of_replicaset(ns, rs_name)
+        for (kind, ns, name), obj in self.workloads.items():
+            suffix = pod[len(name) + 1:]
+            if ns != namespace or not pod.startswith(name + "-"):
+                continue
+            if (kind == "StatefulSet" and suffix.isdigit()) or (kind == "DaemonSet" and len(suffix) == 5):
+                return WorkloadRef.of(kind, obj)
+        return None
+
+
+def controller_of(obj: JsonObject) -> JsonObject | None:
+    """The ownerReference marked ``controller: true``, if any."""
+    for ref in meta(obj).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller"):
+            return ref
+    return None
+
+
+class EntityMapper:
+    """Workload -> Cortex tag: annotation/label key, then the static map, then the template."""
+
+    def __init__(self, settings: EntityMapping, *, cluster: str) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self._resolver = EntityResolver(
+            EntitySettings(static=settings.static, template=settings.template, lowercase=settings.lowercase,
+                           lookup=False),
+            None,
+        )
+
+    def entity(self, ref: WorkloadRef) -> str | None:
+        """The Cortex tag of ``ref``, or None when no rule yields one."""
+        for key in self.settings.keys:
+            value = ref.annotations.get(key) or ref.labels.get(key)
+            if value and is_tag(value.strip()):
+                return value.strip()
+        tag = self._resolver.settings.static.get(f"{ref.namespace}/{ref.name}".lower())
+        if tag is not None:
+            return tag
+        document = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "labels": ref.labels,
+                    "annotations": ref.annotations, "cluster": self.cluster}
+        return self._resolver.render_template(document)
+
+
+# -- rollout state and classification -----------------------------------------------------------
+
+
+@dataclass
+class WorkloadState:
+    """What the bridge remembers of one workload (persisted as JSON)."""
+
+    uid: str
+    generation: int
+    hash: str | None
+    restarted: str | None
+    replicas: int | None
+    history: list[str] = field(default_factory=list)
+    failed: int | None = None
+    #: template of a rollout that started but has not completed (undone -> ROLLBACK)
+    attempt: str | None = None
+
+    def to_json(self) -> str:
+        """The persisted form."""
+        return json.dumps({"uid": self.uid, "gen": self.generation, "hash": self.hash, "restarted": self.restarted,
+                           "replicas": self.replicas, "hist": self.history, "failed": self.failed,
+                           "attempt": self.attempt}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkloadState:
+        """Inverse of :meth:`to_json`."""
+        data = json.loads(text)
+        return cls(str(data["uid"]), int(data["gen"]), data.get("hash"), data.get("restarted"),
+                   data.get("replicas"), list(data.get("hist") or []), data.get("failed"), data.get("attempt"))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one look at a workload found: a report (or none) and the state to remember."""
+
+    report: DeployType | Literal["FAILED"] | None
+    state: WorkloadState
+    previous: WorkloadState | None
+
+
+def _revision(obj: JsonObject) -> int:
+    return _int(annotations_of(obj).get(REVISION))
+
+
+def _previous_template(current: str, replicasets: list[JsonObject]) -> JsonObject | None:
+    """The most recent ReplicaSet with another template: what was running before this rollout."""
+    others = [rs for rs in replicasets if template_hash(pod_template(rs)) != current]
+    return max(others, key=_revision) if others else None
+
+
+def _was_current_before(obj: JsonObject, current: str, replicasets: list[JsonObject]) -> bool:
+    """Whether the ReplicaSet of the current template had been the current one before (reused)."""
+    revision = annotations_of(obj).get(REVISION)
+    return any(
+        annotations_of(rs).get(REVISION_HISTORY)
+        and (template_hash(pod_template(rs)) == current or (revision and annotations_of(rs).get(REVISION) == revision))
+        for rs in replicasets
+    )
+
+
+def _remember(history: list[str], template: str | None, current: str) -> list[str]:
+    if template is None or template == current:
+        return history
+    return ([h for h in history if h != template] + [template])[-HISTORY_LIMIT:]
+
+
+def observe_workload(
+    kind: str,
+    obj: JsonObject,
+    previous: WorkloadState | None,
+    replicasets: list[JsonObject],
+    *,
+    baseline: bool,
+) -> Observation:
+    """Classify a look at a workload against what was remembered of it (see the module docstring).
+
+    ``baseline``: take the workload as it is as already reported (first start, hand-over). A
+    rollout still running then is reported when it completes, against the ReplicaSet that ran
+    before it (Deployments) or as a DEPLOY (no earlier template known).
+    """
+    m = meta(obj)
+    uid = str(m.get("uid") or "")
+    generation = _int(m.get("generation"))
+    current = template_hash(pod_template(obj))
+    restarted = restarted_at(obj)
+    replicas = desired_replicas(kind, obj)
+    progress = rollout_progress(kind, obj)
+    if previous is not None and previous.uid != uid:
+        previous = None  # deleted and re-created under the same name: a new workload
+    if baseline:
+        history = list(previous.history) if previous else []
+        if progress == "complete":
+            state = WorkloadState(uid, generation, current, restarted, replicas, history)
+        else:
+            before = _previous_template(current, replicasets) if kind == "Deployment" else None
+            prior = template_hash(pod_template(before)) if before is not None else None
+            state = WorkloadState(uid, 0, prior, restarted_at(before) if before is not None else None, replicas,
+                                  _remember(history, prior, current))
+            state.failed = generation if progress == "failed" else None
+            state.attempt = current if prior is not None else None
+        return Observation(None, state, previous)
+    base = previous or WorkloadState(uid, 0, None, None, None)
+    state = WorkloadState(base.uid, base.generation, base.hash, base.restarted, base.replicas, list(base.history),
+                          base.failed, base.attempt)
+    if progress != "complete" and base.hash is not None and current != base.hash:
+        state.attempt = current
+    if progress == "failed":
+        if base.failed == generation:
+            return Observation(None, state, previous)
+        state.failed = generation
+        return Observation("FAILED", state, previous)
+    if progress != "complete" or generation <= base.generation:
+        return Observation(None, state, previous)
+    report: DeployType | None
+    if base.hash is None or current != base.hash:
+        seen = current in base.history or (kind == "Deployment" and _was_current_before(obj, current, replicasets))
+        report = "ROLLBACK" if seen else "DEPLOY"
+    elif base.attempt is not None and base.attempt != current:
+        report = "ROLLBACK"  # a rollout that never completed was undone: back to what ran before
+    elif restarted != base.restarted:
+        report = "RESTART"
+    elif replicas != base.replicas:
+        report = "SCALE"
+    else:
+        report = None  # a metadata-only change of the spec: nothing ran differently
+    state = WorkloadState(uid, generation, current, restarted, replicas, _remember(base.history, base.hash, current))
+    return Observation(report, state, previous)
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+def _completed_at(kind: str, obj: JsonObject) -> datetime:
+    progressing = _condition(obj, "Progressing")
+    stamp = (progressing or {}).get("lastUpdateTime") if kind == "Deployment" else None
+    if stamp and (progressing or {}).get("reason") == "NewReplicaSetAvailable":
+        try:
+            return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return utc_now()
+
+
+def _summary(report: DeployType, ns: str, name: str, version: str | None, replicas: int | None,
+             previous_replicas: int | None) -> str:
+    target = f"{ns}/{name}"
+    if report == "DEPLOY":
+        return f"Deploy {target}" + (f" {version}" if version else "")
+    if report == "ROLLBACK":
+        return f"Rollback {target}" + (f" to {version}" if version else "")
+    if report == "SCALE":
+        return f"Scale {target} from {previous_replicas} to {replicas} replicas"
+    return f"Restart {target}"
+
+
+def deploy_record(
+    settings: RolloutSettings,
+    observation: Observation,
+    kind: str,
+    obj: JsonObject,
+    *,
+    source: str,
+    cluster: str,
+    entity: str,
+    environment: str | None,
+) -> Record | None:
+    """The record reporting ``observation`` (None when it reports nothing or its type is off)."""
+    report = observation.report
+    m = meta(obj)
+    ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
+    state = observation.state
+    ident = (kind, ns, name, state.uid, _int(m.get("generation")))
+    provenance = Provenance(source=source, delivery_id=f"{kind}/{ns}/{name}@{ident[-1]}")
+    images = {str(c.get("name")): str(c.get("image")) for c in containers(obj)}
+    custom: dict[str, Any] = {"cluster": cluster, "namespace": ns, "kind": kind, "name": name,
+                              "generation": ident[-1]}
+    if report == "FAILED":
+        if not settings.report_failed:
+            return None
+        cond = _condition(obj, "Progressing") or {}
+        stamp = cond.get("lastUpdateTime")
+        return EventRecord(
+            id=record_id("k8s", cluster, "rollout-failed", *ident), entity=entity, provenance=provenance,
+            type=settings.failed_event_type, title=f"Rollout of {kind} {ns}/{name} failed",
+            timestamp=stamp or utc_now(), description=str(cond.get("message") or "ProgressDeadlineExceeded"),
+            custom_data={**custom, "reason": str(cond.get("reason") or ""), "images": images},
+        )
+    if report is None or report not in settings.types:
+        return None
+    version = resolve_value(settings.version, obj)
+    previous_replicas = observation.previous.replicas if observation.previous else None
+    summary = _summary(report, ns, name, version, state.replicas, previous_replicas)
+    revision = annotations_of(obj).get(REVISION)
+    first_image = next(iter(images.values()), "")
+    title = settings.title.format(
+        type=report, kind=kind, namespace=ns, name=name, version=version or "", image=first_image,
+        replicas="" if state.replicas is None else state.replicas,
+        previous_replicas="" if previous_replicas is None else previous_replicas,
+        cluster=cluster, environment=environment or "", revision=revision or "", summary=summary,
+    ).strip() or summary
+    deployer = resolve_value(settings.deployer, obj)
+    custom.update({"images": images, "templateHash": state.hash})
+    for key, value in (("version", version), ("revision", revision), ("replicas", state.replicas),
+                       ("previousReplicas", previous_replicas)):
+        if value is not None:
+            custom[key] = value
+    return DeployRecord(
+        id=record_id("k8s", cluster, *ident), entity=entity, provenance=provenance, title=title,
+        timestamp=_completed_at(kind, obj), type=report, sha=resolve_value(settings.sha, obj),
+        environment=environment,
+        deployer=None if not deployer else (Deployer(email=deployer) if "@" in deployer else Deployer(name=deployer)),
+        custom_data=custom,
+    )

@@ -1,0 +1,186 @@
+"""Settings, client configuration and the pure parts (templates, progress, events) on real objects."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.sources.base import SourceConfigError
+from bridge.sources.k8s_events import normalize_event
+from bridge.sources.k8s_rollouts import (
+    WorkloadState,
+    observe_workload,
+    resolve_value,
+    rollout_progress,
+    template_hash,
+)
+from bridge.sources.kubernetes import KubernetesSourceSettings, create, load_client_configuration
+from tests.k8s import FIXTURES_DIR, FakeApiServer, load_manifests
+
+KSPAN = FIXTURES_DIR / "k8s-real" / "kspan"
+
+
+def kspan(name: str) -> dict[str, Any]:
+    [obj] = load_manifests(KSPAN / name)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rollouts": {"version": ["image_digest"]}}, "use annotation:<key>"),
+        ({"rollouts": {"title": "{nope}"}}, "unknown or malformed placeholder"),
+        ({"events": {"title": "{reason} {oops}"}}, "unknown or malformed placeholder"),
+        ({"leader_election": {"retry_period_seconds": 5, "renew_deadline_seconds": 4}}, "retry_period_seconds <"),
+        ({"kubeconfig": "/nonexistent/kubeconfig"}, "does not exist"),
+        ({"rollouts": {"enabled": False}, "events": {"enabled": False}}, "enable rollouts, events or both"),
+        ({"entity": {"static": {"shop/a": "has space"}}}, "not a Cortex tag"),
+        ({"events": {"count_metric": "bad key!"}}, "count_metric"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_settings_name_the_field(overrides: dict[str, Any], message: str) -> None:
+    config = {"name": "k8s", "type": "kubernetes", **overrides}
+    with pytest.raises(SourceConfigError) as info:
+        create(config, ctx=None)  # type: ignore[arg-type]  # validation fails before ctx is used
+    assert "source 'k8s'" in str(info.value) and message in str(info.value)
+
+
+def test_the_charts_example_source_is_valid() -> None:
+    # deploy/examples/kubernetes-events.yaml uses the entity_annotation shorthand.
+    settings = KubernetesSourceSettings.model_validate(
+        {"name": "cluster", "type": "kubernetes", "entity_annotation": "cortex.io/tag",
+         "environment": "production", "namespaces": []})
+    assert settings.entity.keys == ["cortex.io/tag"]
+    assert settings.leader_election.enabled and settings.rollouts.enabled and settings.events.enabled
+    with pytest.raises(ValueError, match="not both"):
+        KubernetesSourceSettings.model_validate({"name": "c", "entity_annotation": "a", "entity": {"keys": ["b"]}})
+
+
+async def test_in_cluster_configuration_uses_the_service_account(tmp_path: Path) -> None:
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("sa-token-1")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = KubernetesSourceSettings(name="k8s")
+    environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    configuration = await load_client_configuration(settings, environ=environ, token_file=str(token),
+                                                    ca_file=str(ca))
+    assert configuration.host == "https://10.96.0.1:443"
+    assert configuration.ssl_ca_cert == str(ca)
+    assert configuration.api_key["BearerToken"] == "Bearer sa-token-1"
+    assert configuration.refresh_api_key_hook is not None  # re-reads rotated tokens
+
+
+async def test_kubeconfig_wins_over_the_service_account(tmp_path: Path) -> None:
+    async with FakeApiServer(token="kube-token") as server:
+        path = server.write_kubeconfig(tmp_path / "config")
+        settings = KubernetesSourceSettings(name="k8s", kubeconfig=path)
+        configuration = await load_client_configuration(settings, environ={"KUBERNETES_SERVICE_HOST": "10.0.0.1",
+                                                                           "KUBERNETES_SERVICE_PORT": "443"})
+        assert configuration.host == server.url
+        assert configuration.api_key["BearerToken"] == "Bearer kube-token"
+
+
+def test_template_hash_ignores_restarts_and_the_controllers_label() -> None:
+    deployment = kspan("apps.v1.Deployment.hello-world.with-status.yaml")
+    template = deployment["spec"]["template"]
+    restarted = copy.deepcopy(template)
+    restarted["metadata"]["annotations"] = {"kubectl.kubernetes.io/restartedAt": "2024-05-01T10:00:00Z"}
+    labelled = copy.deepcopy(template)
+    labelled["metadata"]["labels"]["pod-template-hash"] = "6b9d85fbd6"
+    assert template_hash(template) == template_hash(restarted) == template_hash(labelled)
+    other = copy.deepcopy(template)
+    other["spec"]["containers"][0]["image"] = "nginx:1.19.3-alpine"
+    assert template_hash(other) != template_hash(template)
+
+
+def test_progress_of_real_objects() -> None:
+    deployment = kspan("apps.v1.Deployment.hello-world.with-status.yaml")
+    assert rollout_progress("Deployment", deployment) == "progressing"  # generation 4, observed 3
+    deployment["status"]["observedGeneration"] = 4
+    assert rollout_progress("Deployment", deployment) == "complete"
+    deployment["status"]["conditions"][1].update(status="False", reason="ProgressDeadlineExceeded")
+    assert rollout_progress("Deployment", deployment) == "failed"
+    sts = {"metadata": {"generation": 2}, "spec": {"replicas": 3},
+           "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3,
+                      "currentRevision": "db-5d8", "updateRevision": "db-7f9"}}
+    assert rollout_progress("StatefulSet", sts) == "progressing"
+    sts["status"]["currentRevision"] = "db-7f9"
+    assert rollout_progress("StatefulSet", sts) == "complete"
+    ds = {"metadata": {"generation": 5}, "spec": {},
+          "status": {"observedGeneration": 5, "desiredNumberScheduled": 4, "updatedNumberScheduled": 4,
+                     "numberAvailable": 3}}
+    assert rollout_progress("DaemonSet", ds) == "progressing"
+    ds["status"]["numberAvailable"] = 4
+    assert rollout_progress("DaemonSet", ds) == "complete"
+
+
+def test_baseline_of_a_rollout_in_progress_remembers_the_replicaset_that_ran_before() -> None:
+    deployment = kspan("apps.v1.Deployment.hello-world.with-status.yaml")
+    replicasets = [kspan("apps.v1.ReplicaSet.new.yaml"), kspan("apps.v1.ReplicaSet.old.yaml")]
+    baseline = observe_workload("Deployment", deployment, None, replicasets, baseline=True)
+    assert baseline.report is None
+    # The running ReplicaSet (revision 3, nginx:1.19.3) is what the rollout started from.
+    assert baseline.state.hash == template_hash(replicasets[0]["spec"]["template"])
+    assert baseline.state.generation == 0
+    deployment["status"]["observedGeneration"] = 4
+    done = observe_workload("Deployment", deployment, baseline.state, replicasets, baseline=False)
+    assert done.report == "ROLLBACK"
+    again = observe_workload("Deployment", deployment, done.state, replicasets, baseline=False)
+    assert again.report is None and again.state == done.state
+    assert WorkloadState.from_json(done.state.to_json()) == done.state
+
+
+def test_value_sources() -> None:
+    obj = {"metadata": {"annotations": {"cortex.io/git-sha": "abc1234"}, "labels": {"team": "pay"}},
+           "spec": {"template": {"metadata": {"labels": {"app.kubernetes.io/version": "9.9"}},
+                                 "spec": {"containers": [
+                                     {"name": "app", "image": "registry.local:5000/shop/app:1.2.3@sha256:ffee"},
+                                     {"name": "proxy", "image": "envoyproxy/envoy"}]}}}}
+    assert resolve_value(["annotation:cortex.io/git-sha"], obj) == "abc1234"
+    assert resolve_value(["label:missing", "label:app.kubernetes.io/version"], obj) == "9.9"
+    assert resolve_value(["template_label:team", "label:team"], obj) == "pay"
+    assert resolve_value(["image_tag"], obj) == "1.2.3"
+    assert resolve_value(["image_tag:proxy"], obj) is None
+    assert resolve_value(["image:proxy"], obj) == "envoyproxy/envoy"
+
+
+def test_both_event_shapes_from_real_fixtures() -> None:
+    core = normalize_event(kspan("deployment-rollout.core.v1.Event.00.yaml"))
+    assert core is not None
+    assert (core.uid, core.type, core.reason, core.count) == (
+        "44f4b5cd-9bce-49da-8d14-4a8334e5eca2", "Normal", "ScalingReplicaSet", 2)
+    assert (core.regarding.kind, core.regarding.name) == ("Deployment", "hello-world")
+    assert core.last_seen is not None and core.last_seen.isoformat() == "2020-11-27T12:04:05+00:00"
+    v1 = json.loads((FIXTURES_DIR / "k8s-api-roundtrip" / "events.k8s.io.v1.Event.roundtrip-fixture.json").read_text())
+    event = normalize_event(v1)
+    assert event is not None
+    assert event.count == max(v1["series"]["count"], v1["deprecatedCount"], 1)
+    assert event.note == v1["note"] and event.regarding.kind == v1["regarding"]["kind"]
+    assert event.controller == v1["reportingController"]
+
+
+def _statefulset(image: str, generation: int, restarted: str | None = None) -> dict[str, Any]:
+    annotations = {"kubectl.kubernetes.io/restartedAt": restarted} if restarted else {}
+    return {
+        "metadata": {"uid": "sts-1", "generation": generation},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "db"}, "annotations": annotations},
+                                             "spec": {"containers": [{"name": "db", "image": image}]}}},
+        "status": {"observedGeneration": generation, "readyReplicas": 2, "updatedReplicas": 2,
+                   "currentRevision": f"db-{generation}", "updateRevision": f"db-{generation}"},
+    }
+
+
+def test_statefulset_history_comes_from_memory() -> None:
+    state = observe_workload("StatefulSet", _statefulset("postgres:15", 1), None, [], baseline=True).state
+    reports = []
+    for obj in (_statefulset("postgres:16", 2), _statefulset("postgres:16", 3, restarted="2024-01-01T00:00:00Z"),
+                _statefulset("postgres:15", 4, restarted="2024-01-01T00:00:00Z")):
+        observation = observe_workload("StatefulSet", obj, state, [], baseline=False)
+        reports.append(observation.report)
+        state = observation.state
+    assert reports == ["DEPLOY", "RESTART", "ROLLBACK"]
