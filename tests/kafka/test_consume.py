@@ -144,7 +144,7 @@ async def test_bridge_restart_mid_stream_loses_and_duplicates_nothing(
     topic, group = unique("restart"), unique("g")
     await create_topic(broker.bootstrap, topic, 2)
     await produce(broker.bootstrap, topic, [(i % 2, None, deploy(i), []) for i in range(300)])
-    sim.config.faults = SimFaults(latency_ms=10)  # slow enough to stop in the middle
+    sim.config.faults = SimFaults(latency_ms=100)  # slow enough to stop in the middle (~80 deploys/s)
     source = kafka_source(broker.bootstrap, topic, group, max_poll_records=20)
     queue_path = tmp_path / "restart.db"
     first = await start_bridge(make_bridge, sim, [source], queue_path=queue_path)
