@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from bridge import metrics
-from bridge.queue import DurableQueue, QueueFull, QueueUnavailable
+from bridge.queue import AppendResult, DurableQueue, QueueFull, QueueUnavailable
 from bridge.records import Record
 
 log = structlog.get_logger("bridge.ingest")
@@ -32,6 +32,17 @@ def ignored_response(reason: str, *, source: str) -> web.Response:
     """An input that maps to nothing: 202 so the sender does not disable its hook."""
     metrics.INPUTS_IGNORED.labels(source, reason.split(":")[0][:60]).inc()
     return web.json_response({"ignored": reason}, status=202)
+
+
+def count_appended(source: str, records: Sequence[Record], result: AppendResult) -> None:
+    """Count what an append stored and what it found already known, per record kind."""
+    kinds = {r.id: r.kind for r in records}
+    for ids, counter in ((result.new_ids, metrics.RECORDS_ENQUEUED), (result.duplicate_ids, metrics.RECORDS_DUPLICATE)):
+        counts: dict[str, int] = {}
+        for rid in ids:
+            counts[kinds[rid]] = counts.get(kinds[rid], 0) + 1
+        for kind, n in counts.items():
+            counter.labels(source, kind).inc(n)
 
 
 async def admit(
@@ -55,11 +66,7 @@ async def admit(
         log.error("queue_unavailable", source=source, error=str(exc))
         return error_response(503, "queue cannot store input right now; retry later", source=source,
                               headers={"Retry-After": str(retry_after)})
-    by_id = {r.id: r for r in records}
-    for rid in result.new_ids:
-        metrics.RECORDS_ENQUEUED.labels(source, by_id[rid].kind).inc()
-    for rid in result.duplicate_ids:
-        metrics.RECORDS_DUPLICATE.labels(source, by_id[rid].kind).inc()
+    count_appended(source, records, result)
     log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
              new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)
     body: dict[str, Any] = {"accepted": len(records), "ids": [r.id for r in records]}

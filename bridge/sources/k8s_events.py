@@ -36,8 +36,16 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.records import EventRecord, MetricRecord, Provenance, Record, parse_timestamp, record_id
-from bridge.sources.k8s_rollouts import WORKLOAD_RESOURCES, WorkloadCache, WorkloadRef, controller_of
+from bridge.sources.k8s_rollouts import check_placeholders
 from bridge.sources.k8s_watch import API_ERRORS, JsonObject, call_raw, meta
+from bridge.sources.k8s_workloads import (
+    WORKLOAD_RESOURCES,
+    WorkloadCache,
+    WorkloadRef,
+    annotations_of,
+    controller_of,
+    labels_of,
+)
 
 log = structlog.get_logger("bridge.kubernetes")
 
@@ -87,11 +95,7 @@ class EventSettings(BaseModel):
     @field_validator("title", "event_type")
     @classmethod
     def _placeholders(cls, value: str) -> str:
-        try:
-            value.format(**dict.fromkeys(_TITLE_FIELDS, "x"))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"unknown or malformed placeholder ({exc}); known: {', '.join(_TITLE_FIELDS)}") from None
-        return value
+        return check_placeholders(value, _TITLE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -222,8 +226,7 @@ class OwnerResolver:
             return None
         ref = controller_of(pod)
         if ref is None:
-            m = meta(pod)
-            return ("Pod", name, dict(m.get("labels") or {}), dict(m.get("annotations") or {}))
+            return ("Pod", name, labels_of(pod), annotations_of(pod))
         return (str(ref.get("kind") or ""), str(ref.get("name") or ""), {}, {})
 
 

@@ -1,4 +1,4 @@
-"""Workloads: their caches, their Cortex entity, and rollouts turned into deploys.
+"""Rollouts turned into deploys: progress, classification against memory, the records.
 
 A rollout of a Deployment, StatefulSet or DaemonSet is reported once it completes (observed
 generation current, all replicas updated and available; the rules of ``kubectl rollout status``)
@@ -10,12 +10,11 @@ and classified against what this workload looked like at its previous completed 
 * only ``kubectl.kubernetes.io/restartedAt`` changed -> ``RESTART``;
 * only ``spec.replicas`` changed -> ``SCALE``.
 
-Templates are compared by :func:`template_hash`, a digest of the pod template without the
-restart annotation and without the controller's ``pod-template-hash`` label, so a restart is
-not a new template and a ReplicaSet's template hashes like its Deployment's. "An earlier
-revision had it" means: the template was the completed one at an earlier rollout this bridge
-saw, or (Deployments) the ReplicaSet with this template was current before - the deployment
-controller reuses that ReplicaSet and records its former revisions in
+Templates are compared by :func:`bridge.sources.k8s_templates.template_hash` (a restart is not a
+new template, and a ReplicaSet's template hashes like its Deployment's). "An earlier revision had
+it" means: the template was the completed one at an earlier rollout this bridge saw, or
+(Deployments) the ReplicaSet with this template was current before - the deployment controller
+reuses that ReplicaSet and records its former revisions in
 ``deployment.kubernetes.io/revision-history``, so a rollback is recognized even by a bridge whose
 memory is younger than the revision. A rollout whose Progressing condition says
 ``ProgressDeadlineExceeded`` is reported once per generation as a custom event.
@@ -23,15 +22,13 @@ memory is younger than the revision. A rollout whose Progressing condition says
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.records import (
     Deployer,
@@ -43,19 +40,18 @@ from bridge.records import (
     record_id,
     utc_now,
 )
-from bridge.sources.entity import EntityResolver, EntitySettings, is_tag
+from bridge.sources.k8s_templates import (
+    check_value_sources,
+    containers,
+    pod_template,
+    resolve_value,
+    restarted_at,
+    template_hash,
+)
 from bridge.sources.k8s_watch import JsonObject, meta
+from bridge.sources.k8s_workloads import WORKLOAD_RESOURCES, WorkloadKind, annotations_of
 
-WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
-#: Watched resource (plural) -> kind.
-WORKLOAD_RESOURCES: dict[str, WorkloadKind] = {
-    "deployments": "Deployment",
-    "statefulsets": "StatefulSet",
-    "daemonsets": "DaemonSet",
-}
 ALL_DEPLOY_TYPES: tuple[DeployType, ...] = ("DEPLOY", "ROLLBACK", "SCALE", "RESTART")
-RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-POD_TEMPLATE_HASH = "pod-template-hash"
 REVISION = "deployment.kubernetes.io/revision"
 REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
 #: Earlier templates remembered per workload.
@@ -64,50 +60,21 @@ HISTORY_LIMIT = 25
 ROLLOUTS_EMITTED = Counter(
     "cortex_bridge_k8s_rollouts_emitted", "Rollouts reported, by deploy type (FAILED: custom event).", ["source", "type"]
 )
-UNMAPPED = Counter(
-    "cortex_bridge_k8s_unmapped_entities",
-    "Workloads (or objects) without a Cortex entity; their rollouts and events were skipped.",
-    ["source", "kind"],
-)
 
-_VALUE_SOURCE = re.compile(r"^(?:(?:annotation|label|template_annotation|template_label):\S+|(?:image|image_tag)(?::\S+)?)$")
 _TITLE_FIELDS = ("type", "kind", "namespace", "name", "version", "image", "replicas", "previous_replicas",
                  "cluster", "environment", "revision", "summary")
 
 
-# -- settings -----------------------------------------------------------------------------------
-
-
-class EntityMapping(BaseModel):
-    """``entity:`` of a kubernetes source: which Cortex entity a workload belongs to."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keys: list[str] = Field(
-        default_factory=lambda: ["cortex.io/tag"],
-        description="Annotation (then label) keys on the workload holding the Cortex tag, tried in order.",
-    )
-    static: dict[str, str] = Field(default_factory=dict, description="'namespace/name' of a workload -> tag.")
-    template: str | None = Field(
-        None, description="Tag template over {kind, namespace, name, labels, annotations, cluster}, e.g. '{name}'."
-    )
-    lowercase: bool = Field(False, description="Lowercase the tag the template produced.")
-
-    @model_validator(mode="after")
-    def _valid(self) -> EntityMapping:
-        # Same rules as every other source's entity settings (tags in the static map, placeholders).
-        EntitySettings(static=self.static, template=self.template, lowercase=self.lowercase, lookup=False)
-        return self
-
-
-def _check_sources(value: list[str]) -> list[str]:
-    for item in value:
-        if not _VALUE_SOURCE.match(item):
-            raise ValueError(
-                f"{item!r}: use annotation:<key>, label:<key>, template_annotation:<key>, "
-                "template_label:<key>, image[:<container>] or image_tag[:<container>]"
-            )
+def check_placeholders(value: str, fields: tuple[str, ...]) -> str:
+    """``value`` if it is a format string over ``fields`` only, else :class:`ValueError`."""
+    try:
+        value.format(**dict.fromkeys(fields, "x"))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"unknown or malformed placeholder ({exc}); known: {', '.join(fields)}") from None
     return value
+
+
+# -- settings -----------------------------------------------------------------------------------
 
 
 class RolloutSettings(BaseModel):
@@ -140,59 +107,15 @@ class RolloutSettings(BaseModel):
     @field_validator("sha", "version", "deployer")
     @classmethod
     def _sources_valid(cls, value: list[str]) -> list[str]:
-        return _check_sources(value)
+        return check_value_sources(value)
 
     @field_validator("title")
     @classmethod
     def _title_fields(cls, value: str) -> str:
-        try:
-            value.format(**dict.fromkeys(_TITLE_FIELDS, "x"))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"unknown or malformed placeholder ({exc}); known: {', '.join(_TITLE_FIELDS)}") from None
-        return value
+        return check_placeholders(value, _TITLE_FIELDS)
 
 
-# -- object helpers -----------------------------------------------------------------------------
-
-
-def labels_of(obj: JsonObject) -> dict[str, str]:
-    """An object's labels."""
-    return {str(k): str(v) for k, v in (meta(obj).get("labels") or {}).items()}
-
-
-def annotations_of(obj: JsonObject) -> dict[str, str]:
-    """An object's annotations."""
-    return {str(k): str(v) for k, v in (meta(obj).get("annotations") or {}).items()}
-
-
-def pod_template(obj: JsonObject) -> JsonObject:
-    """A workload's (or ReplicaSet's) ``spec.template``."""
-    template = (obj.get("spec") or {}).get("template")
-    return template if isinstance(template, dict) else {}
-
-
-def template_hash(template: JsonObject) -> str:
-    """Digest of a pod template, ignoring the restart annotation and ``pod-template-hash``."""
-    clone = dict(template)
-    template_meta = dict(clone.get("metadata") or {})
-    template_meta.pop("creationTimestamp", None)
-    annotations = {k: v for k, v in (template_meta.get("annotations") or {}).items() if k != RESTARTED_AT}
-    labels = {k: v for k, v in (template_meta.get("labels") or {}).items() if k != POD_TEMPLATE_HASH}
-    template_meta.pop("annotations", None)
-    template_meta.pop("labels", None)
-    if annotations:
-        template_meta["annotations"] = annotations
-    if labels:
-        template_meta["labels"] = labels
-    clone["metadata"] = template_meta
-    canonical = json.dumps(clone, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
-
-
-def restarted_at(obj: JsonObject) -> str | None:
-    """The ``kubectl rollout restart`` stamp on a workload's pod template."""
-    value = ((pod_template(obj).get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
-    return str(value) if value else None
+# -- progress -----------------------------------------------------------------------------------
 
 
 def _int(value: Any) -> int:
@@ -256,171 +179,6 @@ def rollout_progress(kind: str, obj: JsonObject) -> Progress:
     ):
         return "progressing"
     return "complete" if _int(status.get("numberAvailable")) >= desired else "progressing"
-
-
-def _split_image(image: str) -> tuple[str, str | None]:
-    """(name, tag) of an image reference; the tag is None when only a digest (or nothing) is given."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        return name[: len(name) - len(last)] + last.split(":", 1)[0], last.split(":", 1)[1]
-    return name, None
-
-
-def containers(obj: JsonObject) -> list[JsonObject]:
-    """The containers of a workload's pod template."""
-    spec = pod_template(obj).get("spec") or {}
-    return [c for c in spec.get("containers") or [] if isinstance(c, dict)]
-
-
-def resolve_value(sources: list[str], obj: JsonObject) -> str | None:
-    """The first non-empty value among ``sources`` (see :class:`RolloutSettings`)."""
-    template_meta = pod_template(obj).get("metadata") or {}
-    for item in sources:
-        what, _, key = item.partition(":")
-        value: str | None = None
-        if what in ("annotation", "label"):
-            plural = "annotations" if what == "annotation" else "labels"
-            value = (meta(obj).get(plural) or {}).get(key) or (template_meta.get(plural) or {}).get(key)
-        elif what in ("template_annotation", "template_label"):
-            value = (template_meta.get("annotations" if what == "template_annotation" else "labels") or {}).get(key)
-        else:
-            chosen = [c for c in containers(obj) if not key or c.get("name") == key][:1]
-            image = str(chosen[0].get("image") or "") if chosen else ""
-            value = image if what == "image" else (_split_image(image)[1] if image else None)
-        if value:
-            return str(value)
-    return None
-
-
-# -- caches and entities ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkloadRef:
-    """The object whose Cortex entity an input belongs to (a workload, or the object itself)."""
-
-    kind: str
-    namespace: str
-    name: str
-    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-    annotations: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-
-    @classmethod
-    def of(cls, kind: str, obj: JsonObject) -> WorkloadRef:
-        m = meta(obj)
-        return cls(kind, str(m.get("namespace") or ""), str(m.get("name") or ""), labels_of(obj), annotations_of(obj))
-
-
-class WorkloadCache:
-    """Workloads and ReplicaSets as last seen by the streams (for owners, history and entities)."""
-
-    def __init__(self) -> None:
-        self.workloads: dict[tuple[str, str, str], JsonObject] = {}
-        self.replicasets: dict[tuple[str, str], JsonObject] = {}
-        # owner uid -> its ReplicaSets: a Deployment's status changes often, its history rarely
-        self._owned: dict[str, set[tuple[str, str]]] = {}
-
-    def clear(self) -> None:
-        """Forget everything (a new term lists every collection again)."""
-        self.workloads.clear()
-        self.replicasets.clear()
-        self._owned.clear()
-
-    def put(self, kind: str, obj: JsonObject) -> None:
-        """Remember the latest state of an object."""
-        m = meta(obj)
-        ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
-        if kind == "ReplicaSet":
-            self.remove(kind, obj)
-            self.replicasets[(ns, name)] = obj
-            for ref in m.get("ownerReferences") or []:
-                self._owned.setdefault(str(ref.get("uid")), set()).add((ns, name))
-        else:
-            self.workloads[(kind, ns, name)] = obj
-
-    def remove(self, kind: str, obj: JsonObject) -> None:
-        """Forget a deleted object."""
-        m = meta(obj)
-        ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
-        if kind == "ReplicaSet":
-            old = self.replicasets.pop((ns, name), None)
-            refs = (meta(old).get("ownerReferences") or []) if old is not None else []
-            for ref in refs:
-                owned = self._owned.get(str(ref.get("uid")))
-                if owned is not None:
-                    owned.discard((ns, name))
-                    if not owned:
-                        del self._owned[str(ref.get("uid"))]
-        else:
-            self.workloads.pop((kind, ns, name), None)
-
-    def workload(self, kind: str, namespace: str, name: str) -> WorkloadRef:
-        """A workload as known (without labels and annotations when it is not cached)."""
-        obj = self.workloads.get((kind, namespace, name))
-        return WorkloadRef.of(kind, obj) if obj is not None else WorkloadRef(kind, namespace, name)
-
-    def owned_replicasets(self, owner_uid: str) -> list[JsonObject]:
-        """The ReplicaSets a Deployment owns (its revision history)."""
-        return [self.replicasets[key] for key in self._owned.get(owner_uid, ()) if key in self.replicasets]
-
-    def owner_of_replicaset(self, namespace: str, name: str) -> WorkloadRef | None:
-        """The controller of a cached ReplicaSet (the ReplicaSet itself when it has none)."""
-        rs = self.replicasets.get((namespace, name))
-        if rs is None:
-            return None
-        ref = controller_of(rs)
-        if ref is None:
-            return WorkloadRef.of("ReplicaSet", rs)
-        return self.workload(str(ref.get("kind")), namespace, str(ref.get("name")))
-
-    def guess_pod_owner(self, namespace: str, pod: str) -> WorkloadRef | None:
-        """Owner of a pod that no longer exists, from the naming of its controllers' pods."""
-        for (ns, rs_name) in self.replicasets:
-            suffix = pod[len(rs_name) + 1:]
-            if ns == namespace and pod.startswith(rs_name + "-") and len(suffix) == 5 and suffix.isalnum():
-                return self.owner_of_replicaset(ns, rs_name)
-        for (kind, ns, name), obj in self.workloads.items():
-            suffix = pod[len(name) + 1:]
-            if ns != namespace or not pod.startswith(name + "-"):
-                continue
-            if (kind == "StatefulSet" and suffix.isdigit()) or (kind == "DaemonSet" and len(suffix) == 5):
-                return WorkloadRef.of(kind, obj)
-        return None
-
-
-def controller_of(obj: JsonObject) -> JsonObject | None:
-    """The ownerReference marked ``controller: true``, if any."""
-    for ref in meta(obj).get("ownerReferences") or []:
-        if isinstance(ref, dict) and ref.get("controller"):
-            return ref
-    return None
-
-
-class EntityMapper:
-    """Workload -> Cortex tag: annotation/label key, then the static map, then the template."""
-
-    def __init__(self, settings: EntityMapping, *, cluster: str) -> None:
-        self.settings = settings
-        self.cluster = cluster
-        self._resolver = EntityResolver(
-            EntitySettings(static=settings.static, template=settings.template, lowercase=settings.lowercase,
-                           lookup=False),
-            None,
-        )
-
-    def entity(self, ref: WorkloadRef) -> str | None:
-        """The Cortex tag of ``ref``, or None when no rule yields one."""
-        for key in self.settings.keys:
-            value = ref.annotations.get(key) or ref.labels.get(key)
-            if value and is_tag(value.strip()):
-                return value.strip()
-        tag = self._resolver.settings.static.get(f"{ref.namespace}/{ref.name}".lower())
-        if tag is not None:
-            return tag
-        document = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "labels": ref.labels,
-                    "annotations": ref.annotations, "cluster": self.cluster}
-        return self._resolver.render_template(document)
 
 
 # -- rollout state and classification -----------------------------------------------------------

@@ -34,7 +34,7 @@ from bridge.records import Record
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.native import RecordErrors, parse_native
 from bridge.sources.registry import SOURCE_TYPES, build_sources
-from bridge.sources.webhook import Ignored, Rejected, WebhookSource
+from bridge.sources.webhook import DeadLetters, Ignored, Rejected, WebhookSource
 
 FormatName = Literal["native", "cloudevents", "mapping"]
 
@@ -75,20 +75,11 @@ class FormatUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class DeadGroup:
-    """Records that cannot be delivered as they are (e.g. no entity resolved), kept for an operator."""
-
-    records: list[Record]
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
 class Decoded:
     """What one message maps to."""
 
     records: list[Record]
-    dead: list[DeadGroup] = field(default_factory=list)
+    dead: list[DeadLetters] = field(default_factory=list)
 
 
 #: One message (and when it was received) -> what it maps to; raises :class:`PoisonMessage`.
@@ -174,7 +165,7 @@ async def _evaluate(pipeline: WebhookSource, headers: CIMultiDictProxy[str], bod
         return Decoded([])
     if isinstance(outcome, Rejected):
         raise PoisonMessage("unmappable", f"{outcome.reason} (as a webhook: HTTP {outcome.status})")
-    return Decoded(list(outcome.records), [DeadGroup(list(g.records), g.reason, g.detail) for g in outcome.dead])
+    return Decoded(list(outcome.records), list(outcome.dead))
 
 
 def pipeline_decoder(pipeline: WebhookSource) -> MessageDecoder:

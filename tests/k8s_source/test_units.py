@@ -11,14 +11,10 @@ import pytest
 
 from bridge.sources.base import SourceConfigError
 from bridge.sources.k8s_events import normalize_event
-from bridge.sources.k8s_rollouts import (
-    WorkloadState,
-    observe_workload,
-    resolve_value,
-    rollout_progress,
-    template_hash,
-)
-from bridge.sources.kubernetes import KubernetesSourceSettings, create, load_client_configuration
+from bridge.sources.k8s_rollouts import WorkloadState, observe_workload, rollout_progress
+from bridge.sources.k8s_settings import KubernetesSourceSettings, load_client_configuration
+from bridge.sources.k8s_templates import resolve_value, template_hash
+from bridge.sources.kubernetes import create
 from tests.k8s import FIXTURES_DIR, FakeApiServer, load_manifests
 
 KSPAN = FIXTURES_DIR / "k8s-real" / "kspan"

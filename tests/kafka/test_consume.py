@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from bridge import metrics
 from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import inspect, poison
-from bridge.sources import kafka as kafka_module
+from bridge.sources import kafka_batches as kafka_module
 from bridge.sources.kafka import KafkaSource
 from tests.conftest import BridgeFactory, sim_state, wait_until
 from tests.kafka.conftest import (

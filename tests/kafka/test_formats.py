@@ -17,8 +17,9 @@ from bridge.queue import DurableQueue
 from bridge.queue.poison import RAW_INPUT_KIND, RawInput, dead_letter_raw
 from bridge.records import DeployRecord, EventRecord
 from bridge.sources.base import SourceConfigError, SourceContext
-from bridge.sources.kafka import KafkaSourceSettings, create_kafka_source
+from bridge.sources.kafka import create_kafka_source
 from bridge.sources.kafka_formats import PoisonMessage, build_decoder, http_headers
+from bridge.sources.kafka_settings import KafkaSourceSettings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
