@@ -8,11 +8,12 @@ Kubernetes) run between :meth:`Source.start` and :meth:`Source.stop`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from bridge.config import Settings
 from bridge.queue import DurableQueue
@@ -51,6 +52,22 @@ class Source(Protocol):
 
     async def stop(self) -> None:
         """Stop taking input; make sure everything acknowledged is durable."""
+
+
+SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
+
+
+def parse_settings(model: type[SettingsModel], config: Mapping[str, Any]) -> SettingsModel:
+    """Validate a source's config; raise :class:`SourceConfigError` naming the source and fields."""
+    try:
+        return model.model_validate(dict(config))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {message}" if loc else message)
+        raise SourceConfigError(f"source {config.get('name')!r}: {'; '.join(problems)}") from None
 
 
 #: Builds a source from its config mapping (``name``, ``type`` and type-specific keys).

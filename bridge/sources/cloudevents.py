@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from bridge.queue import DurableQueue
-from bridge.sources.base import SourceContext
+from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.cdevents import CDEventsMapper
 from bridge.sources.signatures import TokenScheme
 from bridge.sources.webhook import (
@@ -40,7 +40,6 @@ from bridge.sources.webhook import (
     WebhookSettings,
     WebhookSource,
     media_type,
-    parse_settings,
     text,
 )
 

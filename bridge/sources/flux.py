@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from bridge.records import record_id
-from bridge.sources.base import SourceContext
+from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import sha_from_revision
 from bridge.sources.signatures import HmacScheme, TokenScheme
@@ -33,7 +33,6 @@ from bridge.sources.webhook import (
     WebhookSource,
     dig,
     first_timestamp,
-    parse_settings,
     text,
 )
 

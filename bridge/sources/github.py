@@ -25,7 +25,7 @@ from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.records import record_id
-from bridge.sources.base import SourceContext
+from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.expressions import compile_expression, search
 from bridge.sources.signatures import HmacScheme
@@ -41,7 +41,6 @@ from bridge.sources.webhook import (
     WebhookSource,
     dig,
     first_timestamp,
-    parse_settings,
     text,
 )
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.records import record_id
-from bridge.sources.base import SourceContext
+from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url
 from bridge.sources.signatures import TokenScheme
@@ -36,7 +36,6 @@ from bridge.sources.webhook import (
     WebhookSource,
     dig,
     first_timestamp,
-    parse_settings,
     text,
 )
 

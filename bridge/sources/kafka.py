@@ -34,11 +34,10 @@ from aiokafka.errors import (
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
 )
-from pydantic import ValidationError
 
 from bridge.config import ConfigError
 from bridge.records import utc_now
-from bridge.sources.base import SourceConfigError, SourceContext
+from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.kafka_batches import BatchWriter, FetchedPartition
 from bridge.sources.kafka_metrics import (
     ASSIGNED,
@@ -390,11 +389,5 @@ def _names(tps: Iterable[TopicPartition]) -> list[str]:
 
 def create_kafka_source(config: dict[str, Any], ctx: SourceContext) -> KafkaSource:
     """Source factory registered as ``type: kafka``."""
-    try:
-        settings = KafkaSourceSettings.model_validate(config)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(source)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise SourceConfigError(f"source {config.get('name')!r}: {problems}") from None
+    settings = parse_settings(KafkaSourceSettings, config)
     return KafkaSource(settings, ctx)

@@ -29,9 +29,8 @@ from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api, EventsV1A
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 from prometheus_client import Counter
-from pydantic import ValidationError
 
-from bridge.sources.base import SourceConfigError, SourceContext
+from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.k8s_changes import ChangeHandler
 from bridge.sources.k8s_events import EventAggregator
 from bridge.sources.k8s_leader import Handover, LeaseElector
@@ -312,11 +311,5 @@ def _bind_namespace(fn: ListFunction, namespace: str) -> ListFunction:
 
 def create(config: dict[str, Any], ctx: SourceContext) -> KubernetesSource:
     """Source factory registered as ``type: kubernetes``."""
-    try:
-        settings = KubernetesSourceSettings.model_validate(config)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(source)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise SourceConfigError(f"source {config.get('name')!r}: {problems}") from None
+    settings = parse_settings(KubernetesSourceSettings, config)
     return KubernetesSource(settings, ctx)

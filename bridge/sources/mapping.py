@@ -22,7 +22,7 @@ from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.records import RECORD_ADAPTER, RecordKind, record_id
-from bridge.sources.base import SourceContext
+from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.expressions import compile_expression, search
 from bridge.sources.gitrefs import repository_from_url
@@ -36,7 +36,6 @@ from bridge.sources.webhook import (
     WebhookAdapter,
     WebhookSettings,
     WebhookSource,
-    parse_settings,
     text,
 )
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from bridge.queue import QueueError, QueueFull, QueueUnavailable
 from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, record_to_json, utc_now
 from bridge.sources.admit import admit, error_response, ignored_response
-from bridge.sources.base import SourceConfigError, SourceContext
+from bridge.sources.base import SourceContext
 from bridge.sources.entity import EntityResolver, EntitySettings, Resolution, Subject
 from bridge.sources.signatures import SecretSet, SecretUnavailable
 from bridge.sources.timestamps import parse_ci_timestamp
@@ -72,19 +72,6 @@ class WebhookSettings(BaseModel):
 
 
 S = TypeVar("S", bound=WebhookSettings)
-
-
-def parse_settings(model: type[S], config: Mapping[str, Any]) -> S:
-    """Validate a source's config; raise :class:`SourceConfigError` naming source and fields."""
-    try:
-        return model.model_validate(dict(config))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{loc}: {message}" if loc else message)
-        raise SourceConfigError(f"source {config.get('name')!r}: {'; '.join(problems)}") from None
 
 
 @dataclass(frozen=True)
