@@ -205,7 +205,9 @@ class DurableQueue:
         self._pending.append(_Submission(rows, delivery, dict(state_updates or {}), future))
         self._wakeup.set()
         try:
-            return await asyncio.shield(future)
+            # A cancelled caller (client gone) cancels only its wait: the writer still stores the
+            # rows and skips the cancelled future.
+            return await future
         finally:
             self._reserved_count -= len(rows)
             self._reserved_bytes -= size
