@@ -1,13 +1,16 @@
 """``cortex-bridge demo``: the whole path on one machine, then a summary of what Cortex received.
 
 Starts the Cortex simulator and a bridge (SQLite queue in a temporary directory), posts sample
-inputs through the bridge's real HTTP endpoint, waits until the queue is empty and prints, per
+inputs through the bridge's real HTTP endpoints (native records, and a real GitHub
+``deployment_status`` webhook, signed and delivered twice as GitHub redelivers), waits until the queue is empty and prints, per
 record kind, how many were sent, delivered and dead-lettered and how many Cortex requests it took.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import random
 import sys
 import tempfile
@@ -26,6 +29,8 @@ from bridge.logs import configure_logging
 from bridge.records import format_timestamp, utc_now
 
 KINDS = ("deploy", "event", "metric", "custom_data")
+DEMO_WEBHOOK_SECRET = "demo-webhook-secret"
+GITHUB_FIXTURE = "demo_data/github.deployment_status.success.json"
 ENDPOINT_KIND = {"deploys": "deploy", "custom-events": "event", "bulk": "metric", "custom-data": "custom_data"}
 
 
@@ -87,6 +92,7 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
         async with SimulatorServer(config) as sim:
             settings = load_settings(
                 None,
+                sources=[github_source(entities[0])],
                 cortex={"url": sim.url, "token": config.tokens[0]},
                 queue={"path": Path(tmp) / "queue.db"},
                 http={"host": "127.0.0.1", "port": 0},
@@ -105,6 +111,11 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
                             if resp.status != 202:
                                 print(f"demo: ingest answered {resp.status}: {await resp.text()}", file=sys.stderr)
                                 return 1
+                    webhook = f"http://127.0.0.1:{bridge.ingest_port}/webhooks/github"
+                    for _ in range(2):  # GitHub redelivers: the same delivery id is stored once
+                        if not await post_github_delivery(http, webhook):
+                            return 1
+                    sent["deploy"] += 1
                     loop = asyncio.get_running_loop()
                     end = loop.time() + timeout
                     while bridge.queue.depth and loop.time() < end:
@@ -114,6 +125,8 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
                       f"   metrics: http://127.0.0.1:{bridge.metrics_port}/metrics\n")
                 dead = Counter({k: n for k, n in await _dead_by_kind(bridge)})
                 print(_summary(sent, sim.store.snapshot(), list(sim.store.requests), dead))
+                print("\nThe GitHub deployment_status webhook was delivered twice (a redelivery, same "
+                      "X-GitHub-Delivery) and is stored once.")
                 if dead:
                     print("\nDead letters are kept with their reason: `cortex-bridge dlq list` shows them "
                           "(here: a metric point older than Cortex's 6-month window).")
@@ -130,6 +143,26 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
             finally:
                 await bridge.stop(deadline=5)
     return 0
+
+
+def github_source(entity: str) -> dict[str, Any]:
+    """A GitHub webhook source whose sample repository maps to ``entity``."""
+    return {"name": "github", "type": "github", "secrets": [DEMO_WEBHOOK_SECRET],
+            "entity": {"static": {"Codertocat/Hello-World": entity}, "lookup": False}}
+
+
+async def post_github_delivery(http: aiohttp.ClientSession, url: str) -> bool:
+    """POST a real GitHub ``deployment_status`` payload, signed as GitHub signs it."""
+    body = resources.files("bridge").joinpath(GITHUB_FIXTURE).read_bytes()
+    signature = hmac.new(DEMO_WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": "deployment_status",
+               "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+               "X-Hub-Signature-256": f"sha256={signature}"}
+    async with http.post(url, data=body, headers=headers) as resp:
+        if resp.status != 202:
+            print(f"demo: webhook answered {resp.status}: {await resp.text()}", file=sys.stderr)
+            return False
+    return True
 
 
 async def _dead_by_kind(bridge: Bridge) -> list[tuple[str, int]]:

@@ -98,6 +98,9 @@ def test_demo_runs_the_whole_path_and_exits_zero() -> None:
     metric_row = next(line for line in table.splitlines() if line.startswith("metric"))
     sent, stored, _requests, dead = (int(x) for x in metric_row.split()[1:])
     assert (sent, stored, dead) == (121, 120, 1)
+    deploy_row = next(line for line in table.splitlines() if line.startswith("deploy"))
+    sent, stored, requests, dead = (int(x) for x in deploy_row.split()[1:])
+    assert (sent, stored, requests, dead) == (8, 8, 8, 0)  # the redelivered webhook is stored once
 
 
 def test_sim_command_serves_with_faults_from_flags(tmp_path: Path) -> None:
