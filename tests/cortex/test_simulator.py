@@ -31,6 +31,7 @@ from bridge.cortex.simulator import (
     SimulatorServer,
     SlidingWindow,
 )
+from tests.conftest import sim_requests, sim_state
 
 OPENAPI_SPEC = Path(__file__).parent.parent / "fixtures" / "cortex" / "openapi.json"
 
@@ -124,19 +125,6 @@ def post(sim: SimulatorServer, http: aiohttp.ClientSession, request_schemas: dic
     return _post
 
 
-async def state(sim: SimulatorServer) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, session.get(f"{sim.url}/_sim/state") as response:
-        assert response.status == 200
-        body: dict[str, Any] = await response.json()
-        return body
-
-
-async def request_log(sim: SimulatorServer) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, session.get(f"{sim.url}/_sim/requests") as response:
-        assert response.status == 200
-        body: list[dict[str, Any]] = await response.json()
-        return body
-
 
 def most_admitted_in_a_minute(log: list[dict[str, Any]]) -> int:
     """The most requests answered other than 429 within any 60 s, as a client would audit it."""
@@ -196,7 +184,7 @@ async def test_auth(sim: SimulatorServer) -> None:
             assert response.status == 200
             body = await response.json()
             assert len(body["entities"]) == 1 and body["total"] == 3 and body["totalPages"] == 3
-    assert (await state(sim))["counts"]["deploys"] == 0
+    assert (await sim_state(sim))["counts"]["deploys"] == 0
 
 
 async def test_forbidden_token_cannot_write(sim: SimulatorServer) -> None:
@@ -206,7 +194,7 @@ async def test_forbidden_token_cannot_write(sim: SimulatorServer) -> None:
         session.post(url, json=deploy_body()) as response,
     ):
         assert response.status == 403
-    assert (await state(sim))["counts"]["deploys"] == 0
+    assert (await sim_state(sim))["counts"]["deploys"] == 0
 
 
 # Deploys
@@ -231,7 +219,7 @@ async def test_add_deploy(sim: SimulatorServer, post: Post) -> None:
     for field in ("title", "type", "sha", "environment", "url"):
         assert deploy[field] == body[field]
 
-    stored = (await state(sim))["deploys"]["checkout-service"]
+    stored = (await sim_state(sim))["deploys"]["checkout-service"]
     assert stored == [deploy]
 
 
@@ -243,7 +231,7 @@ async def test_deploy_by_entity_id(sim: SimulatorServer, http: aiohttp.ClientSes
             entity_id = (await response.json())["id"]
         async with http.post(f"{sim.url}/api/v1/catalog/{entity_id}/deploys", json=deploy_body()) as response:
             assert response.status == 200
-        assert len((await state(sim))["deploys"][tag]) == 1
+        assert len((await sim_state(sim))["deploys"][tag]) == 1
 
 
 @pytest.mark.parametrize(
@@ -274,7 +262,7 @@ async def test_deploy_validation(
         error = await response.json()
     assert error["type"] == "BAD_REQUEST" and error["httpStatus"] == 400
     assert error["details"].startswith(f"{field}:")
-    assert (await state(sim))["counts"]["deploys"] == 0
+    assert (await sim_state(sim))["counts"]["deploys"] == 0
 
 
 async def test_deploy_refusals(sim: SimulatorServer, http: aiohttp.ClientSession) -> None:
@@ -291,14 +279,14 @@ async def test_deploy_refusals(sim: SimulatorServer, http: aiohttp.ClientSession
         async with http.post(url, data=raw, headers={"Content-Type": "application/json"}) as response:
             assert response.status == 400, raw
             assert (await response.json())["type"] == "BAD_REQUEST"
-    assert (await state(sim))["counts"]["deploys"] == 0
+    assert (await sim_state(sim))["counts"]["deploys"] == 0
 
 
 async def test_resent_deploy_is_stored_again(sim: SimulatorServer, post: Post) -> None:
     first = await (await post(DEPLOYS, deploy_body(sha="abc"), tagOrId="search")).json()
     second = await (await post(DEPLOYS, deploy_body(sha="abc"), tagOrId="search")).json()
     assert first["uuid"] != second["uuid"]
-    stored = (await state(sim))["deploys"]["search"]
+    stored = (await sim_state(sim))["deploys"]["search"]
     assert [d["uuid"] for d in stored] == [first["uuid"], second["uuid"]]
 
 
@@ -368,7 +356,7 @@ async def test_custom_events(sim: SimulatorServer, http: aiohttp.ClientSession, 
     async with http.get(f"{sim.url}/api/v1/catalog/payments-api/custom-events?startTime=July") as response:
         assert response.status == 400
         assert (await response.json())["details"].startswith("startTime:")
-    assert len((await state(sim))["events"]["payments-api"]) == 3
+    assert len((await sim_state(sim))["events"]["payments-api"]) == 3
 
 
 @pytest.mark.parametrize(
@@ -393,7 +381,7 @@ async def test_custom_event_validation(
         assert (await response.json())["details"].startswith(f"{field}:")
     async with http.post(f"{sim.url}/api/v1/catalog/nope/custom-events", json=event_body()) as response:
         assert response.status == 404
-    assert (await state(sim))["counts"]["events"] == 0
+    assert (await sim_state(sim))["counts"]["events"] == 0
 
 
 async def test_naive_timestamps_mean_utc(sim: SimulatorServer, http: aiohttp.ClientSession) -> None:
@@ -419,7 +407,7 @@ async def test_metric_bulk(sim: SimulatorServer, http: aiohttp.ClientSession, po
     assert await response.read() == b""
     # A resend is stored again, as Cortex does (no dedupe by timestamp).
     await post(BULK, {"series": series[1:]}, customMetricKey=METRIC, tagOrId="checkout-service")
-    stored = (await state(sim))["metrics"][METRIC]["checkout-service"]
+    stored = (await sim_state(sim))["metrics"][METRIC]["checkout-service"]
     expected = [{"timestamp": iso(now - timedelta(hours=2)).replace("Z", ".000Z"), "value": 12.5}] + [
         {"timestamp": iso(now).replace("Z", ".000Z"), "value": 3}
     ] * 2
@@ -442,7 +430,7 @@ async def test_metric_points_older_than_six_months_are_dropped_with_200(
     ]
     response = await post(BULK, {"series": series}, customMetricKey=METRIC, tagOrId="search")
     assert response.status == 200
-    snapshot = await state(sim)
+    snapshot = await sim_state(sim)
     assert [p["value"] for p in snapshot["metrics"][METRIC]["search"]] == [3]
     assert snapshot["discarded_old_points"] == 2
     assert snapshot["counts"]["metric_points"] == 1
@@ -474,7 +462,7 @@ async def test_metric_series_size(
         async with http.post(url, data=raw, headers={"Content-Type": "application/json"}) as response:
             assert response.status == 400, value
             assert (await response.json())["details"].startswith("series.0.value:")
-    assert (await state(sim))["counts"]["metric_points"] == 100
+    assert (await sim_state(sim))["counts"]["metric_points"] == 100
 
 
 async def test_metric_unknown_key_or_entity(sim: SimulatorServer, post: Post) -> None:
@@ -490,7 +478,7 @@ async def test_metric_unknown_key_or_entity(sim: SimulatorServer, post: Post) ->
     response = await post(BULK, body, customMetricKey=METRIC, tagOrId="no-such-entity")
     assert response.status == 404
     assert (await response.json())["message"] == "Entity not found"
-    assert (await state(sim))["counts"]["metric_points"] == 0
+    assert (await sim_state(sim))["counts"]["metric_points"] == 0
 
 
 async def test_metric_single_point(sim: SimulatorServer, http: aiohttp.ClientSession, post: Post) -> None:
@@ -504,7 +492,7 @@ async def test_metric_single_point(sim: SimulatorServer, http: aiohttp.ClientSes
     async with http.post(url, json={"value": "4"}) as response:
         assert response.status == 400
         assert (await response.json())["details"].startswith("value:")
-    points = (await state(sim))["metrics"][METRIC]["search"]
+    points = (await sim_state(sim))["metrics"][METRIC]["search"]
     assert points[0] == {"timestamp": at.replace("Z", ".000Z"), "value": 3.0}
     # Without a timestamp the point is taken as of now.
     assert before <= datetime.fromisoformat(points[1]["timestamp"]) <= datetime.now(UTC)
@@ -606,7 +594,7 @@ async def test_custom_data_bulk(sim: SimulatorServer, http: aiohttp.ClientSessio
             "my-key": [1, 2],
             "owner": "Hello",
         }
-    assert (await state(sim))["custom_data"] == {
+    assert (await sim_state(sim))["custom_data"] == {
         "search": {
             "my-key": {"value": [1, 2], "description": None},
             "owner": {"value": "Hello", "description": "d"},
@@ -630,7 +618,7 @@ async def test_custom_data_validation(
     async with http.put(f"{sim.url}/api/v1/catalog/custom-data", json=body) as response:
         assert response.status == 400
         assert (await response.json())["details"].startswith(f"{field}:")
-    assert (await state(sim))["counts"]["custom_data"] == 0
+    assert (await sim_state(sim))["counts"]["custom_data"] == 0
 
 
 # Catalog
@@ -702,7 +690,7 @@ async def test_body_limit_is_2_mb(sim: SimulatorServer, http: aiohttp.ClientSess
     async with http.put(url, data=io.BytesIO(over), headers=headers) as response:
         assert response.status == 413
         assert (await response.json())["httpStatus"] == 413
-    assert len((await state(sim))["custom_data"]["search"]["blob"]["value"]) == padding
+    assert len((await sim_state(sim))["custom_data"]["search"]["blob"]["value"]) == padding
 
 
 async def test_rate_limit(start: Start, http: aiohttp.ClientSession) -> None:
@@ -726,8 +714,8 @@ async def test_rate_limit(start: Start, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{sim.url}/api/v1/catalog?pageSize=1") as response:
         assert response.status == 429
     # Inspection is never limited, and refused requests were not applied.
-    assert (await state(sim))["counts"]["deploys"] == 5
-    log = await request_log(sim)
+    assert (await sim_state(sim))["counts"]["deploys"] == 5
+    log = await sim_requests(sim)
     assert [entry["status"] for entry in log] == [200] * 5 + [429] * 2
     assert most_admitted_in_a_minute(log) == 5
     # A reset starts a new window, as a fresh tenant would.
@@ -771,7 +759,7 @@ async def test_force_429_every(start: Start, http: aiohttp.ClientSession) -> Non
             if response.status == 429:
                 assert response.headers["Retry-After"] == "7"
     assert statuses == [200, 200, 429, 200, 200, 429, 200]
-    assert [d["title"] for d in (await state(sim))["deploys"]["search"]] == ["0", "1", "3", "4", "6"]
+    assert [d["title"] for d in (await sim_state(sim))["deploys"]["search"]] == ["0", "1", "3", "4", "6"]
 
     sim.config.faults = SimFaults(force_429_every=2)
     answers = []
@@ -801,7 +789,7 @@ async def test_error_rate_is_seeded(start: Start, http: aiohttp.ClientSession) -
     sim.config.faults = SimFaults(error_rate=1.0)
     async with http.post(f"{sim.url}/api/v1/catalog/search/deploys", json=deploy_body()) as response:
         assert response.status == 503
-    assert (await state(sim))["counts"]["deploys"] == 0
+    assert (await sim_state(sim))["counts"]["deploys"] == 0
 
 
 async def test_drop_after_commit(start: Start, http: aiohttp.ClientSession) -> None:
@@ -819,8 +807,8 @@ async def test_drop_after_commit(start: Start, http: aiohttp.ClientSession) -> N
             await response.read()
     async with http.post(url, json=deploy_body(title="third")) as response:
         assert response.status == 200
-    assert [d["title"] for d in (await state(sim))["deploys"]["search"]] == ["first", "second", "third"]
-    assert [entry["status"] for entry in await request_log(sim)] == [200, 200, 400, 0, 200]
+    assert [d["title"] for d in (await sim_state(sim))["deploys"]["search"]] == ["first", "second", "third"]
+    assert [entry["status"] for entry in await sim_requests(sim)] == [200, 200, 400, 0, 200]
 
 
 async def test_outage_refuses_connections_until_resume(
@@ -842,7 +830,7 @@ async def test_outage_refuses_connections_until_resume(
     assert sim.port == port
     async with http.get(url) as response:
         assert response.status == 200
-    assert len(await request_log(sim)) == 2
+    assert len(await sim_requests(sim)) == 2
 
 
 async def test_timed_outage(sim: SimulatorServer, http: aiohttp.ClientSession) -> None:
@@ -873,13 +861,13 @@ async def test_inspection(sim: SimulatorServer, http: aiohttp.ClientSession) -> 
         assert response.status == 200
     async with http.get(f"{sim.url}/api/v1/catalog/nope") as response:
         assert response.status == 404
-    log = await request_log(sim)
+    log = await sim_requests(sim)
     assert [(e["method"], e["path"], e["status"]) for e in log] == [
         ("POST", "/api/v1/catalog/search/deploys", 200),
         ("GET", "/api/v1/catalog/nope", 404),
     ]
     assert before <= log[0]["t"] <= log[1]["t"] <= time.time()
-    assert (await state(sim))["counts"] == {"deploys": 1, "events": 0, "metric_points": 0, "custom_data": 0}
+    assert (await sim_state(sim))["counts"] == {"deploys": 1, "events": 0, "metric_points": 0, "custom_data": 0}
 
     async with aiohttp.ClientSession() as anonymous:
         async with anonymous.post(f"{sim.url}/_sim/faults", json={"latency_ms": -1}) as response:
@@ -891,9 +879,9 @@ async def test_inspection(sim: SimulatorServer, http: aiohttp.ClientSession) -> 
             assert response.status == 200
         async with anonymous.post(f"{sim.url}/_sim/reset") as response:
             assert response.status == 200
-        snapshot = await state(sim)
+        snapshot = await sim_state(sim)
         assert snapshot["deploys"] == {} and snapshot["counts"]["deploys"] == 0
-        assert await request_log(sim) == []
+        assert await sim_requests(sim) == []
         # The reset also restarted the fault counters: this is again the first request, not the second.
         async with http.get(f"{sim.url}/api/v1/catalog") as response:
             assert response.status == 200
