@@ -10,7 +10,9 @@ what is on disk. Per batch from ``getmany``:
    offset, key and reason (:mod:`bridge.queue.poison`); steps 1 and 2 are
    :mod:`bridge.sources.kafka_batches`;
 3. :mod:`bridge.sources.kafka_offsets` commits, per partition, only the highest offset below which
-   every fetched message is durable, on a timer, when partitions are revoked and at shutdown.
+   every fetched message is durable, on a timer, when partitions are revoked and at shutdown, and
+   only while the group membership the partitions were assigned under still holds: partitions of a
+   member the coordinator no longer knows are lost, and nothing is committed for them.
 
 When the queue is full, all assigned partitions are paused and ``getmany`` keeps being called (it
 returns nothing) so the member stays in the group; they resume once the queue has drained.
@@ -49,7 +51,15 @@ from bridge.sources.kafka_metrics import (
     PAUSED,
     PAUSES,
 )
-from bridge.sources.kafka_offsets import OffsetTracker
+from bridge.sources.kafka_offsets import (
+    Membership,
+    MembershipLost,
+    OffsetTracker,
+    check_membership_pinning,
+    committing_as,
+    membership,
+    pin_commits_to_membership,
+)
 from bridge.sources.kafka_settings import KafkaSourceSettings
 
 log = structlog.get_logger("bridge.kafka")
@@ -72,11 +82,14 @@ class KafkaSource:
     type = "kafka"
 
     def __init__(self, settings: KafkaSourceSettings, ctx: SourceContext) -> None:
+        check_membership_pinning()
         self.name = settings.name
         self.settings = settings
         self.queue = ctx.queue
         self._writer = BatchWriter(settings, ctx)
         self._tracker = OffsetTracker()
+        #: the group membership the current assignment was given under (None: no assignment)
+        self._member: Membership | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -168,6 +181,8 @@ class KafkaSource:
                 delay = min(delay * 2, self.settings.connect_backoff_max_seconds)
                 continue
             delay = 0.5
+            self._member = None
+            pin_commits_to_membership(consumer)
             if self.settings.topic_pattern:
                 consumer.subscribe(pattern=self.settings.topic_pattern, listener=_Listener(self))
             else:
@@ -185,6 +200,7 @@ class KafkaSource:
                                   why="restart")
                 self._failure = None
                 self._tracker = OffsetTracker()
+                self._member = None
                 await asyncio.sleep(delay)
 
     # -- fetching ---------------------------------------------------------------------------
@@ -308,13 +324,23 @@ class KafkaSource:
             offsets = self._tracker.to_commit(tps)
             if not offsets:
                 return True
+            member = self._member
+            if member is None or membership(consumer) != member:
+                # The coordinator forgot this member (session over, or a broker that lost the group):
+                # the partitions are lost, and these offsets may describe a log the group no longer has.
+                return self._commit_failed("membership_lost", why, MembershipLost(f"assigned under {member}"))
             started = time.monotonic()
             try:
-                # aiokafka retries a commit without limit while the coordinator is unreachable.
-                await asyncio.wait_for(consumer.commit(offsets), timeout or self.settings.commit_timeout_seconds)
+                # aiokafka retries a commit without limit while the coordinator is unreachable; every
+                # attempt is sent only while `member` holds (kafka_offsets.pin_commits_to_membership).
+                with committing_as(member):
+                    await asyncio.wait_for(consumer.commit(offsets),
+                                           timeout or self.settings.commit_timeout_seconds)
             except CommitFailedError as exc:
                 # Expected after a rebalance: the new owner starts from the last committed offset.
                 return self._commit_failed("rebalance", why, exc)
+            except MembershipLost as exc:
+                return self._commit_failed("membership_lost", why, exc)
             except TimeoutError as exc:
                 return self._commit_failed("timeout", why, exc)
             except KafkaError as exc:
@@ -350,22 +376,31 @@ class KafkaSource:
     # -- rebalance --------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self._inflight:
-            # Let batches of these partitions become durable so their offsets can be committed;
-            # bounded, because the whole group waits for this member.
-            await asyncio.wait(set(self._inflight), timeout=self.settings.session_timeout_ms / 2000)
-        if revoked:
+        # aiokafka calls this also when the coordinator did not know the member anymore (its
+        # generation is reset by then): the partitions are lost, not handed over, and committing
+        # the old durable prefix could land in a group that has other messages at those offsets.
+        lost = self._member is None or membership(self._consumer) != self._member
+        if revoked and not lost:
+            if self._inflight:
+                # Let batches of these partitions become durable so their offsets can be committed;
+                # bounded, because the whole group waits for this member.
+                await asyncio.wait(set(self._inflight), timeout=self.settings.session_timeout_ms / 2000)
             await self._commit(revoked, why="revoke")
+        self._member = None
         self._tracker.forget(revoked)
         for tp in revoked:
             self._highwater.pop(tp, None)
             for gauge in (LAG, COMMITTED_OFFSET):
                 with contextlib.suppress(KeyError):
                     gauge.remove(self.name, tp.topic, str(tp.partition))
-        if revoked:
+        if revoked and lost:
+            log.warning("kafka_partitions_lost", source=self.name, partitions=_names(revoked),
+                        note="the group no longer knew this member: nothing committed for them")
+        elif revoked:
             log.info("kafka_partitions_revoked", source=self.name, partitions=_names(revoked))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._member = membership(self._consumer)
         ASSIGNED.labels(self.name).set(len(assigned))
         log.info("kafka_partitions_assigned", source=self.name, partitions=_names(assigned))
         if assigned:

@@ -21,7 +21,8 @@ POISON_MESSAGES = Counter(
 COMMITS = Counter("cortex_bridge_kafka_commits", "Successful offset commits.", ["source"])
 COMMIT_FAILURES = Counter(
     "cortex_bridge_kafka_commit_failures",
-    "Offset commits that failed (rebalance, timeout, broker error); retried by the next commit.",
+    "Offset commits that failed (rebalance, timeout, broker error; retried by the next commit) or were "
+    "refused because the group no longer knew the member (membership_lost; its partitions are lost).",
     ["source", "reason"],
 )
 LAG = Gauge(

@@ -7,14 +7,85 @@ message that is still in flight, or one that failed: the bug Vector still has (v
 #24215). The tracker commits past an offset only when it and every fetched offset before it are
 durable. Offsets are tracked as fetched, not assumed to be consecutive, because compacted topics and
 transaction markers leave gaps.
+
+Offsets are committed only by the group membership they were fetched under
+(:func:`pin_commits_to_membership`). A member the coordinator no longer knows (its session ended,
+or the broker lost the group with its data) has *lost* its partitions: what it would commit then
+describes a log the group may not have anymore, and a broker that lost its data takes such a
+commit into its new, empty group (aiokafka sends it with generation -1, which a broker accepts
+for a group without members), acknowledging messages nobody read.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError
+
+#: A member's identity in its group: (generation, member id) as the coordinator assigned them.
+Membership = tuple[int, str]
+
+#: The membership under which the commit being sent was decided (set by :func:`committing_as`).
+_COMMIT_MEMBERSHIP: ContextVar[Membership | None] = ContextVar("kafka_commit_membership", default=None)
+
+
+class MembershipLost(KafkaError):  # type: ignore[misc]  # aiokafka ships no type hints
+    """A commit was refused because the membership it was decided under is gone."""
+
+
+def membership(consumer: Any) -> Membership | None:
+    """The consumer's current membership of its group; None while it has none (lost or not joined)."""
+    coordinator = getattr(consumer, "_coordinator", None)  # None before start() and after stop()
+    generation = getattr(coordinator, "generation", -1)
+    if not isinstance(generation, int) or generation < 0:
+        return None
+    return generation, str(getattr(coordinator, "member_id", ""))
+
+
+def check_membership_pinning() -> None:
+    """Fail at startup if aiokafka no longer has what :func:`pin_commits_to_membership` wraps."""
+    if not callable(getattr(GroupCoordinator, "_do_commit_offsets", None)):
+        raise RuntimeError("aiokafka's GroupCoordinator has no _do_commit_offsets: offset commits cannot "
+                           "be pinned to the group membership (bridge.sources.kafka_offsets)")
+
+
+@contextmanager
+def committing_as(member: Membership) -> Iterator[None]:
+    """Commits started inside this block may only be sent while ``member`` is the membership."""
+    token = _COMMIT_MEMBERSHIP.set(member)
+    try:
+        yield
+    finally:
+        _COMMIT_MEMBERSHIP.reset(token)
+
+
+def pin_commits_to_membership(consumer: Any) -> None:
+    """Check the membership at every OffsetCommit request ``consumer`` sends, retries included.
+
+    aiokafka's ``commit()`` retries without limit and reads the generation anew for each request,
+    so a commit that started under one membership (a broker that is then killed) is sent under
+    whatever holds after the reconnect: generation -1 once the new broker did not know the member,
+    or the next generation after a rejoin, with the old assignment's offsets either way. Each
+    request is checked right before it is built (no suspension point in between) against the
+    membership of :func:`committing_as`; a request without one, or under another, is not sent.
+    """
+    coordinator = consumer._coordinator
+    send_once = coordinator._do_commit_offsets
+
+    async def send_if_member(assignment: Any, offsets: Any) -> Any:
+        expected = _COMMIT_MEMBERSHIP.get()
+        if expected is None or membership(consumer) != expected:
+            raise MembershipLost(f"group membership {expected} is gone (now {membership(consumer)}): "
+                                 "offsets fetched under it are not committed")
+        return await send_once(assignment, offsets)
+
+    coordinator._do_commit_offsets = send_if_member
 
 
 class PartitionOffsets:

@@ -20,7 +20,16 @@ from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.sources.kafka import KafkaSource
 from tests.chaos.conftest import BASE_TS, scaled
 from tests.conftest import ENTITIES, BridgeFactory, sim_config, sim_state, wait_until
-from tests.kafka.conftest import Tansu, broker, committed_offsets, create_topic, kafka_source, tansu, unique  # noqa: F401
+from tests.kafka.conftest import (  # noqa: F401
+    Tansu,
+    broker,
+    committed_offsets,
+    create_topic,
+    kafka_source,
+    restart_with_topic,
+    tansu,
+    unique,
+)
 
 PARTITIONS = 2
 
@@ -85,11 +94,16 @@ async def test_broker_kill9_mid_consumption_loses_nothing_committed_and_duplicat
             tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
             committed = await committed_offsets(broker.bootstrap, group, tps)
             source.assigned.clear()
-            broker.restart()  # kill -9: the in-memory broker forgets messages, topic and offsets
+            # kill -9: the in-memory broker forgets messages, topic and offsets. The topic is back,
+            # with its partitions, before the bridge reaches the new broker.
+            restart_with_topic(broker, topic, PARTITIONS)
+            for p in range(PARTITIONS):
+                end = 1 + max((off for part, off in before.landed.values() if part == p), default=-1)
+                assert (committed[p] or 0) <= end, \
+                    f"partition {p} committed at {committed[p]}, past its end {end}: messages acknowledged unread"
             produced |= set(before.landed)
             must_arrive |= {n for n, (p, off) in before.landed.items() if off < (committed[p] or 0)}
             assert len(must_arrive) > 0, "nothing was committed before the kill"
-            await create_topic(broker.bootstrap, topic, PARTITIONS)
             await wait_until(source.assigned.is_set, timeout=30)
 
         after = Producer(broker.bootstrap, topic)

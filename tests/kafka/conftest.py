@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,12 +130,28 @@ async def start_bridge(make_bridge: BridgeFactory, sim: SimulatorServer, sources
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """Create ``name``; fails if the broker refuses (e.g. the topic exists already)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
+        response = await admin.create_topics([NewTopic(name, partitions, 1)])
     finally:
         await admin.close()
+    errors = [(topic, code, message) for topic, code, message in response.topic_errors if code != 0]
+    if errors:
+        raise RuntimeError(f"create topic {name!r} with {partitions} partitions failed: {errors}")
+
+
+def restart_with_topic(broker: Tansu, name: str, partitions: int) -> None:
+    """Kill -9 and restart ``broker``, and create ``name`` on it before the caller's clients see it.
+
+    The calling event loop is blocked meanwhile (the topic is created from another thread), so no
+    client of the bridge reaches the restarted broker before the topic is back: none sees it without
+    the topic, and none auto-creates it with the broker's default partition count.
+    """
+    broker.restart()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create_topic(broker.bootstrap, name, partitions)).result()
 
 
 Message = tuple[int | None, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]

@@ -24,6 +24,7 @@ from tests.kafka.conftest import (
     free_port,
     kafka_source,
     produce,
+    restart_with_topic,
     start_bridge,
     unique,
 )
@@ -183,13 +184,48 @@ async def test_broker_kill_and_restart_resumes_consumption(
     source = kafka_of(bridge)
     source.assigned.clear()
     # tansu keeps data in memory: after kill -9 the topic, its messages and the group are gone.
-    broker.restart()
-    await create_topic(broker.bootstrap, topic, 2)
+    restart_with_topic(broker, topic, 2)
     await wait_until(source.assigned.is_set, timeout=20)
     await produce(broker.bootstrap, topic, [(i % 2, None, deploy(i, "after"), []) for i in range(20)])
     await wait_until(lambda: delivered(40), timeout=30)
     await asyncio.sleep(0.3)
     expected = [f"before-{i}" for i in range(20)] + [f"after-{i}" for i in range(20)]
+    assert sorted(titles(await sim_state(sim))) == sorted(expected)
+
+
+async def test_offsets_of_a_membership_the_broker_lost_are_not_committed_into_the_new_broker(
+    broker: Tansu, sim: SimulatorServer, make_bridge: BridgeFactory
+) -> None:
+    """The broker loses its data and the group (kill -9 of in-memory tansu) while the member holds a
+    durable but uncommitted prefix. The member is unknown to the new broker: its partitions are lost,
+    not revoked, and the old prefix must not be committed there. The new partitions hold other
+    messages at those offsets; such a commit would acknowledge them unread, and the member would
+    start after them.
+    """
+    topic, group = unique("lost"), unique("g")
+    await create_topic(broker.bootstrap, topic, 2)
+    # No timer commit: the whole durable prefix is still uncommitted when the broker dies.
+    bridge = await start_bridge(make_bridge, sim, [kafka_source(broker.bootstrap, topic, group,
+                                                                commit_interval_seconds=3600)])
+    source = kafka_of(bridge)
+    await wait_until(source.assigned.is_set, timeout=20)
+    await produce(broker.bootstrap, topic, [(i % 2, None, deploy(i, "before"), []) for i in range(40)])
+
+    async def delivered(count: int) -> bool:
+        return len(titles(await sim_state(sim))) >= count
+
+    await wait_until(lambda: delivered(40), timeout=20)
+    source.assigned.clear()
+    restart_with_topic(broker, topic, 2)
+    await wait_until(source.assigned.is_set, timeout=20)  # rejoined: the lost partitions were given up
+    tps = [TopicPartition(topic, p) for p in range(2)]
+    assert await committed_offsets(broker.bootstrap, group, tps) == {0: None, 1: None}, \
+        "offsets of the old broker's messages were committed into the new broker"
+    # Fewer messages than before the kill: every one sits below the old commit point.
+    await produce(broker.bootstrap, topic, [(i % 2, None, deploy(i, "after"), []) for i in range(10)])
+    await wait_until(lambda: delivered(50), timeout=30)
+    await asyncio.sleep(0.3)
+    expected = [f"before-{i}" for i in range(40)] + [f"after-{i}" for i in range(10)]
     assert sorted(titles(await sim_state(sim))) == sorted(expected)
 
 
