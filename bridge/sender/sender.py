@@ -80,6 +80,7 @@ class Sender:
         self._ambiguous_pending = asyncio.Event()
         self._ambiguous_pending.set()  # recovery: a crash may have left ambiguous records
         self._unrecorded: list[list[QueuedRecord]] = []
+        self._wakers: set[asyncio.Task[None]] = set()
         queue.on_ready(self.notify)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -93,7 +94,9 @@ class Sender:
                 self._work.notify_all()
 
         if self._tasks:
-            asyncio.get_running_loop().create_task(wake())
+            task = asyncio.get_running_loop().create_task(wake())
+            self._wakers.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._wakers.discard)
 
     async def start(self) -> None:
         self._stopping = False
