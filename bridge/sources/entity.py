@@ -20,10 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bridge.sources.expressions import compile_expression, search
+from bridge.sources.expressions import check_expression, search
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -60,10 +59,7 @@ class EntitySettings(BaseModel):
         if not found:
             raise ValueError("template needs at least one {expression} placeholder")
         for expression in found:
-            try:
-                compile_expression(expression)
-            except JMESPathError as exc:
-                raise ValueError(f"placeholder {{{expression}}}: {exc}") from None
+            check_expression(expression, label=f"placeholder {{{expression}}}")
         return value
 
 

@@ -59,6 +59,15 @@ def compile_expression(expression: str) -> ParsedResult:
     return jmespath.compile(expression)
 
 
+def check_expression(expression: str, label: str | None = None) -> str:
+    """Validate an expression from configuration; ``ValueError`` (for pydantic) naming it if invalid."""
+    try:
+        compile_expression(expression)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise ValueError(f"{label or repr(expression)}: {exc}") from None
+    return expression
+
+
 def search(expression: str, document: Any) -> Any:
     """Evaluate ``expression``; a runtime error (wrong argument types) yields ``None``."""
     try:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
-from bridge.sources.expressions import compile_expression, search
+from bridge.sources.expressions import check_expression, search
 from bridge.sources.signatures import HmacScheme
 from bridge.sources.webhook import (
     Delivery,
@@ -73,12 +72,7 @@ class GitHubSettings(WebhookSettings):
     @field_validator("rollback_when")
     @classmethod
     def _expressions_valid(cls, value: list[str]) -> list[str]:
-        for expression in value:
-            try:
-                compile_expression(expression)
-            except JMESPathError as exc:
-                raise ValueError(f"{expression!r}: {exc}") from None
-        return value
+        return [check_expression(expression) for expression in value]
 
 
 class GitHubAdapter(WebhookAdapter[GitHubSettings]):

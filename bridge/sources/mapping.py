@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.records import RECORD_ADAPTER, RecordKind, record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
-from bridge.sources.expressions import compile_expression, search
+from bridge.sources.expressions import check_expression, search
 from bridge.sources.gitrefs import repository_from_url
 from bridge.sources.signatures import HmacScheme, TokenScheme
 from bridge.sources.timestamps import parse_ci_timestamp
@@ -46,14 +45,6 @@ _FIELDS: dict[str, frozenset[str]] = {
     "metric": frozenset({"key", "timestamp", "value"}),
     "custom_data": frozenset({"key", "value", "description"}),
 }
-
-
-def _check_expression(expression: str) -> str:
-    try:
-        compile_expression(expression)
-    except JMESPathError as exc:
-        raise ValueError(f"{expression!r}: {exc}") from None
-    return expression
 
 
 class MappingAuth(BaseModel):
@@ -82,12 +73,12 @@ class SubjectSettings(BaseModel):
     @field_validator("keys")
     @classmethod
     def _keys_valid(cls, value: list[str]) -> list[str]:
-        return [_check_expression(e) for e in value]
+        return [check_expression(e) for e in value]
 
     @field_validator("repository")
     @classmethod
     def _repository_valid(cls, value: str | None) -> str | None:
-        return None if value is None else _check_expression(value)
+        return None if value is None else check_expression(value)
 
 
 class Rule(BaseModel):
@@ -105,12 +96,12 @@ class Rule(BaseModel):
     @field_validator("when")
     @classmethod
     def _when_valid(cls, value: str) -> str:
-        return _check_expression(value)
+        return check_expression(value)
 
     @field_validator("id")
     @classmethod
     def _id_valid(cls, value: list[str]) -> list[str]:
-        return [_check_expression(e) for e in value]
+        return [check_expression(e) for e in value]
 
     @model_validator(mode="after")
     def _fields_valid(self) -> Rule:
@@ -119,7 +110,7 @@ class Rule(BaseModel):
             if name not in allowed:
                 raise ValueError(f"rule {self.name!r}: {self.kind} has no field {name!r} ({', '.join(sorted(allowed))})")
         for expression in self.fields.values():
-            _check_expression(expression)
+            check_expression(expression)
         return self
 
 
@@ -135,7 +126,7 @@ class MappingSettings(WebhookSettings):
     @field_validator("delivery_id")
     @classmethod
     def _delivery_valid(cls, value: str | None) -> str | None:
-        return None if value is None else _check_expression(value)
+        return None if value is None else check_expression(value)
 
     @model_validator(mode="after")
     def _auth_present(self) -> MappingSettings:
