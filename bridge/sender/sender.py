@@ -316,13 +316,16 @@ class Sender:
         if expired:
             await self._dead(expired, "max_age", f"still failing after max age: {error}", None)
         live = [q for q in batch if q not in expired]
-        for q in live:
-            delay = (backoff_delay(q.attempts + 1, base, self.retry.max_backoff_seconds) if exponential
-                     else base)
-            metrics.RECORDS_RETRIED.labels(q.record.kind, "not_found" if not exponential else "error").inc()
-            await self.queue.reschedule([q.seq], next_attempt_at=now + delay, error=error, count_attempt=True)
-        if live:
-            log.info("delivery_retry", kind=live[0].record.kind, records=len(live), error=error)
+        if not live:
+            return
+        # The records of a batch failed together: one delay (from the most-tried one), one write.
+        attempts = max(q.attempts for q in live) + 1
+        delay = backoff_delay(attempts, base, self.retry.max_backoff_seconds) if exponential else base
+        await self.queue.reschedule([q.seq for q in live], next_attempt_at=now + delay, error=error,
+                                    count_attempt=True)
+        kind = live[0].record.kind
+        metrics.RECORDS_RETRIED.labels(kind, "error" if exponential else "not_found").inc(len(live))
+        log.info("delivery_retry", kind=kind, records=len(live), error=error, retry_in=round(delay, 2))
 
     async def _reschedule(self, batch: Sequence[QueuedRecord], error: str, *, count_attempt: bool) -> None:
         await self.queue.reschedule([q.seq for q in batch], next_attempt_at=time.time(), error=error,
