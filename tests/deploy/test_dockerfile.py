@@ -240,12 +240,36 @@ def offline_build_backend() -> bool:
     return setuptools is not None and (setuptools >= (70, 1) or (setuptools >= (68,) and version("wheel") is not None))
 
 
+def see_installed_dependencies(venv: Path) -> None:
+    """Let ``venv`` import this interpreter's installed dependencies, but not its own ``bridge``.
+
+    ``--system-site-packages`` would show pip the (editable) cortex-bridge already installed, so
+    the wheel would not be installed at all, and the editable import finder would shadow it.
+    Instead the venv sees a mirror of the system site-packages without cortex-bridge and without
+    ``.pth`` files (directories listed in a ``.pth`` file are appended to ``sys.path``; their
+    own ``.pth`` files are not run).
+    """
+    import site
+
+    mirror = venv / "system-site-packages"
+    mirror.mkdir()
+    for site_dir in (Path(p) for p in site.getsitepackages() if Path(p).is_dir()):
+        for entry in site_dir.iterdir():
+            name = entry.name.lower()
+            if name.endswith(".pth") or "cortex_bridge" in name or name == "bridge":
+                continue
+            if not (mirror / entry.name).exists():
+                (mirror / entry.name).symlink_to(entry)
+    venv_site = next(venv.glob("lib/python*/site-packages"))
+    (venv_site / "system_site_packages.pth").write_text(f"{mirror}\n")
+
+
 @pytest.mark.timeout(240)
 def test_the_dockerfile_install_works_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     """Build the wheel from exactly what the Dockerfile copies, install it as the final stage does.
 
     Offline: the wheel is built with --no-deps --no-build-isolation (the image build downloads
-    dependencies; here the venv sees them through --system-site-packages), then the final stage's
+    dependencies; here the venv sees this interpreter's, see see_installed_dependencies), then the final stage's
     own `pip install --no-index --find-links=/wheels cortex-bridge` runs with /wheels pointing here.
     """
     assert offline_build_backend(), (
@@ -276,7 +300,8 @@ def test_the_dockerfile_install_works_in_a_fresh_virtualenv(tmp_path: Path) -> N
     assert [p.name for p in wheels.glob("cortex_bridge-*.whl")], "no wheel built"
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    see_installed_dependencies(venv)
     installed = subprocess.run(
         [str(venv / "bin" / "pip"), "install", *[a.replace("/wheels", str(wheels)) for a in install_args]],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,

@@ -1,0 +1,1 @@
+"""Sender: batching, rate limit, retry and reconcile against Cortex."""

@@ -1,0 +1,1 @@
+"""Sources: each adapter turns one wire format into records."""
