@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.queue.schema import State, connect
+from bridge.queue.schema import State, connect, totals
 
 
 class QueueFileMissing(Exception):
@@ -25,9 +25,14 @@ def open_file(path: Path) -> sqlite3.Connection:
     return connect(str(path))
 
 
+def oldest_age(conn: sqlite3.Connection) -> float:
+    """Seconds since the oldest undelivered record was received (0 when empty)."""
+    head = conn.execute("SELECT received_at FROM records WHERE seq = (SELECT MIN(seq) FROM records)").fetchone()
+    return round(time.time() - head[0], 3) if head else 0.0
+
+
 def stats(conn: sqlite3.Connection) -> dict[str, Any]:
-    count, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
-    head = conn.execute("SELECT received_at FROM records ORDER BY seq LIMIT 1").fetchone()
+    count, size, dead = totals(conn)
     by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
     by_kind = dict(conn.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
     dead_by_reason = dict(conn.execute("SELECT reason, COUNT(*) FROM dead GROUP BY reason").fetchall())
@@ -35,10 +40,10 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
     return {
         "undelivered": count,
         "undelivered_bytes": size,
-        "oldest_age_seconds": round(time.time() - head[0], 3) if head else 0.0,
+        "oldest_age_seconds": oldest_age(conn),
         "by_state": by_state,
         "by_kind": by_kind,
-        "dead_letters": sum(dead_by_reason.values()),
+        "dead_letters": dead,
         "dead_by_reason": dead_by_reason,
         "delivered_history": delivered,
     }

@@ -21,7 +21,7 @@ class State(IntEnum):
     CLAIMED = 3  #: claimed for an idempotent request: safe to resend after a crash
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  #: 2: ``totals`` kept by triggers
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS records (
@@ -92,6 +92,40 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 """
 
+# Depth, bytes and dead letters kept exact by triggers, in the same transaction as every change,
+# whichever process makes it (an operator's ``dlq replay`` included). Counting instead takes
+# ~0.6 s at a million queued records, all of it on the one thread that acknowledges input.
+_TOTALS = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS totals (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    records INTEGER NOT NULL,
+    record_bytes INTEGER NOT NULL,
+    dead INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS records_in AFTER INSERT ON records BEGIN
+    UPDATE totals SET records = records + 1, record_bytes = record_bytes + NEW.size;
+END;
+CREATE TRIGGER IF NOT EXISTS records_out AFTER DELETE ON records BEGIN
+    UPDATE totals SET records = records - 1, record_bytes = record_bytes - OLD.size;
+END;
+CREATE TRIGGER IF NOT EXISTS records_resized AFTER UPDATE OF size ON records BEGIN
+    UPDATE totals SET record_bytes = record_bytes - OLD.size + NEW.size;
+END;
+CREATE TRIGGER IF NOT EXISTS dead_in AFTER INSERT ON dead BEGIN
+    UPDATE totals SET dead = dead + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS dead_out AFTER DELETE ON dead BEGIN
+    UPDATE totals SET dead = dead - 1;
+END;
+INSERT INTO totals (one, records, record_bytes, dead)
+    SELECT 1, (SELECT COUNT(*) FROM records), (SELECT COALESCE(SUM(size), 0) FROM records),
+           (SELECT COUNT(*) FROM dead)
+    WHERE NOT EXISTS (SELECT 1 FROM totals);
+UPDATE meta SET value = '2' WHERE key = 'schema_version' AND value = '1';
+COMMIT;
+"""
+
 
 def connect(path: str) -> sqlite3.Connection:
     """Open the queue database with the settings durability depends on."""
@@ -101,6 +135,8 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA temp_store=MEMORY")
+    # INSERT OR REPLACE deletes the row it replaces: the delete trigger must see that.
+    conn.execute("PRAGMA recursive_triggers=ON")
     # Keep the WAL small (checkpoint every ~1 MB, truncate to 4 MB after): a WAL that has taken
     # the last free space cannot be checkpointed, since the checkpoint itself needs room.
     conn.execute("PRAGMA wal_autocheckpoint=256")
@@ -109,4 +145,12 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'dead_out'").fetchone() is None:
+        conn.executescript(_TOTALS)  # new file, or a version-1 file: count once, then keep counting
     return conn
+
+
+def totals(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(undelivered records, their bytes, dead letters), without counting."""
+    row = conn.execute("SELECT records, record_bytes, dead FROM totals WHERE one = 1").fetchone()
+    return int(row[0]), int(row[1]), int(row[2])

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from bridge import metrics
 from bridge.queue import inspect
-from bridge.queue.schema import State, connect
+from bridge.queue.schema import State, connect, totals
 from bridge.records import Record, lane_of, record_from_json, record_to_json
 
 T = TypeVar("T")
@@ -122,7 +122,7 @@ class DurableQueue:
             # A record claimed for a non-idempotent request may have reached Cortex: read back first.
             conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.AMBIGUOUS, State.SENDING))
             conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.READY, State.CLAIMED))
-        self._count, self._bytes = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+        self._recount_sync()
 
     async def close(self) -> None:
         """Flush pending appends, then close the database."""
@@ -247,8 +247,6 @@ class DurableQueue:
         conn = self.conn
         now = time.time()
         results: list[AppendResult] = []
-        added_count = 0
-        added_bytes = 0
         with _transaction(conn):
             for sub in batch:
                 if sub.delivery is not None:
@@ -277,8 +275,6 @@ class DurableQueue:
                     [(*r, now, now) for r in fresh.values()],
                 )
                 new_ids = list(fresh)
-                added_count += len(fresh)
-                added_bytes += sum(r[5] for r in fresh.values())
                 for key, value in sub.state_updates.items():
                     conn.execute(
                         "INSERT INTO source_state (key, value, updated_at) VALUES (?, ?, ?)"
@@ -286,8 +282,7 @@ class DurableQueue:
                         (key, value, now),
                     )
                 results.append(AppendResult(new_ids, dup_ids))
-        self._count += added_count
-        self._bytes += added_bytes
+        self._recount_sync()
         return results
 
     # -- sender side -------------------------------------------------------------------------
@@ -346,8 +341,6 @@ class DurableQueue:
     def _delivered_sync(self, items: list[tuple[int, str | None]], how: str) -> None:
         conn = self.conn
         now = time.time()
-        removed_bytes = 0
-        removed = 0
         with _transaction(conn):
             for seq, cortex_uuid in items:
                 row = conn.execute(
@@ -355,7 +348,7 @@ class DurableQueue:
                 ).fetchone()
                 if row is None:
                     continue
-                rid, kind, body, source, received_at, size = row
+                rid, kind, body, source, received_at, _size = row
                 entity = json.loads(body)["entity"]
                 conn.execute(
                     "INSERT OR REPLACE INTO delivered (id, kind, entity, source, cortex_uuid, received_at,"
@@ -363,10 +356,7 @@ class DurableQueue:
                     (rid, kind, entity, source, cortex_uuid, received_at, now, how),
                 )
                 conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
-                removed += 1
-                removed_bytes += size
-        self._count -= removed
-        self._bytes -= removed_bytes
+        self._recount_sync()
 
     async def reschedule(
         self, seqs: Sequence[int], *, next_attempt_at: float, error: str, count_attempt: bool
@@ -413,8 +403,6 @@ class DurableQueue:
     def _dead_sync(self, seqs: list[int], reason: str, detail: str, status: int | None) -> None:
         conn = self.conn
         now = time.time()
-        removed = 0
-        removed_bytes = 0
         with _transaction(conn):
             for seq in seqs:
                 row = conn.execute(
@@ -429,10 +417,7 @@ class DurableQueue:
                     (*row, reason, detail[:4000], status, now),
                 )
                 conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
-                removed += 1
-                removed_bytes += row[5]
-        self._count -= removed
-        self._bytes -= removed_bytes
+        self._recount_sync()
 
     async def dead_letter_input(
         self, records: Sequence[Record], *, reason: str, detail: str
@@ -502,17 +487,25 @@ class DurableQueue:
         return await self._run(self._stats_sync)
 
     def _stats_sync(self) -> dict[str, Any]:
-        result = inspect.stats(self.conn)
-        # Recount: an operator's `dlq replay` from another process adds records behind our back.
-        self._count, self._bytes = result["undelivered"], result["undelivered_bytes"]
-        return result
+        self._recount_sync()
+        return inspect.stats(self.conn)
 
-    async def refresh_gauges(self) -> dict[str, Any]:
-        result = await self.stats()
-        metrics.QUEUE_OLDEST_AGE.set(result["oldest_age_seconds"])
-        metrics.DEAD_LETTERS.set(result["dead_letters"])
+    def _recount_sync(self) -> int:
+        """Depth and bytes from the trigger-kept totals (which also see other processes' changes,
+        e.g. an operator's ``dlq replay``); returns the dead-letter count."""
+        self._count, self._bytes, dead = totals(self.conn)
+        return dead
+
+    async def refresh_gauges(self) -> None:
+        """Depth, bytes, oldest age and dead letters; cheap at any depth (no counting)."""
+        dead, oldest_age = await self._run(self._gauges_sync)
+        metrics.QUEUE_OLDEST_AGE.set(oldest_age)
+        metrics.DEAD_LETTERS.set(dead)
         self._publish_gauges()
-        return result
+
+    def _gauges_sync(self) -> tuple[int, float]:
+        dead = self._recount_sync()
+        return dead, inspect.oldest_age(self.conn)
 
     def _publish_gauges(self) -> None:
         metrics.QUEUE_DEPTH.set(self._count)
@@ -550,8 +543,7 @@ class DurableQueue:
         def work() -> T:
             with _transaction(self.conn):
                 result = fn(self.conn)
-            self._count, self._bytes = self.conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+            self._recount_sync()
             return result
         result = await self._run(work)
         self._publish_gauges()

@@ -172,3 +172,83 @@ async def test_replay_skips_dead_inputs_that_are_not_records(tmp_path: Path) -> 
     assert [q.record.id for q in claimed] == [batch[0].record.id]
     conn.close()
     await queue.close()
+
+
+def counted(db: Path) -> tuple[int, int, int]:
+    """Depth, bytes and dead letters counted the slow way, to check the trigger-kept totals."""
+    conn = sqlite3.connect(db)
+    count, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+    dead = conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
+    conn.close()
+    return count, size, dead
+
+
+async def test_totals_stay_exact_through_every_change(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    queue = await open_queue(tmp_path)
+
+    async def check() -> None:
+        await queue.refresh_gauges()
+        count, size, dead = counted(db)
+        assert (queue.depth, queue._bytes) == (count, size)
+        stats = await queue.stats()
+        assert (stats["undelivered"], stats["undelivered_bytes"], stats["dead_letters"]) == (count, size, dead)
+
+    await queue.append([metric(i) for i in range(10)] + [event(i) for i in range(3)])
+    await queue.append([metric(0), event(1)])  # duplicates: stored once
+    await check()
+    assert queue.depth == 13
+    metrics = await queue.claim(POLICY)
+    await queue.mark_delivered([(q.seq, None) for q in metrics[:4]])
+    await queue.dead_letter([q.seq for q in metrics[4:6]], reason="rejected", detail="400", status=400)
+    await check()
+    await queue.dead_letter_input([event(99)], reason="unresolved_entity", detail="no entity")
+    await dead_letter_raw(queue, [RawInput(source="t", input_id="t/0/1", reason="invalid_json",
+                                           detail="x", payload=b"{")])
+    await check()
+    assert counted(db)[2] == 4
+
+    conn = inspect.open_file(db)  # an operator's CLI, another connection
+    assert inspect.dlq_replay(conn, reason="rejected") == 2
+    assert inspect.dlq_purge(conn, reason="invalid_json") == 1
+    conn.close()
+    await check()
+    assert queue.depth == 9 and counted(db)[2] == 1
+    await queue.close()
+
+
+async def test_totals_are_computed_once_for_a_queue_file_from_before_them(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    queue = await open_queue(tmp_path)
+    await queue.append([metric(i) for i in range(5)])
+    batch = await queue.claim(POLICY)
+    await queue.dead_letter([batch[0].seq], reason="rejected", detail="400", status=400)
+    await queue.close()
+    conn = sqlite3.connect(db)  # make it look like a version-1 file: no totals, no triggers
+    conn.executescript("DROP TABLE totals; DROP TRIGGER records_in; DROP TRIGGER records_out;"
+                       " DROP TRIGGER records_resized; DROP TRIGGER dead_in; DROP TRIGGER dead_out;"
+                       " UPDATE meta SET value = '1' WHERE key = 'schema_version';")
+    conn.close()
+
+    reopened = await open_queue(tmp_path)
+    assert reopened.depth == 4 == counted(db)[0]
+    assert (await reopened.stats())["dead_letters"] == 1
+    assert (await reopened.query("SELECT value FROM meta WHERE key = 'schema_version'")) == [("2",)]
+    await reopened.append([metric(10)])
+    assert reopened.depth == 5 == counted(db)[0]
+    await reopened.close()
+
+
+async def test_gauge_refresh_reads_no_table_whole(tmp_path: Path) -> None:
+    """Every 5 s on the thread that acknowledges input: it must not scan the queue."""
+    queue = await open_queue(tmp_path)
+    await queue.append([metric(i) for i in range(50)])
+    statements: list[str] = []
+    queue.conn.set_trace_callback(statements.append)
+    await queue.refresh_gauges()
+    queue.conn.set_trace_callback(None)
+    assert statements
+    for sql in statements:
+        plan = " ".join(str(row[-1]) for row in queue.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "SCAN" not in plan, f"{sql!r} scans: {plan}"
+    await queue.close()
