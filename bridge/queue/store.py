@@ -244,46 +244,55 @@ class DurableQueue:
                     callback()
 
     def _write_sync(self, batch: list[_Submission]) -> list[AppendResult]:
+        # A handful of statements per group commit, not per submission: every sqlite3 call gives
+        # up the GIL, and getting it back from a busy event loop can take a switch interval.
         conn = self.conn
         now = time.time()
-        results: list[AppendResult] = []
+        results: list[AppendResult | None] = [None] * len(batch)
         with _transaction(conn):
-            for sub in batch:
+            seen = _seen_deliveries(conn, [sub.delivery for sub in batch if sub.delivery is not None])
+            deliveries = []
+            admitted: list[tuple[int, _Submission]] = []
+            for i, sub in enumerate(batch):
                 if sub.delivery is not None:
-                    source, delivery_id = sub.delivery
-                    seen = conn.execute(
-                        "SELECT 1 FROM deliveries WHERE source = ? AND delivery_id = ?", (source, delivery_id)
-                    ).fetchone()
-                    if seen:
-                        results.append(AppendResult([], [r[0] for r in sub.rows], duplicate_delivery=True))
+                    if sub.delivery in seen:
+                        results[i] = AppendResult([], [r[0] for r in sub.rows], duplicate_delivery=True)
                         continue
-                    conn.execute(
-                        "INSERT INTO deliveries (source, delivery_id, seen_at, record_ids) VALUES (?, ?, ?, ?)",
-                        (source, delivery_id, now, json.dumps([r[0] for r in sub.rows])),
-                    )
-                known = _known_ids(conn, [r[0] for r in sub.rows])
-                fresh: dict[str, tuple[str, str, str, str, str, int, float]] = {}
-                dup_ids = []
+                    seen.add(sub.delivery)
+                    deliveries.append((*sub.delivery, now, json.dumps([r[0] for r in sub.rows])))
+                admitted.append((i, sub))
+            known = _known_ids(conn, [r[0] for _, sub in admitted for r in sub.rows])
+            fresh: list[tuple[str, str, str, str, str, int, float, float, float]] = []
+            states: list[tuple[str, str, float]] = []
+            for i, sub in admitted:
+                new_ids, dup_ids = [], []
                 for row in sub.rows:
-                    if row[0] in known or row[0] in fresh:
+                    if row[0] in known:
                         dup_ids.append(row[0])
                     else:
-                        fresh[row[0]] = row
+                        known.add(row[0])
+                        new_ids.append(row[0])
+                        fresh.append((*row, now, now))
+                states.extend((key, value, now) for key, value in sub.state_updates.items())
+                results[i] = AppendResult(new_ids, dup_ids)
+            if deliveries:
+                conn.executemany(
+                    "INSERT INTO deliveries (source, delivery_id, seen_at, record_ids) VALUES (?, ?, ?, ?)", deliveries
+                )
+            if fresh:
                 conn.executemany(
                     "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
                     " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(*r, now, now) for r in fresh.values()],
+                    fresh,
                 )
-                new_ids = list(fresh)
-                for key, value in sub.state_updates.items():
-                    conn.execute(
-                        "INSERT INTO source_state (key, value, updated_at) VALUES (?, ?, ?)"
-                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                        (key, value, now),
-                    )
-                results.append(AppendResult(new_ids, dup_ids))
+            if states:
+                conn.executemany(
+                    "INSERT INTO source_state (key, value, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    states,
+                )
         self._recount_sync()
-        return results
+        return [r for r in results if r is not None]
 
     # -- sender side -------------------------------------------------------------------------
 
@@ -581,6 +590,20 @@ class _transaction:
             # The WAL itself may be what fills a small volume; a checkpoint shrinks it.
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _seen_deliveries(conn: sqlite3.Connection, deliveries: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (source, delivery id) pairs were stored before."""
+    seen: set[tuple[str, str]] = set()
+    for start in range(0, len(deliveries), 300):
+        chunk = deliveries[start : start + 300]
+        pairs = ",".join("(?, ?)" for _ in chunk)
+        seen.update((r[0], r[1]) for r in conn.execute(
+            # CROSS JOIN keeps the constant rows outside, so each pair is a primary-key search.
+            f"SELECT d.source, d.delivery_id FROM (VALUES {pairs}) AS v CROSS JOIN deliveries AS d"
+            " ON d.source = v.column1 AND d.delivery_id = v.column2",
+            [part for pair in chunk for part in pair]))
+    return seen
 
 
 def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:

@@ -63,6 +63,26 @@ async def test_delivery_id_dedupes_a_redelivered_input(tmp_path: Path) -> None:
     await queue.close()
 
 
+async def test_duplicates_within_one_group_commit_are_stored_once(tmp_path: Path) -> None:
+    """Concurrent appends share a commit; duplicates among them are caught as across commits."""
+    queue = await open_queue(tmp_path)
+    results = await asyncio.gather(
+        queue.append([metric(1)], delivery=("github", "d-7")),
+        queue.append([metric(2)], delivery=("github", "d-7")),  # the same delivery, redelivered at once
+        queue.append([metric(3), metric(3)]),  # one record twice in one input
+        queue.append([metric(3)]),
+        queue.append([metric(4)], delivery=("gitlab", "d-7")),  # same id, another source: not a duplicate
+        queue.append([], state_updates={"k": "1"}),
+        queue.append([], state_updates={"k": "2"}),  # later submission wins
+    )
+    assert [r.duplicate_delivery for r in results] == [False, True, False, False, False, False, False]
+    assert len(results[2].new_ids) == 1 and results[2].duplicate_ids == results[2].new_ids
+    assert results[3].duplicate_ids == results[2].new_ids and not results[3].new_ids
+    assert queue.depth == 3 == inspect.stats(inspect.open_file(tmp_path / "q.db"))["undelivered"]
+    assert await queue.get_state("k") == "2"
+    await queue.close()
+
+
 async def test_full_queue_refuses_without_storing_anything(tmp_path: Path) -> None:
     queue = await open_queue(tmp_path, max_records=3)
     await queue.append([metric(1), metric(2)])
