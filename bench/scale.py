@@ -7,6 +7,9 @@ metric points over 250 metric lanes) through the queue's own append path. At eac
   the simulator rejects (401), so it holds the backlog without sending; its resident set size is
   read after start-up settles (psutil). Baseline: the same process on an empty queue.
 * **disk**: bytes of the queue file plus its WAL, per queued record (target < 1 KB).
+* **acknowledgement latency**: while that process holds the backlog, one native event at a time
+  is POSTed for ~11 s (spanning two of its 5-second gauge refreshes) and the time to its 202
+  measured: a backlog must not stall what producers wait for. Baseline: the same at 10k.
 * **claim time**: in this process, the sender's batch claim plus settling the batch as delivered,
   timed over 300 batches, at each depth; it must stay flat as the backlog grows.
 
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
 from bench.common import Row, table
@@ -83,8 +87,27 @@ async def claim_times(path: Path, batches: int = 300) -> float:
         await queue.close()
 
 
-async def rss_of_bridge(path: Path, tmp: Path, sim: SimulatorServer) -> int:
-    """RSS of ``cortex-bridge run`` holding the queue at ``path`` (Cortex rejects its token)."""
+async def ack_latencies(url: str, seconds: float = 11.0) -> list[float]:
+    """Seconds from POST to 202 for unique native events sent one at a time for ``seconds``."""
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < end:
+            body = {"kind": "event", "entity": ENTITIES[0], "type": "SCALE", "title": f"probe {time.time_ns()}",
+                    "timestamp": BASE_TS}
+            started = time.perf_counter()
+            async with http.post(f"{url}/v1/records", json=body) as resp:
+                await resp.read()
+                if resp.status != 202:
+                    raise RuntimeError(f"probe answered {resp.status}")
+            times.append(time.perf_counter() - started)
+            await asyncio.sleep(0.02)
+    return times
+
+
+async def observe_bridge(path: Path, tmp: Path, sim: SimulatorServer) -> dict[str, float]:
+    """RSS of ``cortex-bridge run`` holding the queue at ``path`` (Cortex rejects its token),
+    then its acknowledgement latency (p50, p99, max in seconds) with that backlog."""
     work = tmp / f"proc-{time.monotonic_ns()}"
     work.mkdir()
     bridge = BridgeProcess(work, sim.url, cortex={"token": "rejected-token"}, queue={
@@ -92,7 +115,10 @@ async def rss_of_bridge(path: Path, tmp: Path, sim: SimulatorServer) -> int:
     try:
         await bridge.start(timeout=120)
         await asyncio.sleep(3)  # start-up token check, sender parked on 401, gauges refreshed
-        return int(psutil.Process(bridge.pid).memory_info().rss)
+        rss = int(psutil.Process(bridge.pid).memory_info().rss)
+        acks = sorted(await ack_latencies(bridge.url))
+        return {"rss": rss, "ack_p50": statistics.median(acks), "ack_p99": acks[int(len(acks) * 0.99)],
+                "ack_max": acks[-1], "probes": len(acks)}
     finally:
         bridge.cleanup()
 
@@ -111,7 +137,7 @@ async def run(scale: float = 1.0) -> tuple[list[Row], dict[str, Any]]:
         path = tmp / "queue.db"
         async with SimulatorServer(config) as sim:
             await fill(path, 0, 0)
-            empty_rss = await rss_of_bridge(path, tmp, sim)
+            empty_rss = (await observe_bridge(path, tmp, sim))["rss"]
             next_n = 0
             body_bytes = sum(len(json.dumps(r)) for r in records(0, 1000)) / 1000
             for step in steps:
@@ -120,7 +146,7 @@ async def run(scale: float = 1.0) -> tuple[list[Row], dict[str, Any]]:
                 await fill(path, next_n, missing)
                 next_n += missing
                 results[step] = {
-                    "rss": await rss_of_bridge(path, tmp, sim),
+                    **await observe_bridge(path, tmp, sim),
                     "bytes_per_record": file_bytes(path) / step,
                     "claim_seconds": await claim_times(path),
                     "body_bytes": body_bytes,
@@ -140,6 +166,11 @@ async def run(scale: float = 1.0) -> tuple[list[Row], dict[str, Any]]:
             f"{results[big]['body_bytes']:.0f} B record JSON", results[big]["bytes_per_record"] / results[big]["body_bytes"],
             "< 1 KB", results[big]["bytes_per_record"] < 1024),
     ]
+    for step in (mid, big):
+        p99, top = results[step]["ack_p99"] * 1000, results[step]["ack_max"] * 1000
+        base_p99, base_top = results[small]["ack_p99"] * 1000, results[small]["ack_max"] * 1000
+        rows.append(Row(f"native POST -> 202 with {step:,} queued: p99 / max", f"{p99:.1f} / {top:.1f} ms",
+                        f"{base_p99:.1f} / {base_top:.1f} ms at {small:,}", p99 / base_p99, "reported", None))
     for step in (mid, big):
         ratio = results[step]["claim_seconds"] / results[small]["claim_seconds"]
         rows.append(Row(f"claim + settle one batch at {step:,} queued", f"{results[step]['claim_seconds'] * 1000:.2f} ms",
