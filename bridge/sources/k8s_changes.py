@@ -21,7 +21,14 @@ from bridge.sources.k8s_memory import SourceMemory
 from bridge.sources.k8s_rollouts import ROLLOUTS_EMITTED, deploy_record, observe_workload
 from bridge.sources.k8s_settings import KubernetesSourceSettings
 from bridge.sources.k8s_watch import Change, ResourceStream, call_raw, meta
-from bridge.sources.k8s_workloads import WORKLOAD_RESOURCES, WorkloadCache, WorkloadRef, labels_of
+from bridge.sources.k8s_workloads import (
+    CACHED_RESOURCES,
+    REVISIONED_KINDS,
+    WORKLOAD_RESOURCES,
+    WorkloadCache,
+    WorkloadRef,
+    labels_of,
+)
 
 log = structlog.get_logger("bridge.kubernetes")
 
@@ -46,8 +53,8 @@ class ChangeHandler:
 
     async def changed(self, resource: str, change: Change, *, baseline: bool) -> None:
         """Handle one change of an object of ``resource`` (the plural the stream watches)."""
-        if resource == "replicasets":
-            self._cache_change("ReplicaSet", change)
+        if resource in CACHED_RESOURCES:
+            self._cache_change(CACHED_RESOURCES[resource], change)
         elif resource in WORKLOAD_RESOURCES:
             kind = WORKLOAD_RESOURCES[resource]
             self._cache_change(kind, change)
@@ -84,8 +91,11 @@ class ChangeHandler:
             if previous is not None and previous.uid == str(m.get("uid") or ""):
                 self._memory.stage([], {key: ""})
             return
-        replicasets = self._cache.owned_replicasets(str(m.get("uid") or "")) if kind == "Deployment" else []
-        observation = observe_workload(kind, change.obj, previous, replicasets, baseline=baseline)
+        uid = str(m.get("uid") or "")
+        replicasets = self._cache.owned_replicasets(uid) if kind == "Deployment" else []
+        revisions = self._cache.owned_revisions(uid) if kind in REVISIONED_KINDS else []
+        observation = observe_workload(kind, change.obj, previous, replicasets, baseline=baseline,
+                                       revisions=revisions)
         records: list[Record] = []
         if observation.report is not None and kind in self.settings.rollouts.kinds:
             entity = self._mapper.entity(WorkloadRef.of(kind, change.obj))

@@ -11,18 +11,35 @@ and classified against what this workload looked like at its previous completed 
 * only ``spec.replicas`` changed -> ``SCALE``.
 
 Templates are compared by :func:`bridge.sources.k8s_templates.template_hash` (a restart is not a
-new template, and a ReplicaSet's template hashes like its Deployment's). "An earlier revision had
-it" means: the template was the completed one at an earlier rollout this bridge saw, or
-(Deployments) the ReplicaSet with this template was current before - the deployment controller
-reuses that ReplicaSet and records its former revisions in
-``deployment.kubernetes.io/revision-history``, so a rollback is recognized even by a bridge whose
-memory is younger than the revision. A rollout whose Progressing condition says
-``ProgressDeadlineExceeded`` is reported once per generation as a custom event.
+new template; a ReplicaSet's or ControllerRevision's template hashes like its workload's). "An
+earlier revision had it" means: the template was the completed one at an earlier rollout this
+bridge saw, or the workload's own history says so, which lets a bridge whose memory is younger
+than the revision (fresh install, new volume) recognize the rollback too:
+
+* Deployments: the ReplicaSet with this template was current before - the deployment controller
+  reuses that ReplicaSet and records its former revisions in
+  ``deployment.kubernetes.io/revision-history``;
+* StatefulSets and DaemonSets: a ControllerRevision of this template was created before a
+  ControllerRevision of another template. Their controllers create a ControllerRevision when the
+  workload gets a template no ControllerRevision holds, and on a return to a template one holds
+  they reuse it (``revision`` goes up to the newest, ``creationTimestamp`` stays). A revision of
+  another template created later means the workload had that other template after it had this
+  one, so having this one again is a return. The usual witness is the revision of the template
+  that ran before this rollout; any other does as well, so a rollback is still recognized when
+  that one was pruned (``revisionHistoryLimit``) or is unknown. Not recognized (reported as
+  ``DEPLOY``): a return to a template whose revision was pruned (the controller creates a new
+  one), to a template whose revision is newer than every revision of another template still
+  kept (A, B, back to A, then back to B: B's revision is the newest), and returns within the
+  second (``creationTimestamp`` has whole seconds).
+
+A rollout whose Progressing condition says ``ProgressDeadlineExceeded`` is reported once per
+generation as a custom event.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -49,7 +66,13 @@ from bridge.sources.k8s_templates import (
     template_hash,
 )
 from bridge.sources.k8s_watch import JsonObject, meta
-from bridge.sources.k8s_workloads import WORKLOAD_RESOURCES, WorkloadKind, annotations_of
+from bridge.sources.k8s_workloads import (
+    REVISIONED_KINDS,
+    WORKLOAD_RESOURCES,
+    Revision,
+    WorkloadKind,
+    annotations_of,
+)
 
 ALL_DEPLOY_TYPES: tuple[DeployType, ...] = ("DEPLOY", "ROLLBACK", "SCALE", "RESTART")
 REVISION = "deployment.kubernetes.io/revision"
@@ -241,6 +264,12 @@ def _was_current_before(obj: JsonObject, current: str, replicasets: list[JsonObj
     )
 
 
+def _returned_to(current: str, revisions: Sequence[Revision]) -> bool:
+    """Whether a ControllerRevision of another template was created after the first of ``current``."""
+    mine = [r.created for r in revisions if r.template == current]
+    return bool(mine) and any(r.template != current and r.created > min(mine) for r in revisions)
+
+
 def _remember(history: list[str], template: str | None, current: str) -> list[str]:
     if template is None or template == current:
         return history
@@ -254,12 +283,17 @@ def observe_workload(
     replicasets: list[JsonObject],
     *,
     baseline: bool,
+    revisions: Sequence[Revision] = (),
 ) -> Observation:
     """Classify a look at a workload against what was remembered of it (see the module docstring).
 
+    ``replicasets``: a Deployment's ReplicaSets; ``revisions``: a StatefulSet's or DaemonSet's
+    ControllerRevisions.
+
     ``baseline``: take the workload as it is as already reported (first start, hand-over). A
     rollout still running then is reported when it completes, against the ReplicaSet that ran
-    before it (Deployments) or as a DEPLOY (no earlier template known).
+    before it (Deployments) or as a DEPLOY (no earlier template known) unless the
+    ControllerRevisions show a return (StatefulSets, DaemonSets).
     """
     m = meta(obj)
     uid = str(m.get("uid") or "")
@@ -296,7 +330,9 @@ def observe_workload(
         return Observation(None, state, previous)
     report: DeployType | None
     if base.hash is None or current != base.hash:
-        seen = current in base.history or (kind == "Deployment" and _was_current_before(obj, current, replicasets))
+        seen = (current in base.history
+                or (kind == "Deployment" and _was_current_before(obj, current, replicasets))
+                or (kind in REVISIONED_KINDS and _returned_to(current, revisions)))
         report = "ROLLBACK" if seen else "DEPLOY"
     elif base.attempt is not None and base.attempt != current:
         report = "ROLLBACK"  # a rollout that never completed was undone: back to what ran before

@@ -1,8 +1,10 @@
 """Pod templates: their digest, the restart stamp, and values read from a workload.
 
 Templates are compared by :func:`template_hash`, a digest of the pod template without the
-restart annotation and without the controller's ``pod-template-hash`` label, so a restart is
-not a new template and a ReplicaSet's template hashes like its Deployment's.
+restart annotation, without the controller's ``pod-template-hash`` label and without the
+strategic-merge ``$patch`` directive, so a restart is not a new template, a ReplicaSet's template
+hashes like its Deployment's and a ControllerRevision's (``data.spec.template``, stored as a
+``$patch: replace`` patch) like its StatefulSet's or DaemonSet's.
 
 A *value source* says where a deploy's sha, version or deployer comes from:
 ``annotation:<key>`` / ``label:<key>`` (on the workload, then on its pod template),
@@ -20,6 +22,8 @@ from bridge.sources.k8s_watch import JsonObject, meta
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 POD_TEMPLATE_HASH = "pod-template-hash"
+#: Strategic-merge directive the StatefulSet/DaemonSet controllers add to a ControllerRevision's template.
+PATCH_DIRECTIVE = "$patch"
 
 _VALUE_SOURCE = re.compile(r"^(?:(?:annotation|label|template_annotation|template_label):\S+|(?:image|image_tag)(?::\S+)?)$")
 
@@ -36,14 +40,14 @@ def check_value_sources(value: list[str]) -> list[str]:
 
 
 def pod_template(obj: JsonObject) -> JsonObject:
-    """A workload's (or ReplicaSet's) ``spec.template``."""
+    """A workload's (or ReplicaSet's) ``spec.template``; of a ControllerRevision's ``data`` too."""
     template = (obj.get("spec") or {}).get("template")
     return template if isinstance(template, dict) else {}
 
 
 def template_hash(template: JsonObject) -> str:
-    """Digest of a pod template, ignoring the restart annotation and ``pod-template-hash``."""
-    clone = dict(template)
+    """Digest of a pod template, ignoring the restart annotation, ``pod-template-hash`` and ``$patch``."""
+    clone = {k: v for k, v in template.items() if k != PATCH_DIRECTIVE}
     template_meta = dict(clone.get("metadata") or {})
     template_meta.pop("creationTimestamp", None)
     annotations = {k: v for k, v in (template_meta.get("annotations") or {}).items() if k != RESTARTED_AT}

@@ -1,14 +1,17 @@
-"""Workloads and ReplicaSets as the streams last saw them: references, owners, the cache.
+"""Workloads, ReplicaSets and ControllerRevisions as the streams last saw them: references, owners, the cache.
 
-Rollouts (:mod:`bridge.sources.k8s_rollouts`) read a Deployment's ReplicaSets from the cache;
-events (:mod:`bridge.sources.k8s_events`) find the workload that owns the object they are about.
+Rollouts (:mod:`bridge.sources.k8s_rollouts`) read a Deployment's ReplicaSets and a StatefulSet's
+or DaemonSet's ControllerRevisions from the cache; events (:mod:`bridge.sources.k8s_events`) find
+the workload that owns the object they are about.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
+from bridge.sources.k8s_templates import pod_template, template_hash
 from bridge.sources.k8s_watch import JsonObject, meta
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
@@ -18,6 +21,13 @@ WORKLOAD_RESOURCES: dict[str, WorkloadKind] = {
     "statefulsets": "StatefulSet",
     "daemonsets": "DaemonSet",
 }
+#: Watched resources that only feed the cache (plural -> kind): no records, no memory of their own.
+CACHED_RESOURCES: dict[str, str] = {
+    "replicasets": "ReplicaSet",
+    "controllerrevisions": "ControllerRevision",
+}
+#: Kinds whose history is kept in ControllerRevisions.
+REVISIONED_KINDS = ("StatefulSet", "DaemonSet")
 
 
 def labels_of(obj: JsonObject) -> dict[str, str]:
@@ -39,6 +49,24 @@ def controller_of(obj: JsonObject) -> JsonObject | None:
 
 
 @dataclass(frozen=True)
+class Revision:
+    """What rollouts need of a ControllerRevision: the digest of its template, when it was created."""
+
+    template: str
+    created: datetime
+
+    @classmethod
+    def of(cls, obj: JsonObject) -> Revision | None:
+        """The revision of a ControllerRevision (None without a parseable ``creationTimestamp``)."""
+        try:
+            created = datetime.fromisoformat(str(meta(obj).get("creationTimestamp") or "").replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        data = obj.get("data")
+        return cls(template_hash(pod_template(data if isinstance(data, dict) else {})), created)
+
+
+@dataclass(frozen=True)
 class WorkloadRef:
     """The object whose Cortex entity an input belongs to (a workload, or the object itself)."""
 
@@ -56,25 +84,40 @@ class WorkloadRef:
 
 
 class WorkloadCache:
-    """Workloads and ReplicaSets as last seen by the streams (for owners, history and entities)."""
+    """Workloads, ReplicaSets and ControllerRevisions as last seen by the streams (for owners,
+    history and entities)."""
 
     def __init__(self) -> None:
         self.workloads: dict[tuple[str, str, str], JsonObject] = {}
         self.replicasets: dict[tuple[str, str], JsonObject] = {}
         # owner uid -> its ReplicaSets: a Deployment's status changes often, its history rarely
         self._owned: dict[str, set[tuple[str, str]]] = {}
+        # owner uid -> (namespace, name) -> revision; only digests are kept, a revision's data is
+        # a whole pod template
+        self._revisions: dict[str, dict[tuple[str, str], Revision]] = {}
+        self._revision_owner: dict[tuple[str, str], str] = {}
 
     def clear(self) -> None:
         """Forget everything (a new term lists every collection again)."""
         self.workloads.clear()
         self.replicasets.clear()
         self._owned.clear()
+        self._revisions.clear()
+        self._revision_owner.clear()
 
     def put(self, kind: str, obj: JsonObject) -> None:
         """Remember the latest state of an object."""
         m = meta(obj)
         ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
-        if kind == "ReplicaSet":
+        if kind == "ControllerRevision":
+            self.remove(kind, obj)  # its controller may have changed (adoption, orphaning)
+            ref = controller_of(obj)
+            revision = Revision.of(obj)
+            if ref is not None and ref.get("kind") in REVISIONED_KINDS and revision is not None:
+                owner = str(ref.get("uid"))
+                self._revisions.setdefault(owner, {})[(ns, name)] = revision
+                self._revision_owner[(ns, name)] = owner
+        elif kind == "ReplicaSet":
             self.remove(kind, obj)
             self.replicasets[(ns, name)] = obj
             for ref in m.get("ownerReferences") or []:
@@ -86,7 +129,14 @@ class WorkloadCache:
         """Forget a deleted object."""
         m = meta(obj)
         ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
-        if kind == "ReplicaSet":
+        if kind == "ControllerRevision":
+            owner = self._revision_owner.pop((ns, name), None)
+            revisions = self._revisions.get(owner) if owner is not None else None
+            if owner is not None and revisions is not None:
+                revisions.pop((ns, name), None)
+                if not revisions:
+                    del self._revisions[owner]
+        elif kind == "ReplicaSet":
             old = self.replicasets.pop((ns, name), None)
             refs = (meta(old).get("ownerReferences") or []) if old is not None else []
             for ref in refs:
@@ -106,6 +156,10 @@ class WorkloadCache:
     def owned_replicasets(self, owner_uid: str) -> list[JsonObject]:
         """The ReplicaSets a Deployment owns (its revision history)."""
         return [self.replicasets[key] for key in self._owned.get(owner_uid, ()) if key in self.replicasets]
+
+    def owned_revisions(self, owner_uid: str) -> list[Revision]:
+        """The ControllerRevisions a StatefulSet or DaemonSet controls (its revision history)."""
+        return list(self._revisions.get(owner_uid, {}).values())
 
     def owner_of_replicaset(self, namespace: str, name: str) -> WorkloadRef | None:
         """The controller of a cached ReplicaSet (the ReplicaSet itself when it has none)."""

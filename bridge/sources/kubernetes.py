@@ -1,7 +1,7 @@
 """Kubernetes source: rollouts become deploys, Warning events become custom events.
 
 Running in (or against) a cluster, the source follows Deployments, StatefulSets, DaemonSets,
-ReplicaSets and Events with list/watch (:mod:`bridge.sources.k8s_watch`), reports completed
+ReplicaSets, ControllerRevisions and Events with list/watch (:mod:`bridge.sources.k8s_watch`), reports completed
 rollouts (:mod:`bridge.sources.k8s_rollouts`) and aggregated events
 (:mod:`bridge.sources.k8s_events`), and with several replicas lets only the holder of a Lease do
 so (:mod:`bridge.sources.k8s_leader`). This module is the wiring: settings are
@@ -37,7 +37,7 @@ from bridge.sources.k8s_leader import Handover, LeaseElector
 from bridge.sources.k8s_memory import SourceMemory
 from bridge.sources.k8s_settings import KubernetesSourceSettings, load_client_configuration
 from bridge.sources.k8s_watch import Change, ListFunction, ResourceStream, call_raw
-from bridge.sources.k8s_workloads import WorkloadCache
+from bridge.sources.k8s_workloads import CACHED_RESOURCES, REVISIONED_KINDS, WorkloadCache
 
 log = structlog.get_logger("bridge.kubernetes")
 
@@ -222,6 +222,13 @@ class KubernetesSource:
         apps, core = AppsV1Api(self._api), CoreV1Api(self._api)
         plan: list[tuple[str, Any, str, str]] = [
             ("replicasets", apps, "list_replica_set_for_all_namespaces", "list_namespaced_replica_set"),
+        ]
+        rollouts = self.settings.rollouts
+        if rollouts.enabled and any(kind in rollouts.kinds for kind in REVISIONED_KINDS):
+            # Listed before the workloads: a rollback is recognized from them (k8s_rollouts).
+            plan.append(("controllerrevisions", apps, "list_controller_revision_for_all_namespaces",
+                         "list_namespaced_controller_revision"))
+        plan += [
             ("deployments", apps, "list_deployment_for_all_namespaces", "list_namespaced_deployment"),
             ("statefulsets", apps, "list_stateful_set_for_all_namespaces", "list_namespaced_stateful_set"),
             ("daemonsets", apps, "list_daemon_set_for_all_namespaces", "list_namespaced_daemon_set"),
@@ -253,7 +260,9 @@ class KubernetesSource:
     async def _initial_sync(self, stream: ResourceStream, handover: Handover | None) -> None:
         """List a collection: rebuild the previous leader's view first, or baseline a new one."""
         synced = stream.key in self._memory.synced_streams
-        position = handover.positions.get(stream.key) if handover and stream.resource != "replicasets" else None
+        # Cache-only collections have no view of the predecessor to rebuild: a current list will do.
+        cached = stream.resource in CACHED_RESOURCES
+        position = handover.positions.get(stream.key) if handover and not cached else None
         if position:
             if await stream.list_at(position):
                 synced = True

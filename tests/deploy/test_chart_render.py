@@ -403,7 +403,7 @@ def test_rbac_only_for_the_kubernetes_source() -> None:
     assert pod_spec("kubernetes-events")["serviceAccountName"] == sa
     watch = one("kubernetes-events", "ClusterRole")["rules"]
     granted = {(g, r, v) for rule in watch for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    needed = {("apps", r, v) for r in ("deployments", "statefulsets", "daemonsets", "replicasets")
+    needed = {("apps", r, v) for r in ("deployments", "statefulsets", "daemonsets", "replicasets", "controllerrevisions")
               for v in ("get", "list", "watch")}
     needed |= {("", r, v) for r in ("pods", "events") for v in ("get", "list", "watch")}
     needed |= {("events.k8s.io", "events", v) for v in ("get", "list", "watch")}

@@ -265,6 +265,15 @@ RESOURCES: tuple[ResourceType, ...] = (
     _workload("replicasets", "replicaset", "ReplicaSet", "rs", "status.replicas"),
     _workload("statefulsets", "statefulset", "StatefulSet", "sts"),
     _workload("daemonsets", "daemonset", "DaemonSet", "ds"),
+    # The StatefulSet and DaemonSet controllers' history: no short name, category or status.
+    ResourceType(
+        group="apps",
+        version="v1",
+        plural="controllerrevisions",
+        singular="controllerrevision",
+        kind="ControllerRevision",
+        namespaced=True,
+    ),
     EVENTS_V1,
     ResourceType(
         group="coordination.k8s.io",

@@ -124,6 +124,7 @@ async def test_discovery_lists_exactly_what_is_served(server: FakeApiServer, api
         ("apps/v1", "replicasets"),
         ("apps/v1", "statefulsets"),
         ("apps/v1", "daemonsets"),
+        ("apps/v1", "controllerrevisions"),
         ("events.k8s.io/v1", "events"),
         ("coordination.k8s.io/v1", "leases"),
     }
@@ -670,6 +671,42 @@ async def test_generation_and_status_subresource(server: FakeApiServer, api: cli
     assert server.update(rolled)["metadata"]["generation"] == 2
     rolled["spec"]["template"] = {"metadata": {"labels": {"app": "web"}}}
     assert server.update(rolled)["metadata"]["generation"] == 3
+
+
+async def test_controller_revisions_list_watch_and_keep_their_creation_timestamp(
+    server: FakeApiServer, api: client.ApiClient
+) -> None:
+    # What the StatefulSet controller writes: a revision owned by its set, the template as a patch.
+    template = {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "pg:16"}]}}
+    server.create({
+        "apiVersion": "apps/v1", "kind": "ControllerRevision",
+        "metadata": {"name": "db-5d8f7c9b4", "namespace": "default", "creationTimestamp": "2024-03-01T10:00:00Z",
+                     "labels": {"app": "db", "controller-revision-hash": "5d8f7c9b4"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                                          "uid": "sts-uid", "controller": True, "blockOwnerDeletion": True}]},
+        "data": {"spec": {"template": {**template, "$patch": "replace"}}},
+        "revision": 1,
+    })
+    apps = client.AppsV1Api(api)
+    listed = await apps.list_controller_revision_for_all_namespaces()
+    (typed,) = listed.items
+    assert (typed.metadata.name, typed.revision) == ("db-5d8f7c9b4", 1)
+    assert typed.metadata.owner_references[0].kind == "StatefulSet"
+    raw = await raw_json(await apps.list_namespaced_controller_revision("default", _preload_content=False))
+    assert raw["kind"] == "ControllerRevisionList"
+    assert raw["items"][0]["data"]["spec"]["template"]["$patch"] == "replace"
+
+    stream = watch.Watch().stream(apps.list_namespaced_controller_revision, "default",
+                                  resource_version=listed.metadata.resource_version, timeout_seconds=5)
+    # A rollback reuses the revision: its number goes up, its creationTimestamp stays.
+    stored = server.get("apps/v1", "ControllerRevision", "db-5d8f7c9b4", namespace="default")
+    assert stored is not None
+    stored["revision"] = 3
+    server.update(stored)
+    [event] = await take(stream, 1)
+    assert event["type"] == "MODIFIED"
+    assert event["raw_object"]["revision"] == 3
+    assert event["raw_object"]["metadata"]["creationTimestamp"] == "2024-03-01T10:00:00Z"
 
 
 async def test_finalizers_delay_deletion(server: FakeApiServer, api: client.ApiClient) -> None:

@@ -4,7 +4,11 @@
 template, named ``<deployment>-<pod-template-hash>``, revision annotations, a reused ReplicaSet
 getting ``deployment.kubernetes.io/revision-history`` on rollback), Pods owned by them, the
 Deployment's status through a rollout (progressing, then complete, or ProgressDeadlineExceeded),
-and kubelet-style core/v1 Warning events whose ``count`` goes up on every repeat.
+the ControllerRevisions of StatefulSets and DaemonSets (as their controllers keep history: a new
+template gets a new revision numbered max+1, a template an existing revision holds reuses it with
+its number raised to max+1 and its creationTimestamp kept, beyond ``revisionHistoryLimit`` the
+oldest are deleted) and their status through a rollout, and kubelet-style core/v1 Warning events
+whose ``count`` goes up on every repeat.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ import copy
 import hashlib
 import json
 import random
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from tests.k8s import FakeApiServer
 
 JsonObject = dict[str, Any]
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 APPS = "apps/v1"
+REVISIONED = Literal["StatefulSet", "DaemonSet"]
+#: Nodes a DaemonSet runs on.
+NODES = 3
 
 
 def now() -> str:
@@ -44,6 +51,7 @@ class Cluster:
     def __init__(self, server: FakeApiServer, namespace: str = "shop") -> None:
         self.server = server
         self.namespace = namespace
+        self._last_revision_at: datetime | None = None
 
     # -- deployments --------------------------------------------------------------------------
 
@@ -212,6 +220,112 @@ class Cluster:
         rs_names = {rs["metadata"]["name"] for rs in self.replicasets(name) if rs["spec"].get("replicas")}
         return [p for p in self.server.objects("v1", "Pod", namespace=self.namespace)
                 if any(ref["name"] in rs_names for ref in p["metadata"].get("ownerReferences", []))]
+
+    # -- statefulsets and daemonsets -----------------------------------------------------------
+
+    def create_revisioned(self, kind: REVISIONED, name: str, *, image: str, replicas: int = 2,
+                          history_limit: int = 10) -> JsonObject:
+        """Create a StatefulSet or DaemonSet and complete its first rollout."""
+        spec: JsonObject = {
+            "selector": {"matchLabels": {"app": name}},
+            "revisionHistoryLimit": history_limit,
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "app", "image": image, "imagePullPolicy": "IfNotPresent"}]}},
+        }
+        if kind == "StatefulSet":
+            spec.update(replicas=replicas, serviceName=name)
+        self.server.create({"apiVersion": APPS, "kind": kind,
+                            "metadata": {"name": name, "namespace": self.namespace}, "spec": spec})
+        return self.reconcile_revisioned(kind, name)
+
+    def workload(self, kind: str, name: str) -> JsonObject:
+        obj = self.server.get(APPS, kind, name, namespace=self.namespace)
+        assert obj is not None, (kind, name)
+        return obj
+
+    def set_revisioned_image(self, kind: REVISIONED, name: str, image: str, *, complete: bool = True) -> JsonObject:
+        """``kubectl set image`` on a StatefulSet or DaemonSet, then the rollout."""
+        obj = self.workload(kind, name)
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = image
+        self.server.update(obj)
+        return self.reconcile_revisioned(kind, name, complete=complete)
+
+    def undo_revisioned(self, kind: REVISIONED, name: str, *, complete: bool = True) -> JsonObject:
+        """``kubectl rollout undo``: apply the template of the revision before the newest one."""
+        revisions = self.revisions(kind, name)
+        previous = copy.deepcopy(revisions[-2]["data"]["spec"]["template"])
+        previous.pop("$patch")
+        previous["metadata"].pop("creationTimestamp", None)
+        obj = self.workload(kind, name)
+        obj["spec"]["template"] = previous
+        self.server.update(obj)
+        return self.reconcile_revisioned(kind, name, complete=complete)
+
+    def revisions(self, kind: str, name: str) -> list[JsonObject]:
+        """The workload's ControllerRevisions, oldest revision number first."""
+        uid = self.workload(kind, name)["metadata"]["uid"]
+        owned = [cr for cr in self.server.objects(APPS, "ControllerRevision", namespace=self.namespace)
+                 if any(ref["uid"] == uid for ref in cr["metadata"].get("ownerReferences", []))]
+        return sorted(owned, key=lambda cr: int(cr["revision"]))
+
+    def _revision_time(self) -> str:
+        # creationTimestamp has whole seconds and real revisions are minutes apart; a test makes
+        # several within one second, so each new one is written at least a second after the last.
+        stamp = datetime.now(UTC).replace(microsecond=0)
+        if self._last_revision_at is not None and stamp <= self._last_revision_at:
+            stamp = self._last_revision_at + timedelta(seconds=1)
+        self._last_revision_at = stamp
+        return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _update_revision(self, kind: str, name: str) -> JsonObject:
+        """The controller's history step (statefulset getStatefulSetRevisions, daemon constructHistory)."""
+        obj = self.workload(kind, name)
+        template = copy.deepcopy(obj["spec"]["template"])
+        # getPatch: the template as encoded (metadata.creationTimestamp null) plus the directive
+        template.setdefault("metadata", {})["creationTimestamp"] = None
+        data = {"spec": {"template": {**template, "$patch": "replace"}}}
+        revisions = self.revisions(kind, name)
+        latest = max((int(cr["revision"]) for cr in revisions), default=0)
+        equal = [cr for cr in revisions if cr["data"] == data]
+        if equal:
+            current = equal[-1]
+            if int(current["revision"]) != latest:
+                current["revision"] = latest + 1
+                current = self.server.update(current)
+        else:
+            digest = controller_hash(data)
+            current = self.server.create({
+                "apiVersion": APPS, "kind": "ControllerRevision",
+                "metadata": {"name": f"{name}-{digest}", "namespace": self.namespace,
+                             "creationTimestamp": self._revision_time(),
+                             "labels": {**template["metadata"].get("labels", {}), "controller-revision-hash": digest},
+                             "ownerReferences": [_owner(obj)]},
+                "data": data, "revision": latest + 1,
+            })
+        old = [cr for cr in self.revisions(kind, name) if cr["metadata"]["name"] != current["metadata"]["name"]]
+        for cr in old[:max(0, len(old) - int(obj["spec"].get("revisionHistoryLimit", 10)))]:
+            self.server.delete(APPS, "ControllerRevision", cr["metadata"]["name"], namespace=self.namespace)
+        return current
+
+    def reconcile_revisioned(self, kind: REVISIONED, name: str, *, complete: bool = True) -> JsonObject:
+        """What the StatefulSet or DaemonSet controller does for the workload's current spec."""
+        revision = self._update_revision(kind, name)["metadata"]["name"]
+        obj = self.workload(kind, name)
+        generation = obj["metadata"]["generation"]
+        before = (obj.get("status") or {}).get("currentRevision", revision)
+        if kind == "StatefulSet":
+            replicas = int(obj["spec"]["replicas"])
+            done = replicas if complete else 0
+            obj["status"] = {"observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
+                             "currentReplicas": replicas - done, "updatedReplicas": done,
+                             "currentRevision": revision if complete else before, "updateRevision": revision}
+        else:
+            done = NODES if complete else 0
+            obj["status"] = {"observedGeneration": generation, "desiredNumberScheduled": NODES,
+                             "currentNumberScheduled": NODES, "numberReady": NODES, "numberAvailable": NODES,
+                             "updatedNumberScheduled": done, "numberMisscheduled": 0}
+        return self.server.update(obj)
 
     # -- events -------------------------------------------------------------------------------
 

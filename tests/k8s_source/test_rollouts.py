@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bridge.cortex.simulator import SimulatorServer
 from tests.conftest import sim_state
 from tests.k8s import FakeApiServer
-from tests.k8s_source._cluster import Cluster
+from tests.k8s_source._cluster import REVISIONED, Cluster
 from tests.k8s_source.conftest import StartBridge
 
 
@@ -131,3 +133,65 @@ async def test_types_filter_and_unmapped_workloads(
     state = await sim_state(cortex)
     assert [d["type"] for d in state["deploys"].get("inventory", [])] == ["DEPLOY"]
     assert state["counts"]["deploys"] == 1
+
+
+@pytest.mark.parametrize("kind", ["StatefulSet", "DaemonSet"])
+async def test_rollback_recognized_from_controller_revisions_by_a_bridge_started_after_the_first_revision(
+    kind: REVISIONED, apiserver: FakeApiServer, cluster: Cluster, cortex: SimulatorServer, start_bridge: StartBridge
+) -> None:
+    # Revision 1 ran before the bridge existed; only its ControllerRevision remembers it.
+    cluster.create_revisioned(kind, "inventory", image="registry.example/inventory:15.4")
+    cluster.set_revisioned_image(kind, "inventory", "registry.example/inventory:16.1")
+    running = await start_bridge()
+    cluster.undo_revisioned(kind, "inventory")
+    await running.caught_up(apiserver)
+    [rollback] = await deploys(cortex, "inventory")
+    assert (rollback["type"], rollback["title"]) == ("ROLLBACK", "Rollback shop/inventory to 15.4")
+    assert rollback["customData"]["kind"] == kind
+    # As the controller does it: the old revision was reused, renumbered, not re-created.
+    assert [(cr["revision"], cr["data"]["spec"]["template"]["spec"]["containers"][0]["image"])
+            for cr in cluster.revisions(kind, "inventory")] == [
+        (2, "registry.example/inventory:16.1"), (3, "registry.example/inventory:15.4")]
+
+
+@pytest.mark.parametrize("kind", ["StatefulSet", "DaemonSet"])
+async def test_a_new_template_is_a_deploy_also_after_a_recognized_rollback(
+    kind: REVISIONED, apiserver: FakeApiServer, cluster: Cluster, cortex: SimulatorServer, start_bridge: StartBridge
+) -> None:
+    cluster.create_revisioned(kind, "inventory", image="registry.example/inventory:15.4")
+    cluster.set_revisioned_image(kind, "inventory", "registry.example/inventory:16.1")
+    running = await start_bridge()
+    cluster.set_revisioned_image(kind, "inventory", "registry.example/inventory:16.2")
+    await running.caught_up(apiserver)
+    cluster.undo_revisioned(kind, "inventory")
+    await running.caught_up(apiserver)
+    cluster.set_revisioned_image(kind, "inventory", "registry.example/inventory:17.0", complete=False)
+    await running.caught_up(apiserver)
+    cluster.reconcile_revisioned(kind, "inventory")
+    await running.caught_up(apiserver)
+    assert [(d["type"], d["customData"]["version"]) for d in await deploys(cortex, "inventory")] == [
+        ("DEPLOY", "16.2"), ("ROLLBACK", "16.1"), ("DEPLOY", "17.0")]
+
+
+@pytest.mark.parametrize("kind", ["StatefulSet", "DaemonSet"])
+async def test_rollback_under_way_when_the_bridge_started_is_recognized_when_it_completes(
+    kind: REVISIONED, apiserver: FakeApiServer, cluster: Cluster, cortex: SimulatorServer, start_bridge: StartBridge
+) -> None:
+    # The bridge's baseline does not know the template that ran before the rollout; the revision of
+    # the template rolled away from, created after the one rolled back to, says it is a return.
+    cluster.create_revisioned(kind, "payments-api", image="registry.example/payments:1")
+    cluster.set_revisioned_image(kind, "payments-api", "registry.example/payments:2")
+    cluster.undo_revisioned(kind, "payments-api", complete=False)
+    running = await start_bridge()
+    cluster.reconcile_revisioned(kind, "payments-api")
+    await running.caught_up(apiserver)
+    assert [(d["type"], d["customData"]["version"]) for d in await deploys(cortex, "payments-api")] == [("ROLLBACK", "1")]
+
+
+async def test_controller_revisions_are_watched_only_while_statefulset_or_daemonset_rollouts_are_reported(
+    apiserver: FakeApiServer, start_bridge: StartBridge
+) -> None:
+    running = await start_bridge(rollouts={"kinds": ["Deployment"]})
+    assert "deployments@*" in running.source.positions
+    assert "controllerrevisions@*" not in running.source.positions
+    assert not [r for r in apiserver.request_log if r.path.endswith("/controllerrevisions")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from bridge.sources.k8s_events import normalize_event
 from bridge.sources.k8s_rollouts import WorkloadState, observe_workload, rollout_progress
 from bridge.sources.k8s_settings import KubernetesSourceSettings, load_client_configuration
 from bridge.sources.k8s_templates import resolve_value, template_hash
+from bridge.sources.k8s_workloads import Revision, WorkloadCache
 from bridge.sources.kubernetes import create
 from tests.k8s import FIXTURES_DIR, FakeApiServer, load_manifests
 
@@ -92,6 +94,52 @@ def test_template_hash_ignores_restarts_and_the_controllers_label() -> None:
     other = copy.deepcopy(template)
     other["spec"]["containers"][0]["image"] = "nginx:1.19.3-alpine"
     assert template_hash(other) != template_hash(template)
+
+
+def controller_revision(workload: dict[str, Any], *, name: str, created: str, revision: int,
+                        owner_kind: str = "StatefulSet") -> dict[str, Any]:
+    """A ControllerRevision as the StatefulSet/DaemonSet controller writes it (getPatch, newRevision)."""
+    template = copy.deepcopy(workload["spec"]["template"])
+    template.setdefault("metadata", {})["creationTimestamp"] = None
+    return {
+        "apiVersion": "apps/v1", "kind": "ControllerRevision",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
+                     "labels": {"controller-revision-hash": name.rsplit("-", 1)[-1]},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": "web",
+                                          "uid": workload["metadata"]["uid"], "controller": True}]},
+        "data": {"spec": {"template": {**template, "$patch": "replace"}}},
+        "revision": revision,
+    }
+
+
+def test_a_controller_revisions_template_hashes_like_its_workloads() -> None:
+    deployment = kspan("apps.v1.Deployment.hello-world.with-status.yaml")
+    data = controller_revision(deployment, name="web-5d8f7c9b4", created="2024-03-01T10:00:00Z", revision=1)["data"]
+    assert data["spec"]["template"]["$patch"] == "replace"
+    assert template_hash(data["spec"]["template"]) == template_hash(deployment["spec"]["template"])
+    changed = copy.deepcopy(data)
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.19.3-alpine"
+    assert template_hash(changed["spec"]["template"]) != template_hash(deployment["spec"]["template"])
+
+
+def test_the_cache_keeps_only_the_digest_and_age_of_revisions_of_statefulsets_and_daemonsets() -> None:
+    deployment = kspan("apps.v1.Deployment.hello-world.with-status.yaml")
+    uid = deployment["metadata"]["uid"]
+    cache = WorkloadCache()
+    first = controller_revision(deployment, name="web-1", created="2024-03-01T10:00:00Z", revision=1)
+    cache.put("ControllerRevision", first)
+    cache.put("ControllerRevision", controller_revision(deployment, name="vm-1", created="2024-03-01T10:00:00Z",
+                                                       revision=1, owner_kind="VirtualMachine"))
+    assert cache.owned_revisions(uid) == [
+        Revision(template_hash(deployment["spec"]["template"]), datetime(2024, 3, 1, 10, tzinfo=UTC))]
+    # Orphaned (owner deleted with propagation=orphan): no longer the workload's history.
+    orphan = copy.deepcopy(first)
+    orphan["metadata"]["ownerReferences"] = []
+    cache.put("ControllerRevision", orphan)
+    assert cache.owned_revisions(uid) == []
+    cache.put("ControllerRevision", first)
+    cache.remove("ControllerRevision", {"metadata": {"namespace": "default", "name": "web-1"}})
+    assert cache.owned_revisions(uid) == []
 
 
 def test_progress_of_real_objects() -> None:
@@ -180,3 +228,38 @@ def test_statefulset_history_comes_from_memory() -> None:
         reports.append(observation.report)
         state = observation.state
     assert reports == ["DEPLOY", "RESTART", "ROLLBACK"]
+
+
+def _revision(image: str, created: str) -> Revision:
+    return Revision(template_hash(_statefulset(image, 1)["spec"]["template"]),
+                    datetime.fromisoformat(created.replace("Z", "+00:00")))
+
+
+@pytest.mark.parametrize(
+    ("revisions", "report"),
+    [
+        # 15 ran, then 16 (the baseline); back to 15 reused 15's revision: a rollback
+        ([("postgres:15", "2024-01-01T00:00:00Z"), ("postgres:16", "2024-02-01T00:00:00Z")], "ROLLBACK"),
+        # 16's revision is gone; 14's, created after 15's, still says 15 is a return
+        ([("postgres:15", "2024-01-01T00:00:00Z"), ("postgres:14", "2024-01-15T00:00:00Z")], "ROLLBACK"),
+        # 15 is new: its revision is the newest
+        ([("postgres:16", "2024-02-01T00:00:00Z"), ("postgres:15", "2024-03-01T00:00:00Z")], "DEPLOY"),
+        # created within the same second: which came first is unknown
+        ([("postgres:15", "2024-01-01T00:00:00Z"), ("postgres:16", "2024-01-01T00:00:00Z")], "DEPLOY"),
+        # no revision of 15 (pruned): nothing says it ran before
+        ([("postgres:16", "2024-02-01T00:00:00Z")], "DEPLOY"),
+    ],
+)
+def test_statefulset_rollback_from_controller_revisions(revisions: list[tuple[str, str]], report: str) -> None:
+    state = observe_workload("StatefulSet", _statefulset("postgres:16", 1), None, [], baseline=True).state
+    rolled = observe_workload("StatefulSet", _statefulset("postgres:15", 2), state, [], baseline=False,
+                              revisions=[_revision(image, created) for image, created in revisions])
+    assert rolled.report == report
+
+
+def test_deployments_do_not_read_controller_revisions() -> None:
+    state = observe_workload("Deployment", _statefulset("app:2", 1), None, [], baseline=True).state
+    revisions = [_revision("app:1", "2024-01-01T00:00:00Z"), _revision("app:2", "2024-02-01T00:00:00Z")]
+    done = _statefulset("app:1", 2)
+    done["status"].update(updatedReplicas=2, availableReplicas=2, replicas=2)
+    assert observe_workload("Deployment", done, state, [], baseline=False, revisions=revisions).report == "DEPLOY"
