@@ -18,6 +18,7 @@ import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -48,10 +49,11 @@ class SmallDisk:
         """No room left for the queue to grow."""
         self._bridge = bridge
         if self.mounted:
-            with self.ballast.open("wb") as f, contextlib.suppress(OSError):
+            # Unbuffered and suppress outermost: a buffered file would fail again at close, with
+            # the bytes the full disk refused still in its buffer.
+            with contextlib.suppress(OSError), self.ballast.open("wb", buffering=0) as f:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
         else:
             await bridge.queue.execute(lambda c: c.execute(
                 "PRAGMA max_page_count = " + str(c.execute("PRAGMA page_count").fetchone()[0])))
@@ -80,7 +82,7 @@ async def small_disk(tmp_path: Path) -> AsyncIterator[SmallDisk]:
     disk.unmount()
 
 
-async def ready(http: aiohttp.ClientSession, bridge: Bridge) -> tuple[int, dict[str, object]]:
+async def ready(http: aiohttp.ClientSession, bridge: Bridge) -> tuple[int, dict[str, Any]]:
     async with http.get(f"http://127.0.0.1:{bridge.ingest_port}/readyz") as resp:
         return resp.status, await resp.json()
 
