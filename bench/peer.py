@@ -46,7 +46,8 @@ async def run(seconds: float = 5, rounds: int = 2, connections: int = 32) -> tup
             with stopping(sink, peer, bridge):
                 await peer.start()
                 await bridge.start()
-                peer_rates, bridge_rates = [], []
+                peer_rates: list[float] = []
+                bridge_rates: list[float] = []
                 peer_ok = 0
                 for n in range(rounds):
                     for side in (("peer", "bridge") if n % 2 == 0 else ("bridge", "peer")):

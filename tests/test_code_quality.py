@@ -1,4 +1,4 @@
-"""The style rules are part of the suite: ruff and mypy (strict) must be clean."""
+"""The style rules are part of the suite: ruff and mypy (strict) must be clean, tests and benchmarks included."""
 
 from __future__ import annotations
 
@@ -16,5 +16,6 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_strict_is_clean() -> None:
-    result = subprocess.run([sys.executable, "-m", "mypy", "bridge"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "mypy", "bridge", "bench", "tests"], cwd=ROOT,
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

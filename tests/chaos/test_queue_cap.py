@@ -33,7 +33,7 @@ async def test_full_queue_refuses_with_503_stays_consistent_and_recovers(
                                    queue={"max_records": cap, "retry_after_seconds": 2})
         url = f"http://127.0.0.1:{bridge.ingest_port}/v1/records"
         ledger = Ledger()
-        refusals = []
+        refusals: list[tuple[int, str | None]] = []
         async with aiohttp.ClientSession() as http:
 
             async def producer() -> None:

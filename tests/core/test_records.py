@@ -73,7 +73,7 @@ def test_json_round_trip_keeps_every_field() -> None:
 
 def test_deploy_body_carries_bridge_id_without_touching_user_custom_data() -> None:
     rec = DeployRecord(id="r2", entity="svc", provenance=PROV, title="t", timestamp="2026-01-01T00:00:00Z",
-                       customData={"branch": "main"})
+                       custom_data={"branch": "main"})
     body = cortex_body(rec)
     assert body["customData"] == {"branch": "main", BRIDGE_ID_KEY: "r2"}
     assert rec.custom_data == {"branch": "main"}

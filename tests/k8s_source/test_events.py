@@ -34,7 +34,7 @@ async def test_crash_loop_with_50_count_updates_is_one_event_and_one_count_point
     assert custom["customData"]["workload"] == "Deployment/checkout-service"
     assert sample("cortex_bridge_k8s_events_aggregated_total", {"source": "k8s"}) - aggregated_before == 50
     # When the window ends, its count (first occurrence + 50 repeats) is one metric point.
-    await wait_until(lambda: cortex.store.metric_points.get(COUNT_METRIC, {}).get("checkout-service"), timeout=10)
+    await wait_until(lambda: bool(cortex.store.metric_points.get(COUNT_METRIC, {}).get("checkout-service")), timeout=10)
     await running.caught_up(apiserver)
     state = await sim_state(cortex)
     assert [p["value"] for p in state["metrics"][COUNT_METRIC]["checkout-service"]] == [51.0]

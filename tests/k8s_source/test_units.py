@@ -149,7 +149,7 @@ def test_progress_of_real_objects() -> None:
     assert rollout_progress("Deployment", deployment) == "complete"
     deployment["status"]["conditions"][1].update(status="False", reason="ProgressDeadlineExceeded")
     assert rollout_progress("Deployment", deployment) == "failed"
-    sts = {"metadata": {"generation": 2}, "spec": {"replicas": 3},
+    sts: dict[str, Any] = {"metadata": {"generation": 2}, "spec": {"replicas": 3},
            "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3,
                       "currentRevision": "db-5d8", "updateRevision": "db-7f9"}}
     assert rollout_progress("StatefulSet", sts) == "progressing"

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _webhook_support import ENTITIES, METRIC_KEYS, SIM_TOKEN, Running, StartBridge
 
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
+from tests.sources._webhook_support import ENTITIES, METRIC_KEYS, SIM_TOKEN, Running, StartBridge
 
 
 @pytest.fixture

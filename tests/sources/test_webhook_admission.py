@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from _webhook_support import SECRET, Running, StartBridge, fixture_bytes, github_signature, only
 
 from bridge.queue import inspect
+from tests.sources._webhook_support import SECRET, Running, StartBridge, fixture_bytes, github_signature, only
 
 GITHUB: dict[str, Any] = {"name": "github", "type": "github", "secrets": [SECRET]}
 RELEASE = "github/release.published.json"

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from _webhook_support import (
+
+from tests.sources._webhook_support import (
     EXAMPLES,
     SECRET,
     Running,

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from _webhook_support import (
+from tests.sources._webhook_support import (
     FIXTURES,
     SECRET,
     Running,
@@ -131,8 +131,8 @@ async def send_everything(running: Running) -> list[tuple[str, int, int]]:
                    content_type="application/cloudevents+json; charset=UTF-8")
     await post("batch", "cdevents", fixture_bytes("cloudevents/spec.json-batch.two-events.json"), bearer(),
                content_type="application/cloudevents-batch+json")
-    head, _, body = fixture_bytes("cloudevents/spec.http-binary-mode.json-object-data.http.txt").decode().partition("\n\n")
-    await post("binary", "cdevents", body.encode(), {**dict(h.split(": ", 1) for h in head.splitlines()), **bearer()},
+    head, _, data = fixture_bytes("cloudevents/spec.http-binary-mode.json-object-data.http.txt").decode().partition("\n\n")
+    await post("binary", "cdevents", data.encode(), {**dict(h.split(": ", 1) for h in head.splitlines()), **bearer()},
                content_type=None)
     for path in sorted((FIXTURES / "circleci").glob("*.json")):
         body = path.read_bytes()

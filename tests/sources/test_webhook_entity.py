@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from _webhook_support import SECRET, fixture_bytes, fixture_json
 from pydantic import ValidationError
 
 from bridge.config import load_settings
@@ -17,6 +16,7 @@ from bridge.sources.github import create
 from bridge.sources.gitrefs import repository_from_url, sha_from_revision
 from bridge.sources.timestamps import parse_ci_timestamp
 from bridge.sources.webhook import Mapped, header_map
+from tests.sources._webhook_support import SECRET, fixture_bytes, fixture_json
 
 SUBJECT = Subject(keys=("Codertocat/Hello-World",), document=fixture_json("github/release.published.json"),
                   repository="Codertocat/Hello-World")

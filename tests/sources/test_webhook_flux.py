@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _webhook_support import SECRET, Running, StartBridge, derived, fixture_bytes, github_signature, only
+
+from tests.sources._webhook_support import (
+    SECRET,
+    Running,
+    StartBridge,
+    derived,
+    fixture_bytes,
+    github_signature,
+    only,
+)
 
 FLUX: dict[str, Any] = {
     "name": "flux",

@@ -8,9 +8,17 @@ import json
 from typing import Any
 
 import pytest
-from _webhook_support import SECRET, Running, StartBridge, example_source, fixture_json, github_signature
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.sources._webhook_support import (
+    SECRET,
+    Running,
+    StartBridge,
+    example_source,
+    fixture_json,
+    github_signature,
+)
 
 SOURCES: list[dict[str, Any]] = [
     {"name": "github", "type": "github", "secrets": [SECRET],
@@ -88,7 +96,7 @@ async def test_authenticated_random_json_never_fails_the_server(target: Running,
     assert await footprint(target) == before
 
 
-FIXTURES_BY_SOURCE = {
+FIXTURES_BY_SOURCE: dict[str, list[tuple[str | None, str]]] = {
     "github": [("deployment_status", "github/deployment_status.success.json"),
                ("workflow_run", "github/workflow_run.completed.success.json"),
                ("release", "github/release.published.json")],

@@ -6,7 +6,9 @@ import uuid
 from typing import Any
 
 import pytest
-from _webhook_support import (
+
+from bridge import metrics
+from tests.sources._webhook_support import (
     SECRET,
     Running,
     StartBridge,
@@ -18,8 +20,6 @@ from _webhook_support import (
     records_for,
     without_bridge_id,
 )
-
-from bridge import metrics
 
 GITHUB: dict[str, Any] = {
     "name": "github",

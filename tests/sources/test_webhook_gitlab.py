@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 import pytest
-from _webhook_support import (
+
+from tests.sources._webhook_support import (
     SECRET,
     Running,
     StartBridge,

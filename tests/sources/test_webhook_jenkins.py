@@ -8,7 +8,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from _webhook_support import SECRET, Running, StartBridge, derived, fixture_bytes, only, without_bridge_id
+
+from tests.sources._webhook_support import (
+    SECRET,
+    Running,
+    StartBridge,
+    derived,
+    fixture_bytes,
+    only,
+    without_bridge_id,
+)
 
 JENKINS: dict[str, Any] = {
     "name": "jenkins",

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
-from _webhook_support import (
+
+from bridge.config import load_settings
+from bridge.queue import DurableQueue
+from bridge.sources.base import SourceConfigError, SourceContext
+from bridge.sources.mapping import create
+from bridge.sources.registry import build_sources
+from tests.sources._webhook_support import (
     EXAMPLES,
     SECRET,
     Running,
@@ -21,12 +27,6 @@ from _webhook_support import (
     only,
     without_bridge_id,
 )
-
-from bridge.config import load_settings
-from bridge.queue import DurableQueue
-from bridge.sources.base import SourceConfigError, SourceContext
-from bridge.sources.mapping import create
-from bridge.sources.registry import build_sources
 
 
 def circleci_source() -> dict[str, Any]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from _webhook_support import FIXTURES, SECRET, github_signature
 
 from bridge.cli import main
+from tests.sources._webhook_support import FIXTURES, SECRET, github_signature
 
 DEPLOYMENT = FIXTURES / "github" / "deployment_status.success.json"
 

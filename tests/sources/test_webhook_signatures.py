@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _webhook_support import SECRET, StartBridge, fixture_bytes, github_signature
 
 from bridge.config import load_settings
 from bridge.queue import DurableQueue
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.github import SIGNATURE, create
 from bridge.sources.signatures import HmacScheme, TokenScheme, hmac_hex
+from tests.sources._webhook_support import SECRET, StartBridge, fixture_bytes, github_signature
 
 GITHUB_VECTOR = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
 CIRCLECI = HmacScheme(header="circleci-signature", part="v1")
