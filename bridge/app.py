@@ -196,7 +196,7 @@ class Bridge:
                     await self.queue.refresh_gauges()
                     last_gauges = time.monotonic()
                 metrics.READY.set(1 if self.readiness()[0] else 0)
-                if time.monotonic() - last_prune > 3600:
+                if time.monotonic() - last_prune > 300:  # chunked, so often and small
                     await self.queue.prune_history()
                     last_prune = time.monotonic()
             await asyncio.sleep(1)

@@ -76,7 +76,8 @@ class QueueSettings(_Section):
     max_records: int = Field(1_000_000, ge=1, description="Undelivered records kept before refusing input.")
     max_bytes: int = Field(1_073_741_824, ge=1024, description="Undelivered record bytes before refusing input.")
     delivered_history_seconds: float = Field(
-        7 * 86_400.0, gt=0, description="How long delivered ids (for dedup and `trace`) are kept."
+        7 * 86_400.0, gt=0,
+        description="How long delivered ids (for dedup and `trace`) are kept; expired in small batches every 5 minutes.",
     )
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 when the queue is full.")
 

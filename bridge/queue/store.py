@@ -481,15 +481,33 @@ class DurableQueue:
 
     # -- maintenance and inspection ----------------------------------------------------------
 
-    async def prune_history(self) -> int:
-        """Forget delivered ids and delivery ids older than the configured history."""
-        return await self._run(self._prune_sync, time.time() - self.history_seconds)
+    async def prune_history(self, chunk: int = 5000) -> int:
+        """Forget delivered ids and delivery ids older than the configured history.
 
-    def _prune_sync(self, cutoff: float) -> int:
+        In transactions of at most ``chunk`` rows per table: between them the database thread
+        takes appends, so a large expiry (an hour of a busy metric stream) never holds up input.
+        """
+        cutoff = time.time() - self.history_seconds
+        total = 0
+        while True:
+            removed = await self._run(self._prune_sync, cutoff, chunk)
+            total += removed
+            if removed == 0:
+                return total
+
+    def _prune_sync(self, cutoff: float, chunk: int) -> int:
         with _transaction(self.conn):
-            n = self.conn.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,)).rowcount
-            n += self.conn.execute("DELETE FROM deliveries WHERE seen_at < ?", (cutoff,)).rowcount
-        return n
+            n = self.conn.execute(
+                "DELETE FROM delivered WHERE id IN"
+                " (SELECT id FROM delivered WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                (cutoff, chunk),
+            ).rowcount
+            n += self.conn.execute(
+                "DELETE FROM deliveries WHERE (source, delivery_id) IN"
+                " (SELECT source, delivery_id FROM deliveries WHERE seen_at < ? ORDER BY seen_at LIMIT ?)",
+                (cutoff, chunk),
+            ).rowcount
+        return int(n)
 
     async def stats(self) -> dict[str, Any]:
         """Depth, bytes, oldest age, states, kinds, dead letters (see :func:`inspect.stats`)."""

@@ -272,3 +272,31 @@ async def test_gauge_refresh_reads_no_table_whole(tmp_path: Path) -> None:
         plan = " ".join(str(row[-1]) for row in queue.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
         assert "SCAN" not in plan, f"{sql!r} scans: {plan}"
     await queue.close()
+
+
+async def test_history_expires_in_small_transactions_and_only_what_is_old(tmp_path: Path) -> None:
+    queue = await DurableQueue.open(tmp_path / "q.db", history_seconds=3600)
+    for i in range(7):
+        await queue.append([event(i)], delivery=("github", f"d-{i}"))
+    batch = []
+    while claimed := await queue.claim(POLICY):
+        batch += claimed
+        await queue.mark_delivered([(q.seq, None) for q in claimed])
+    assert len(batch) == 7
+    old = [q.record.id for q in batch[:5]]
+    conn = sqlite3.connect(tmp_path / "q.db")  # age five of them past the history
+    conn.executemany("UPDATE delivered SET delivered_at = delivered_at - 7200 WHERE id = ?", [(i,) for i in old])
+    conn.executemany("UPDATE deliveries SET seen_at = seen_at - 7200 WHERE delivery_id = ?",
+                     [(f"d-{i}",) for i in range(5)])
+    conn.commit()
+    conn.close()
+    statements: list[str] = []
+    queue.conn.set_trace_callback(statements.append)
+    assert await queue.prune_history(chunk=2) == 10
+    queue.conn.set_trace_callback(None)
+    assert statements.count("COMMIT") >= 3  # 5 + 5 rows, at most 2 per table per transaction
+    assert (await queue.append([event(0)])).new_ids  # forgotten: the same input is new again
+    assert (await queue.append([event(6)])).duplicate_ids  # still remembered
+    assert (await queue.append([event(99)], delivery=("github", "d-6"))).duplicate_delivery
+    assert not (await queue.append([event(98)], delivery=("github", "d-1"))).duplicate_delivery
+    await queue.close()
