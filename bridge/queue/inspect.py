@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.queue.schema import State, connect, totals
+from bridge.queue.schema import State, connect, totals, transaction
 
 
 class QueueFileMissing(Exception):
@@ -90,38 +90,48 @@ def _select_dead(ids: list[str] | None, reason: str | None) -> tuple[str, list[A
 REPLAYABLE_KINDS = ("deploy", "event", "metric", "custom_data")
 
 
-def dlq_replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None) -> int:
+#: Rows moved or deleted per transaction by ``dlq replay``/``purge``: a running bridge waits for
+#: the write lock between them, not for the whole operation (its appends would time out).
+DLQ_CHUNK = 1000
+
+
+def dlq_replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None,
+               chunk: int = DLQ_CHUNK) -> int:
     """Move dead letters back to the queue as fresh records (attempts reset); returns how many."""
     where, params = _select_dead(ids, reason)
     kinds = f"kind IN ({','.join('?' * len(REPLAYABLE_KINDS))})"
     where = f"{where} AND {kinds}" if where else f" WHERE {kinds}"
     params = [*params, *REPLAYABLE_KINDS]
-    now = time.time()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        rows = conn.execute(
-            f"SELECT id, kind, lane, source, body, size, received_at FROM dead{where}", params
-        ).fetchall()
-        for rid, kind, lane, source, body, size, received_at in rows:
-            conn.execute(
+    moved = 0
+    while True:
+        now = time.time()
+        with transaction(conn):
+            rows = conn.execute(
+                f"SELECT id, kind, lane, source, body, size, received_at FROM dead{where} LIMIT ?", [*params, chunk]
+            ).fetchall()
+            conn.executemany(
                 "INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
                 " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rid, kind, lane, source, body, size, received_at, now, now),
+                [(*row, now, now) for row in rows],
             )
-            conn.execute("DELETE FROM dead WHERE id = ?", (rid,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return len(rows)
+            conn.executemany("DELETE FROM dead WHERE id = ?", [(row[0],) for row in rows])
+        moved += len(rows)
+        if len(rows) < chunk:
+            return moved
 
 
-def dlq_purge(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None) -> int:
+def dlq_purge(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None,
+              chunk: int = DLQ_CHUNK) -> int:
+    """Delete dead letters for good; returns how many."""
     where, params = _select_dead(ids, reason)
-    conn.execute("BEGIN IMMEDIATE")
-    n = conn.execute(f"DELETE FROM dead{where}", params).rowcount
-    conn.execute("COMMIT")
-    return int(n)
+    deleted = 0
+    while True:
+        with transaction(conn):
+            n = conn.execute(f"DELETE FROM dead WHERE id IN (SELECT id FROM dead{where} LIMIT ?)",
+                             [*params, chunk]).rowcount
+        deleted += n
+        if n < chunk:
+            return deleted
 
 
 def trace(conn: sqlite3.Connection, ident: str) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ lives here).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from enum import IntEnum
 
@@ -154,3 +155,34 @@ def totals(conn: sqlite3.Connection) -> tuple[int, int, int]:
     """(undelivered records, their bytes, dead letters), without counting."""
     row = conn.execute("SELECT records, record_bytes, dead FROM totals WHERE one = 1").fetchone()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+class transaction:
+    """``with transaction(conn):`` BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (autocommit connections)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                exc = err
+                self._abort(err)
+                raise
+        self._abort(exc)
+
+    def _abort(self, err: BaseException) -> None:
+        # A failed statement or COMMIT can leave the transaction open: close it.
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+        if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
+            # The WAL itself may be what fills a small volume; a checkpoint shrinks it.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

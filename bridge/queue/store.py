@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from bridge import metrics
 from bridge.queue import inspect
-from bridge.queue.schema import State, connect, totals
+from bridge.queue.schema import State, connect, totals, transaction
 from bridge.records import Record, lane_of, record_from_json, record_to_json
 
 T = TypeVar("T")
@@ -118,7 +118,7 @@ class DurableQueue:
         except sqlite3.DatabaseError as exc:
             raise QueueUnavailable(f"cannot open queue database {self.path}: {exc}") from exc
         conn = self._conn
-        with _transaction(conn):
+        with transaction(conn):
             # A record claimed for a non-idempotent request may have reached Cortex: read back first.
             conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.AMBIGUOUS, State.SENDING))
             conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.READY, State.CLAIMED))
@@ -249,7 +249,7 @@ class DurableQueue:
         conn = self.conn
         now = time.time()
         results: list[AppendResult | None] = [None] * len(batch)
-        with _transaction(conn):
+        with transaction(conn):
             seen = _seen_deliveries(conn, [sub.delivery for sub in batch if sub.delivery is not None])
             deliveries = []
             admitted: list[tuple[int, _Submission]] = []
@@ -302,7 +302,7 @@ class DurableQueue:
 
     def _claim_sync(self, policy: BatchPolicy, now: float) -> list[QueuedRecord]:
         conn = self.conn
-        with _transaction(conn):
+        with transaction(conn):
             head = conn.execute(
                 "SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, seq LIMIT 1",
@@ -350,7 +350,7 @@ class DurableQueue:
     def _delivered_sync(self, items: list[tuple[int, str | None]], how: str) -> None:
         conn = self.conn
         now = time.time()
-        with _transaction(conn):
+        with transaction(conn):
             for seq, cortex_uuid in items:
                 row = conn.execute(
                     "SELECT id, kind, body, source, received_at, size FROM records WHERE seq = ?", (seq,)
@@ -375,7 +375,7 @@ class DurableQueue:
 
     def _reschedule_sync(self, seqs: list[int], due: float, error: str, count_attempt: bool) -> None:
         now = time.time()
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self.conn.executemany(
                 "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ?,"
                 " attempts = attempts + ?, first_failure_at = COALESCE(first_failure_at, ?) WHERE seq = ?",
@@ -388,7 +388,7 @@ class DurableQueue:
         await self._run(self._set_state_sync, list(seqs), State.AMBIGUOUS, error)
 
     def _set_state_sync(self, seqs: list[int], state: State, error: str) -> None:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self.conn.executemany(
                 "UPDATE records SET state = ?, last_error = ? WHERE seq = ?", [(state, error[:1000], s) for s in seqs]
             )
@@ -412,7 +412,7 @@ class DurableQueue:
     def _dead_sync(self, seqs: list[int], reason: str, detail: str, status: int | None) -> None:
         conn = self.conn
         now = time.time()
-        with _transaction(conn):
+        with transaction(conn):
             for seq in seqs:
                 row = conn.execute(
                     "SELECT id, kind, lane, source, body, size, received_at, attempts FROM records WHERE seq = ?",
@@ -443,7 +443,7 @@ class DurableQueue:
         conn = self.conn
         now = time.time()
         stored = []
-        with _transaction(conn):
+        with transaction(conn):
             known = _known_ids(conn, [r.id for r in records])
             for record in records:
                 if record.id in known:
@@ -475,7 +475,7 @@ class DurableQueue:
         # full volume that is often what gives the space back.
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_write_probe', ?)", (str(time.time()),))
 
@@ -496,7 +496,7 @@ class DurableQueue:
                 return total
 
     def _prune_sync(self, cutoff: float, chunk: int) -> int:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             n = self.conn.execute(
                 "DELETE FROM delivered WHERE id IN"
                 " (SELECT id FROM delivered WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
@@ -568,7 +568,7 @@ class DurableQueue:
     async def execute(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` inside one transaction on the database thread, then recount."""
         def work() -> T:
-            with _transaction(self.conn):
+            with transaction(self.conn):
                 result = fn(self.conn)
             self._recount_sync()
             return result
@@ -577,37 +577,6 @@ class DurableQueue:
         for callback in self._ready_listeners:
             callback()
         return result
-
-
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error) on an autocommit connection."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            try:
-                self.conn.execute("COMMIT")
-                return
-            except sqlite3.Error as err:
-                exc = err
-                self._abort(err)
-                raise
-        self._abort(exc)
-
-    def _abort(self, err: BaseException) -> None:
-        # A failed statement or COMMIT can leave the transaction open: close it.
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.execute("ROLLBACK")
-        if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
-            # The WAL itself may be what fills a small volume; a checkpoint shrinks it.
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _seen_deliveries(conn: sqlite3.Connection, deliveries: list[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -300,3 +300,22 @@ async def test_history_expires_in_small_transactions_and_only_what_is_old(tmp_pa
     assert (await queue.append([event(99)], delivery=("github", "d-6"))).duplicate_delivery
     assert not (await queue.append([event(98)], delivery=("github", "d-1"))).duplicate_delivery
     await queue.close()
+
+
+async def test_dlq_replay_and_purge_move_in_small_transactions(tmp_path: Path) -> None:
+    """An operator's replay of many dead letters must not hold the running bridge's write lock."""
+    queue = await open_queue(tmp_path)
+    await queue.dead_letter_input([event(i) for i in range(5)], reason="unresolved_entity", detail="x")
+    await queue.dead_letter_input([event(i) for i in range(10, 13)], reason="rejected", detail="x")
+    conn = inspect.open_file(tmp_path / "q.db")
+    commits: list[str] = []
+    conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    assert inspect.dlq_replay(conn, reason="unresolved_entity", chunk=2) == 5
+    assert len(commits) == 3
+    commits.clear()
+    assert inspect.dlq_purge(conn, chunk=2) == 3
+    assert len(commits) == 2
+    assert inspect.stats(conn)["dead_letters"] == 0
+    conn.close()
+    assert (await queue.stats())["undelivered"] == 5
+    await queue.close()
