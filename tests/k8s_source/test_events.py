@@ -73,7 +73,7 @@ async def test_deleted_pod_and_statefulset_pod_are_mapped_by_name_and_filters_an
     })
     running = await start_bridge(namespaces=["shop"],
                                  events={"exclude_reasons": ["FailedMount"], "involved_kinds": ["Pod"]})
-    await apiserver.wait_for_watches(5)
+    await apiserver.wait_for_watches(6)  # replicasets, controllerrevisions, 3 workload kinds, events
     assert all("/namespaces/shop/" in p for p in apiserver.watch_paths())
     rs = cluster.replicasets("checkout-service")[0]["metadata"]["name"]
     cluster.warning(f"{rs}-zx9kq", "FailedScheduling", "0/3 nodes are available: 3 Insufficient cpu.")
@@ -134,7 +134,7 @@ async def test_falls_back_to_core_v1_events_where_events_k8s_io_is_not_served(
     cluster.create_deployment("inventory", image="registry.example/inventory:1")
     apiserver.fail_next("get", "/apis/events.k8s.io/v1", code=404, reason="NotFound", message="not served")
     running = await start_bridge()
-    await apiserver.wait_for_watches(5)
+    await apiserver.wait_for_watches(6)  # replicasets, controllerrevisions, 3 workload kinds, events
     assert "/api/v1/events" in apiserver.watch_paths()
     assert "/apis/events.k8s.io/v1/events" not in apiserver.watch_paths()
     cluster.warning(cluster.pods("inventory")[0]["metadata"]["name"], "FailedMount", "MountVolume.SetUp failed")
