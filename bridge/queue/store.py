@@ -514,8 +514,9 @@ class DurableQueue:
         return await self._run(self._stats_sync)
 
     def _stats_sync(self) -> dict[str, Any]:
-        self._recount_sync()
-        return inspect.stats(self.conn)
+        result = inspect.stats(self.conn)  # its counts are the totals row: take them, not read it twice
+        self._count, self._bytes = result["undelivered"], result["undelivered_bytes"]
+        return result
 
     def _recount_sync(self) -> int:
         """Depth and bytes from the trigger-kept totals (which also see other processes' changes,
