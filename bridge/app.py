@@ -60,6 +60,7 @@ class Bridge:
             max_records=settings.queue.max_records,
             max_bytes=settings.queue.max_bytes,
             history_seconds=settings.queue.delivered_history_seconds,
+            settle_seconds=settings.cortex.reconcile_settle_seconds,
         )
         bucket = TokenBucket(settings.cortex.rate_limit_per_minute, settings.cortex.burst)
         client = CortexClient(

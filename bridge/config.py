@@ -54,6 +54,22 @@ class CortexSettings(_Section):
     reconcile_ambiguous: bool = Field(
         True, description="Read back from Cortex before resending a request whose outcome is unknown."
     )
+    reconcile_settle_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Wait this long after a request's outcome became unknown before reading Cortex back: "
+        "longer than any request can live at Cortex after the client gave up (must exceed "
+        "request_timeout_seconds).",
+    )
+
+    @model_validator(mode="after")
+    def _settle_after_timeout(self) -> CortexSettings:
+        if self.reconcile_settle_seconds <= self.request_timeout_seconds:
+            raise ValueError(
+                "reconcile_settle_seconds must be greater than request_timeout_seconds: a read-back "
+                "taken while the original request may still be in flight proves nothing"
+            )
+        return self
 
     def token_value(self) -> str | None:
         return read_secret(self.token, self.token_file)

@@ -15,6 +15,7 @@ and the durable queue stores it once.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -27,8 +28,11 @@ from pydantic import (
     Field,
     PlainSerializer,
     TypeAdapter,
+    ValidationError,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticSerializationError
 
 #: Namespace for record ids (uuid5), fixed forever so ids stay stable across versions.
 RECORD_ID_NAMESPACE = uuid.UUID("6f1c7a52-3a0e-4c55-9a43-1f0d2a8c9b11")
@@ -36,6 +40,12 @@ RECORD_ID_NAMESPACE = uuid.UUID("6f1c7a52-3a0e-4c55-9a43-1f0d2a8c9b11")
 #: Key under which the bridge stores a record's id inside ``customData`` of deploys and events,
 #: so that an ambiguous delivery can be matched exactly when it is read back from Cortex.
 BRIDGE_ID_KEY = "cortexBridgeId"
+
+#: Deepest nesting accepted inside a record (``customData``, custom-data values). The queue reads
+#: records back with pydantic-core, whose JSON reader refuses documents nested deeper than ~200
+#: levels; no CI payload needs more than a handful. Refusing at the door keeps every stored
+#: record readable (and sendable: Cortex's own JSON reader has a nesting limit too).
+MAX_JSON_DEPTH = 64
 
 DeployType = Literal["DEPLOY", "SCALE", "ROLLBACK", "RESTART"]
 RecordKind = Literal["deploy", "event", "metric", "custom_data"]
@@ -83,6 +93,64 @@ def parse_timestamp(value: str | int | float | datetime) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+class UnstorableRecord(ValueError):
+    """A record that would not read back from the queue exactly as it is (never acknowledged)."""
+
+    def __init__(self, record_id: str, problem: str) -> None:
+        super().__init__(f"record {record_id}: {problem}")
+        self.record_id = record_id
+        self.problem = problem
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" from a JSON escape): no UTF-8 for it
+        return False
+    return True
+
+
+def json_problem(value: Any, where: str = "") -> str | None:
+    """Why ``value`` cannot be stored and sent as JSON exactly as given, or ``None``.
+
+    Refused: text with lone surrogates (in values or keys), non-finite numbers (JSON has none;
+    they would be stored as ``null``), nesting deeper than :data:`MAX_JSON_DEPTH`. Iterative,
+    so a hostile depth cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(value, (where,) if where else (), 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        problem: str | None = None
+        if isinstance(item, str):
+            if not _is_unicode(item):
+                problem = "text is not valid Unicode (lone surrogate)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                problem = f"{item} is not a JSON number"
+        elif isinstance(item, BaseModel):
+            stack.extend((v, (*path, k), depth) for k, v in item.__dict__.items())
+        elif isinstance(item, dict | list | tuple):
+            if depth >= MAX_JSON_DEPTH:
+                problem = f"nested deeper than {MAX_JSON_DEPTH} levels"
+            else:
+                entries = item.items() if isinstance(item, dict) else enumerate(item)
+                for key, child in entries:
+                    if isinstance(key, str) and not _is_unicode(key):
+                        return f"{_dotted((*path, '?'))}: a key is not valid Unicode (lone surrogate)"
+                    stack.append((child, (*path, str(key)), depth + 1))
+        if problem is not None:
+            return f"{_dotted(path)}: {problem}"
+    return None
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    if len(path) > 6:  # a hostile depth must not make a hostile error message
+        path = (*path[:3], "…", *path[-2:])
+    return ".".join(path) or "value"
+
+
 class Provenance(BaseModel):
     """Where a record came from: which source, which delivery, when it was received."""
 
@@ -113,6 +181,14 @@ class _RecordBase(BaseModel):
         if value != value.strip() or "/" in value:
             raise ValueError("entity must be a Cortex tag without spaces or '/'")
         return value
+
+    @model_validator(mode="after")
+    def _storable(self) -> _RecordBase:
+        # Every field, so that what is acknowledged is exactly what the sender reads back.
+        problem = json_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 def _record_timestamp(value: Any) -> datetime:
@@ -192,6 +268,34 @@ RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
 def record_to_json(record: Record) -> str:
     """Serialize a record for the durable queue."""
     return record.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def describe_invalid(exc: Exception) -> str:
+    """Why a value did not validate, without the value itself (it may be a whole stored body)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        )[:1000]
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def encode_record(record: Record) -> str:
+    """Serialize a record for the durable queue and prove it reads back: the door's last check.
+
+    The model's validators refuse what cannot be stored; this catches whatever they do not
+    foresee, with the very code (:func:`record_from_json`) the sender will read it back with.
+    Raises :class:`UnstorableRecord`.
+    """
+    try:
+        body = record_to_json(record)
+    except (PydanticSerializationError, ValueError, RecursionError) as exc:
+        raise UnstorableRecord(record.id, f"cannot be serialized: {describe_invalid(exc)}") from None
+    try:
+        record_from_json(body)
+    except (ValidationError, ValueError, RecursionError) as exc:
+        raise UnstorableRecord(record.id, f"would not read back: {describe_invalid(exc)}") from None
+    return body
 
 
 def record_from_json(data: str | bytes) -> Record:

@@ -46,7 +46,9 @@ async def make_bridge(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
     started: list[Bridge] = []
 
     async def factory(sim: SimulatorServer, *, queue_path: Path | None = None, **sections: Any) -> Bridge:
-        cortex = {"url": sim.url, "token": SIM_TOKEN, "linger_ms": 5, **sections.pop("cortex", {})}
+        # A short timeout and settle time: ambiguous deliveries are read back within seconds.
+        cortex = {"url": sim.url, "token": SIM_TOKEN, "linger_ms": 5, "request_timeout_seconds": 3,
+                  "reconcile_settle_seconds": 3.5, **sections.pop("cortex", {})}
         queue = {"path": queue_path or tmp_path / "queue.db", **sections.pop("queue", {})}
         retry = {"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5, **sections.pop("retry", {})}
         settings = load_settings(

@@ -57,7 +57,9 @@ class BridgeProcess:
         settings: dict[str, Any] = {
             # The quota is not under test by default: a high limit keeps runs short.
             "cortex": {"url": cortex_url, "token": SIM_TOKEN, "linger_ms": 5, "max_concurrency": 4,
-                       "rate_limit_per_minute": 60_000, "burst": 200},
+                       "rate_limit_per_minute": 60_000, "burst": 200,
+                       # ambiguous deliveries are read back within seconds
+                       "request_timeout_seconds": 3, "reconcile_settle_seconds": 3.5},
             "queue": {"path": str(self.queue)},
             "retry": {"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
             "http": {"host": "127.0.0.1", "port": self.port},

@@ -72,6 +72,12 @@ class SimFaults(BaseModel):
     retry_after_seconds: int | None = Field(
         default=None, ge=0, description="Retry-After of every 429 instead of computed."
     )
+    commit_delay_ms: float = Field(
+        default=0,
+        ge=0,
+        description="Every write is held this long, then stored and answered, even when the client "
+        "has given up meanwhile (a slow backend behind a gateway that outlives the client's timeout).",
+    )
     force_429_every: int = Field(
         default=0, ge=0, description="Every Nth /api/ request is answered 429 and not applied."
     )
@@ -171,6 +177,7 @@ class SimulatorServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._reopen: asyncio.Task[None] | None = None
+        self._held: set[asyncio.Future[web.StreamResponse]] = set()  # writes held by commit_delay_ms
 
     @property
     def url(self) -> str:
@@ -326,6 +333,13 @@ async def _gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespo
         response = _too_many_requests(retry_after)
     elif fails:
         response = _error(SimError(503, "Service Unavailable", "injected fault (error_rate)"))
+    elif faults.commit_delay_ms > 0 and request.method in _WRITE_METHODS:
+        # Shielded and read up front: a client that disconnects does not stop the commit.
+        await request.read()
+        held = asyncio.ensure_future(_held_write(server, request, handler, faults.commit_delay_ms / 1000))
+        server._held.add(held)
+        held.add_done_callback(server._held.discard)
+        response = await asyncio.shield(held)
     else:
         response = await _authorized(server.config, request, handler)
         if request.method in _WRITE_METHODS and 200 <= response.status < 300 and clock.drop_committed_write():
@@ -336,6 +350,12 @@ async def _gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespo
             return response
     entry["status"] = response.status
     return response
+
+
+async def _held_write(server: SimulatorServer, request: web.Request, handler: Handler,
+                      delay: float) -> web.StreamResponse:
+    await asyncio.sleep(delay)
+    return await _authorized(server.config, request, handler)
 
 
 async def _authorized(config: SimulatorConfig, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -8,6 +8,8 @@ from bridge.queue.store import (
     QueueError,
     QueueFull,
     QueueUnavailable,
+    Unreadable,
+    point_key,
 )
 
 __all__ = [
@@ -18,4 +20,6 @@ __all__ = [
     "QueueFull",
     "QueueUnavailable",
     "QueuedRecord",
+    "Unreadable",
+    "point_key",
 ]

@@ -70,7 +70,10 @@ def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
         return None
     cols = ("id", "kind", "source", "reason", "status", "detail", "dead_at", "attempts")
     out: dict[str, Any] = dict(zip(cols, row[:-1], strict=True))
-    out["record"] = json.loads(row[-1])
+    try:
+        out["record"] = json.loads(row[-1])
+    except ValueError:  # an ``unreadable`` dead letter: show what is stored as it is
+        out["record"] = row[-1]
     return out
 
 

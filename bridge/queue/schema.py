@@ -56,6 +56,17 @@ CREATE TABLE IF NOT EXISTS delivered (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
 
+-- Delivered metric points by lane (kind, key, entity): a read-back that finds equal points must
+-- know how many of them the bridge had already delivered. Expires with ``delivered``.
+CREATE TABLE IF NOT EXISTS delivered_points (
+    id TEXT PRIMARY KEY,
+    lane TEXT NOT NULL,
+    point TEXT NOT NULL,
+    delivered_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_points_lane ON delivered_points (lane, point);
+CREATE INDEX IF NOT EXISTS delivered_points_at ON delivered_points (delivered_at);
+
 CREATE TABLE IF NOT EXISTS dead (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,

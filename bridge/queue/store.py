@@ -14,18 +14,23 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from bridge import metrics
 from bridge.queue import inspect
 from bridge.queue.schema import State, connect, totals, transaction
-from bridge.records import Record, lane_of, record_from_json, record_to_json
+from bridge.records import Record, describe_invalid, encode_record, lane_of, parse_timestamp, record_from_json
 
 T = TypeVar("T")
+
+log = structlog.get_logger("bridge.queue")
 
 
 class QueueError(Exception):
@@ -68,6 +73,23 @@ class BatchPolicy:
     max_bytes: dict[str, int] = field(default_factory=dict)
     #: kinds whose request is not idempotent: claimed as SENDING so a crash makes them ambiguous
     ambiguous_kinds: frozenset[str] = frozenset()
+    #: kinds whose lane is not claimed while it holds an ambiguous record: their read-back matches
+    #: by content (metric points), so nothing of the lane may be in flight while it is counted
+    hold_ambiguous_lanes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored row that no longer reads back as a record; it was moved to the dead-letter set."""
+
+    id: str
+    kind: str
+    source: str
+    detail: str
+
+
+#: Dead-letter reason of a stored row that does not read back as a record.
+UNREADABLE = "unreadable"
 
 
 @dataclass
@@ -81,8 +103,11 @@ class _Submission:
 class DurableQueue:
     """SQLite-backed queue of records, dead letters and delivery history."""
 
-    def __init__(self, path: Path, *, max_records: int, max_bytes: int, history_seconds: float) -> None:
+    def __init__(
+        self, path: Path, *, max_records: int, max_bytes: int, history_seconds: float, settle_seconds: float = 0.0
+    ) -> None:
         self.path = path
+        self.settle_seconds = settle_seconds
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.history_seconds = history_seconds
@@ -102,10 +127,21 @@ class DurableQueue:
 
     @classmethod
     async def open(
-        cls, path: Path, *, max_records: int = 1_000_000, max_bytes: int = 1 << 30, history_seconds: float = 7 * 86400
+        cls,
+        path: Path,
+        *,
+        max_records: int = 1_000_000,
+        max_bytes: int = 1 << 30,
+        history_seconds: float = 7 * 86400,
+        settle_seconds: float = 0.0,
     ) -> DurableQueue:
-        """Open (creating if needed) and recover: work that was in flight at a crash is resolved."""
-        queue = cls(path, max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds)
+        """Open (creating if needed) and recover: work that was in flight at a crash is resolved.
+
+        ``settle_seconds``: how long an ambiguous request may still be alive at Cortex; records
+        found SENDING (a request may have been in flight at the crash) are read back only then.
+        """
+        queue = cls(path, max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds,
+                    settle_seconds=settle_seconds)
         await queue._run(queue._open_sync)
         queue._writer = asyncio.create_task(queue._write_loop(), name="queue-writer")
         queue._publish_gauges()
@@ -120,7 +156,8 @@ class DurableQueue:
         conn = self._conn
         with transaction(conn):
             # A record claimed for a non-idempotent request may have reached Cortex: read back first.
-            conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.AMBIGUOUS, State.SENDING))
+            conn.execute("UPDATE records SET state = ?, next_attempt_at = ? WHERE state = ?",
+                         (State.AMBIGUOUS, time.time() + self.settle_seconds, State.SENDING))
             conn.execute("UPDATE records SET state = ? WHERE state = ?", (State.READY, State.CLAIMED))
         self._recount_sync()
 
@@ -157,8 +194,12 @@ class DurableQueue:
         return self._conn
 
     def on_ready(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the event loop) whenever new records were committed."""
+        """Call ``callback`` (on the event loop) whenever records became ready (new or put back)."""
         self._ready_listeners.append(callback)
+
+    def _notify_ready(self) -> None:
+        for callback in self._ready_listeners:
+            callback()
 
     # -- append (group commit) ---------------------------------------------------------------
 
@@ -182,12 +223,14 @@ class DurableQueue:
         ``delivery`` = (source, delivery id): if that delivery was seen before, nothing is stored
         and ``duplicate_delivery`` is set. ``state_updates`` are written in the same transaction
         (a source's "what I already emitted" memory stays consistent with what is queued).
-        Raises :class:`QueueFull` or :class:`QueueUnavailable`; in both cases nothing is stored.
+        Raises :class:`QueueFull`, :class:`QueueUnavailable` or
+        :class:`~bridge.records.UnstorableRecord` (a record that would not read back); in each
+        case nothing is stored.
         """
         rows = []
         size = 0
         for record in records:
-            body = record_to_json(record)
+            body = encode_record(record)
             rows.append(
                 (record.id, record.kind, lane_of(record), record.provenance.source, body, len(body),
                  record.provenance.received_at.timestamp())
@@ -240,8 +283,7 @@ class DurableQueue:
                     sub.future.set_result(result)
             self._publish_gauges()
             if any_new:
-                for callback in self._ready_listeners:
-                    callback()
+                self._notify_ready()
 
     def _write_sync(self, batch: list[_Submission]) -> list[AppendResult]:
         # A handful of statements per group commit, not two per submission: measured ~110 -> ~75 us
@@ -297,41 +339,83 @@ class DurableQueue:
     # -- sender side -------------------------------------------------------------------------
 
     async def claim(self, policy: BatchPolicy, now: float | None = None) -> list[QueuedRecord]:
-        """Claim the oldest due lane's records, as many as ``policy`` allows for that kind."""
-        return await self._run(self._claim_sync, policy, time.time() if now is None else now)
+        """Claim the oldest due lane's records, as many as ``policy`` allows for that kind.
 
-    def _claim_sync(self, policy: BatchPolicy, now: float) -> list[QueuedRecord]:
+        A row that does not read back as a record is dead-lettered (reason ``unreadable``) in the
+        same transaction, so it can never hold up its batch-mates or the worker.
+        """
+        claimed, unreadable = await self._run(self._claim_sync, policy, time.time() if now is None else now)
+        _count_unreadable(unreadable)
+        return claimed
+
+    def _claim_sync(self, policy: BatchPolicy, now: float) -> tuple[list[QueuedRecord], list[Unreadable]]:
+        unreadable: list[Unreadable] = []
+        with transaction(self.conn):
+            while True:
+                claimed = self._claim_lane(policy, now, unreadable)
+                if claimed is None or claimed:
+                    return claimed or [], unreadable
+
+    def _claim_lane(
+        self, policy: BatchPolicy, now: float, unreadable: list[Unreadable]
+    ) -> list[QueuedRecord] | None:
+        """One lane's claim; ``None`` when nothing is due, ``[]`` when all it had was unreadable."""
         conn = self.conn
-        with transaction(conn):
+        held = sorted(policy.hold_ambiguous_lanes)
+        if held:
+            # Cheap when nothing is ambiguous: the subquery is a search of the (state, ...) index.
+            head = conn.execute(
+                "SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ? AND lane NOT IN"
+                f" (SELECT lane FROM records WHERE state = ? AND kind IN ({','.join('?' * len(held))}))"
+                " ORDER BY next_attempt_at, seq LIMIT 1",
+                (State.READY, now, State.AMBIGUOUS, *held),
+            ).fetchone()
+        else:
             head = conn.execute(
                 "SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, seq LIMIT 1",
                 (State.READY, now),
             ).fetchone()
-            if head is None:
-                return []
-            lane, kind = head
-            limit = policy.max_items.get(kind, 1)
-            rows = conn.execute(
-                "SELECT seq, body, attempts, first_failure_at, enqueued_at, size FROM records"
-                " WHERE lane = ? AND state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
-                (lane, State.READY, now, limit),
-            ).fetchall()
-            byte_cap = policy.max_bytes.get(kind)
-            if byte_cap is not None:
-                kept: list[Any] = []
-                total = 0
-                for row in rows:
-                    if kept and total + row[5] > byte_cap:
-                        break
-                    kept.append(row)
-                    total += row[5]
-                rows = kept
-            state = State.SENDING if kind in policy.ambiguous_kinds else State.CLAIMED
-            conn.executemany(
-                "UPDATE records SET state = ? WHERE seq = ?", [(state, row[0]) for row in rows]
-            )
-        return [QueuedRecord(r[0], record_from_json(r[1]), r[2], r[3], r[4]) for r in rows]
+        if head is None:
+            return None
+        lane, kind = head
+        limit = policy.max_items.get(kind, 1)
+        rows = conn.execute(
+            "SELECT seq, body, attempts, first_failure_at, enqueued_at, size FROM records"
+            " WHERE lane = ? AND state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
+            (lane, State.READY, now, limit),
+        ).fetchall()
+        byte_cap = policy.max_bytes.get(kind)
+        if byte_cap is not None:
+            kept: list[Any] = []
+            total = 0
+            for row in rows:
+                if kept and total + row[5] > byte_cap:
+                    break
+                kept.append(row)
+                total += row[5]
+            rows = kept
+        state = State.SENDING if kind in policy.ambiguous_kinds else State.CLAIMED
+        claimed = self._decode(rows, unreadable)
+        conn.executemany(
+            "UPDATE records SET state = ? WHERE seq = ?", [(state, q.seq) for q in claimed]
+        )
+        return claimed
+
+    def _decode(self, rows: Sequence[Any], unreadable: list[Unreadable]) -> list[QueuedRecord]:
+        """Rows (seq, body, attempts, first_failure_at, enqueued_at, ...) as records; a row that
+        does not read back is moved to the dead-letter set (inside the caller's transaction)."""
+        out: list[QueuedRecord] = []
+        for r in rows:
+            try:
+                out.append(QueuedRecord(r[0], record_from_json(r[1]), r[2], r[3], r[4]))
+            except Exception as exc:  # whatever it is, it must not stop the sender
+                detail = f"stored record does not read back: {describe_invalid(exc)}"
+                lost = self.conn.execute("SELECT id, kind, source FROM records WHERE seq = ?", (r[0],)).fetchone()
+                self._move_to_dead([r[0]], UNREADABLE, detail, None)
+                if lost is not None:
+                    unreadable.append(Unreadable(str(lost[0]), str(lost[1]), str(lost[2]), detail))
+        return out
 
     async def next_due_at(self) -> float | None:
         """When the earliest READY record becomes due (None when there is none)."""
@@ -353,25 +437,55 @@ class DurableQueue:
         with transaction(conn):
             for seq, cortex_uuid in items:
                 row = conn.execute(
-                    "SELECT id, kind, body, source, received_at FROM records WHERE seq = ?", (seq,)
+                    "SELECT id, kind, lane, body, source, received_at FROM records WHERE seq = ?", (seq,)
                 ).fetchone()
                 if row is None:
                     continue
-                rid, kind, body, source, received_at = row
-                entity = json.loads(body)["entity"]
+                rid, kind, lane, body, source, received_at = row
+                doc = json.loads(body)
                 conn.execute(
                     "INSERT OR REPLACE INTO delivered (id, kind, entity, source, cortex_uuid, received_at,"
                     " delivered_at, how) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rid, kind, entity, source, cortex_uuid, received_at, now, how),
+                    (rid, kind, doc["entity"], source, cortex_uuid, received_at, now, how),
                 )
+                if kind == "metric":
+                    # A point is only its (timestamp, value): reconciliation must know how many equal
+                    # points of this lane Cortex already holds from the bridge.
+                    conn.execute(
+                        "INSERT OR REPLACE INTO delivered_points (id, lane, point, delivered_at) VALUES (?, ?, ?, ?)",
+                        (rid, lane, point_key(doc["timestamp"], doc["value"]), now),
+                    )
                 conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
         self._recount_sync()
+
+    async def delivered_points(self, lane: str, since: float) -> tuple[Counter[str], bool]:
+        """How many points of each :func:`point_key` the bridge delivered on ``lane``.
+
+        The flag says whether the lane has a request in flight or delivered anything at or
+        after ``since`` (wall-clock): then a read-back taken since may be incomplete.
+        """
+        return await self._run(self._delivered_points_sync, lane, since)
+
+    def _delivered_points_sync(self, lane: str, since: float) -> tuple[Counter[str], bool]:
+        conn = self.conn
+        counts: Counter[str] = Counter()
+        moving = False
+        for point, delivered_at in conn.execute(
+            "SELECT point, delivered_at FROM delivered_points WHERE lane = ?", (lane,)
+        ):
+            counts[point] += 1
+            moving = moving or delivered_at >= since
+        in_flight = conn.execute(
+            "SELECT 1 FROM records WHERE lane = ? AND state IN (?, ?) LIMIT 1", (lane, State.SENDING, State.CLAIMED)
+        ).fetchone()
+        return counts, moving or in_flight is not None
 
     async def reschedule(
         self, seqs: Sequence[int], *, next_attempt_at: float, error: str, count_attempt: bool
     ) -> None:
-        """Put records back to READY, due at ``next_attempt_at``."""
+        """Put records back to READY, due at ``next_attempt_at``; an idle worker is woken for them."""
         await self._run(self._reschedule_sync, list(seqs), next_attempt_at, error, count_attempt)
+        self._notify_ready()
 
     def _reschedule_sync(self, seqs: list[int], due: float, error: str, count_attempt: bool) -> None:
         now = time.time()
@@ -384,49 +498,77 @@ class DurableQueue:
             )
 
     async def mark_ambiguous(self, seqs: Sequence[int], error: str) -> None:
-        """The request for these records may or may not have been stored by Cortex."""
-        await self._run(self._set_state_sync, list(seqs), State.AMBIGUOUS, error)
+        """The request for these records may or may not have been stored by Cortex.
 
-    def _set_state_sync(self, seqs: list[int], state: State, error: str) -> None:
+        They are read back only after ``settle_seconds``: until then the request may still be
+        alive at Cortex, and a read-back could miss what it is about to store.
+        """
+        await self._run(self._ambiguous_mark_sync, list(seqs), time.time() + self.settle_seconds, error)
+
+    def _ambiguous_mark_sync(self, seqs: list[int], settle_until: float, error: str) -> None:
         with transaction(self.conn):
             self.conn.executemany(
-                "UPDATE records SET state = ?, last_error = ? WHERE seq = ?", [(state, error[:1000], s) for s in seqs]
+                "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ? WHERE seq = ?",
+                [(State.AMBIGUOUS, settle_until, error[:1000], s) for s in seqs],
             )
 
-    async def ambiguous(self, limit: int = 1000) -> list[QueuedRecord]:
-        """Records whose outcome is unknown, oldest first (lanes kept together)."""
-        return await self._run(self._ambiguous_sync, limit)
+    async def ambiguous(self, limit: int = 1000, *, settled_by: float | None = None) -> list[QueuedRecord]:
+        """Records whose outcome is unknown, oldest first (lanes kept together).
 
-    def _ambiguous_sync(self, limit: int) -> list[QueuedRecord]:
-        rows = self.conn.execute(
-            "SELECT seq, body, attempts, first_failure_at, enqueued_at FROM records WHERE state = ?"
-            " ORDER BY lane, seq LIMIT ?",
-            (State.AMBIGUOUS, limit),
-        ).fetchall()
-        return [QueuedRecord(r[0], record_from_json(r[1]), r[2], r[3], r[4]) for r in rows]
+        With ``settled_by``, only those whose settle time has passed by then. A row that does not
+        read back is dead-lettered, as in :meth:`claim`.
+        """
+        found, unreadable = await self._run(self._ambiguous_sync, limit, settled_by)
+        _count_unreadable(unreadable)
+        return found
+
+    def _ambiguous_sync(self, limit: int, settled_by: float | None) -> tuple[list[QueuedRecord], list[Unreadable]]:
+        unreadable: list[Unreadable] = []
+        with transaction(self.conn):
+            rows = self.conn.execute(
+                "SELECT seq, body, attempts, first_failure_at, enqueued_at FROM records"
+                " WHERE state = ? AND next_attempt_at <= ? ORDER BY lane, seq LIMIT ?",
+                (State.AMBIGUOUS, float("inf") if settled_by is None else settled_by, limit),
+            ).fetchall()
+            found = self._decode(rows, unreadable)
+        return found, unreadable
+
+    async def next_settled_at(self) -> float | None:
+        """When the earliest ambiguous record may be read back (None when there is none)."""
+        return await self._run(self._next_settled_sync)
+
+    def _next_settled_sync(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM records WHERE state = ?", (State.AMBIGUOUS,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     async def dead_letter(self, seqs: Sequence[int], *, reason: str, detail: str, status: int | None) -> None:
         """Move records to the dead-letter set: they will not be retried unless replayed."""
         await self._run(self._dead_sync, list(seqs), reason, detail, status)
 
     def _dead_sync(self, seqs: list[int], reason: str, detail: str, status: int | None) -> None:
+        with transaction(self.conn):
+            self._move_to_dead(seqs, reason, detail, status)
+        self._recount_sync()
+
+    def _move_to_dead(self, seqs: list[int], reason: str, detail: str, status: int | None) -> None:
+        """Move records to ``dead`` (inside the caller's transaction)."""
         conn = self.conn
         now = time.time()
-        with transaction(conn):
-            for seq in seqs:
-                row = conn.execute(
-                    "SELECT id, kind, lane, source, body, size, received_at, attempts FROM records WHERE seq = ?",
-                    (seq,),
-                ).fetchone()
-                if row is None:
-                    continue
-                conn.execute(
-                    "INSERT OR REPLACE INTO dead (id, kind, lane, source, body, size, received_at, attempts,"
-                    " reason, detail, status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, reason, detail[:4000], status, now),
-                )
-                conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
-        self._recount_sync()
+        for seq in seqs:
+            row = conn.execute(
+                "SELECT id, kind, lane, source, body, size, received_at, attempts FROM records WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+            if row is None:
+                continue
+            conn.execute(
+                "INSERT OR REPLACE INTO dead (id, kind, lane, source, body, size, received_at, attempts,"
+                " reason, detail, status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, reason, detail[:4000], status, now),
+            )
+            conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
 
     async def dead_letter_input(
         self, records: Sequence[Record], *, reason: str, detail: str
@@ -435,20 +577,20 @@ class DurableQueue:
 
         One transaction, never through the ready queue, so the sender cannot pick them up.
         """
-        stored = await self._run(self._dead_input_sync, list(records), reason, detail)
+        bodies = [encode_record(record) for record in records]  # raises UnstorableRecord
+        stored = await self._run(self._dead_input_sync, list(zip(records, bodies, strict=True)), reason, detail)
         for record in stored:
             metrics.RECORDS_DEAD_LETTERED.labels(record.provenance.source, record.kind, reason).inc()
 
-    def _dead_input_sync(self, records: list[Record], reason: str, detail: str) -> list[Record]:
+    def _dead_input_sync(self, records: list[tuple[Record, str]], reason: str, detail: str) -> list[Record]:
         conn = self.conn
         now = time.time()
         stored = []
         with transaction(conn):
-            known = _known_ids(conn, [r.id for r in records])
-            for record in records:
+            known = _known_ids(conn, [r.id for r, _ in records])
+            for record, body in records:
                 if record.id in known:
                     continue
-                body = record_to_json(record)
                 conn.execute(
                     "INSERT INTO dead (id, kind, lane, source, body, size, received_at, attempts, reason, detail,"
                     " status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?)",
@@ -500,6 +642,11 @@ class DurableQueue:
             n = self.conn.execute(
                 "DELETE FROM delivered WHERE id IN"
                 " (SELECT id FROM delivered WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                (cutoff, chunk),
+            ).rowcount
+            n += self.conn.execute(
+                "DELETE FROM delivered_points WHERE id IN"
+                " (SELECT id FROM delivered_points WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
                 (cutoff, chunk),
             ).rowcount
             n += self.conn.execute(
@@ -575,9 +722,19 @@ class DurableQueue:
             return result
         result = await self._run(work)
         self._publish_gauges()
-        for callback in self._ready_listeners:
-            callback()
+        self._notify_ready()
         return result
+
+
+def point_key(timestamp: Any, value: Any) -> str:
+    """A metric point as Cortex keeps it: epoch milliseconds and value (what a read-back can match)."""
+    return f"{round(parse_timestamp(timestamp).timestamp() * 1000)}|{float(value)!r}"
+
+
+def _count_unreadable(unreadable: list[Unreadable]) -> None:
+    for item in unreadable:
+        metrics.RECORDS_DEAD_LETTERED.labels(item.source, item.kind, UNREADABLE).inc()
+        log.error("record_unreadable", record_id=item.id, kind=item.kind, detail=item.detail)
 
 
 def _seen_deliveries(conn: sqlite3.Connection, deliveries: list[tuple[str, str]]) -> set[tuple[str, str]]:

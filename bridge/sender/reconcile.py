@@ -4,8 +4,17 @@ Cortex stores a duplicate whenever a POST is resent, and has no idempotency key.
 event or metric batch whose request timed out or lost its connection is never resent blindly:
 first read back what Cortex has, mark what is there as delivered, and make only the rest ready
 again. Deploys and events are matched exactly by the bridge id the sender puts in their
-``customData``; metric points (which carry only timestamp and value) by their multiset of
-(timestamp, value) in the batch's time range — a bulk write is stored whole or not at all.
+``customData``; metric points (which carry only timestamp and value) as a multiset: of the
+points equal to an ambiguous one that Cortex holds, those the bridge delivered before are
+subtracted, and only what is left can account for the ambiguous ones.
+
+The timing rule: a read-back proves nothing while the original request may still be alive at
+Cortex (the client gave up at its timeout; the server may commit later). So an ambiguous record
+is read back only after its *settle time* (``cortex.reconcile_settle_seconds``, which must exceed
+the longest a request can live server-side), and a metric lane is not claimed while it holds an
+ambiguous point, so nothing of the lane is in flight while it is counted. A record found
+missing after settling is resent; should that resend be ambiguous too, it settles and is read
+back again before any further resend.
 """
 
 from __future__ import annotations
@@ -21,8 +30,8 @@ import structlog
 
 from bridge import metrics
 from bridge.cortex.client import CortexClient
-from bridge.queue import DurableQueue, QueuedRecord
-from bridge.records import BRIDGE_ID_KEY, DeployRecord, EventRecord, MetricRecord, parse_timestamp
+from bridge.queue import DurableQueue, QueuedRecord, point_key
+from bridge.records import BRIDGE_ID_KEY, DeployRecord, EventRecord, MetricRecord, lane_of, parse_timestamp
 
 log = structlog.get_logger("bridge.reconcile")
 
@@ -32,18 +41,19 @@ def _naive_utc(ts: Any) -> str:
     return str(parse_timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3])
 
 
-async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> int:
-    """Resolve every ambiguous record; returns how many were resolved this pass.
+async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> tuple[int, int]:
+    """Resolve every settled ambiguous record; returns (resolved, left for a later pass).
 
-    A lane whose read-back fails stays ambiguous and is tried again on the next pass.
+    A lane whose read-back fails, or changed while it was read, stays ambiguous and is tried
+    again on the next pass.
     """
-    pending = await queue.ambiguous()
+    pending = await queue.ambiguous(settled_by=time.time())
     lanes: dict[tuple[str, str, str], list[QueuedRecord]] = defaultdict(list)
     for q in pending:
         rec = q.record
         key = rec.key if isinstance(rec, MetricRecord) else ""
         lanes[(rec.kind, rec.entity, key)].append(q)
-    resolved = 0
+    resolved = left = 0
     for (kind, entity, key), items in lanes.items():
         try:
             if kind == "deploy":
@@ -51,11 +61,16 @@ async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> int:
             elif kind == "event":
                 found = await _events_present(client, entity, items)
             elif kind == "metric":
-                found = await _points_present(client, entity, key, items)
+                points = await _points_present(queue, client, entity, key, items)
+                if points is None:
+                    left += len(items)
+                    continue
+                found = points
             else:  # idempotent kinds are never ambiguous; resend
                 found = {}
         except Exception as exc:  # a failed read leaves the lane ambiguous for the next pass
             log.warning("reconcile_read_failed", kind=kind, entity=entity, error=str(exc))
+            left += len(items)
             continue
         present = [(q.seq, found[q.seq]) for q in items if q.seq in found]
         missing = [q.seq for q in items if q.seq not in found]
@@ -71,7 +86,7 @@ async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> int:
             metrics.AMBIGUOUS_RECONCILED.labels(kind, "resent").inc(len(missing))
         log.info("reconciled", kind=kind, entity=entity, found=len(present), resend=len(missing))
         resolved += len(items)
-    return resolved
+    return resolved, left
 
 
 async def _deploys_present(
@@ -110,9 +125,11 @@ async def _events_present(
 
 
 async def _points_present(
-    client: CortexClient, entity: str, key: str, items: Sequence[QueuedRecord]
-) -> dict[int, str | None]:
+    queue: DurableQueue, client: CortexClient, entity: str, key: str, items: Sequence[QueuedRecord]
+) -> dict[int, str | None] | None:
+    """Which ambiguous points Cortex holds; ``None`` when the lane moved while it was read."""
     records = [q.record for q in items if isinstance(q.record, MetricRecord)]
+    started = time.time()
     start = min(r.timestamp for r in records) - timedelta(seconds=1)
     end = max(r.timestamp for r in records) + timedelta(seconds=1)
     data = await client.list_all(
@@ -120,14 +137,17 @@ async def _points_present(
         "data", endpoint="custom_metrics.list",
         params={"startDate": _naive_utc(start), "endDate": _naive_utc(end)},
     )
-    available: Counter[tuple[float, float]] = Counter(
-        (round(parse_timestamp(p["timestamp"]).timestamp(), 3), float(p["value"])) for p in data
-    )
+    delivered, moved = await queue.delivered_points(lane_of(records[0]), since=started)
+    if moved:
+        log.info("reconcile_lane_moved", entity=entity, key=key)
+        return None
+    available = Counter(point_key(p["timestamp"], p["value"]) for p in data)
+    available.subtract(delivered)  # equal points the bridge delivered before are not these
     found: dict[int, str | None] = {}
     for q in items:
         rec = q.record
         assert isinstance(rec, MetricRecord)
-        point = (round(rec.timestamp.timestamp(), 3), rec.value)
+        point = point_key(rec.timestamp, rec.value)
         if available[point] > 0:
             available[point] -= 1
             found[q.seq] = None

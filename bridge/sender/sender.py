@@ -37,6 +37,7 @@ POLICY = BatchPolicy(
     max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000},
     max_bytes={"custom_data": CUSTOM_DATA_MAX_BYTES - 100_000},
     ambiguous_kinds=frozenset({"deploy", "event", "metric"}),
+    hold_ambiguous_lanes=frozenset({"metric"}),
 )
 
 
@@ -120,8 +121,12 @@ class Sender:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # a loop that died must not keep the queue from closing
+                log.error("sender_task_failed", task=task.get_name(), error=repr(exc))
         self._tasks.clear()
 
     @property
@@ -385,25 +390,36 @@ class Sender:
     # -- ambiguity -----------------------------------------------------------------------------
 
     async def _reconcile_loop(self) -> None:
+        """Read back ambiguous records once they have settled; never dies (one bad pass backs off)."""
         delay = 1.0
         while not self._stopping:
-            await self._ambiguous_pending.wait()
-            await self._auth_ok.wait()
-            self._ambiguous_pending.clear()
-            if not self.cortex.reconcile_ambiguous:
-                await self._resend_ambiguous()
-                continue
             try:
-                await reconcile_ambiguous(self.queue, self.client)
+                await self._until_ambiguous_settled()
+                await self._auth_ok.wait()
+                if not self.cortex.reconcile_ambiguous:
+                    await self._resend_ambiguous()
+                    continue
+                _, left = await reconcile_ambiguous(self.queue, self.client)
             except Exception as exc:
-                log.warning("reconcile_failed", error=str(exc))
-            if await self.queue.ambiguous(limit=1):
-                # Reads failed (Cortex down?): try again later, backing off.
+                log.error("reconcile_failed", error=repr(exc))
+                left = 1
+            if left:
+                # Reads failed (Cortex down?) or a lane moved while read: try again later, backing off.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
-                self._ambiguous_pending.set()
             else:
                 delay = 1.0
+
+    async def _until_ambiguous_settled(self) -> None:
+        """Wait until some ambiguous record's settle time has passed."""
+        while True:
+            self._ambiguous_pending.clear()
+            due = await self.queue.next_settled_at()
+            wait = None if due is None else due - time.time()
+            if wait is not None and (wait <= 0 or not self.cortex.reconcile_ambiguous):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ambiguous_pending.wait(), wait)
 
     async def _resend_ambiguous(self) -> None:
         """Reconciliation disabled: accept possible duplicates and resend."""

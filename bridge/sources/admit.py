@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bridge import metrics
 from bridge.queue import AppendResult, DurableQueue, QueueFull, QueueUnavailable
-from bridge.records import Record
+from bridge.records import Record, UnstorableRecord
 
 log = structlog.get_logger("bridge.ingest")
 
@@ -66,6 +66,10 @@ async def admit(
         log.error("queue_unavailable", source=source, error=str(exc))
         return error_response(503, "queue cannot store input right now; retry later", source=source,
                               headers={"Retry-After": str(retry_after)})
+    except UnstorableRecord as exc:
+        # The model's validators should have refused it; this is the last check at the door.
+        log.warning("record_unstorable", source=source, record_id=exc.record_id, problem=exc.problem)
+        return error_response(422, f"record cannot be stored as sent; nothing was stored: {exc}", source=source)
     count_appended(source, records, result)
     log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
              new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)

@@ -17,7 +17,7 @@ import structlog
 
 from bridge import metrics
 from bridge.queue import DurableQueue, QueueFull, QueueUnavailable
-from bridge.records import Record
+from bridge.records import Record, UnstorableRecord
 from bridge.sources.admit import count_appended
 from bridge.sources.k8s_events import EventAggregator
 from bridge.sources.k8s_rollouts import WorkloadState
@@ -117,6 +117,11 @@ class SourceMemory:
                 log.warning("k8s_queue_refused", source=self.source, error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except UnstorableRecord as exc:
+                # Built from an object the model accepted; should it still not read back, the
+                # other records and the memory must not be held up by it.
+                log.error("k8s_record_unstorable", source=self.source, record_id=exc.record_id, problem=exc.problem)
+                records = [r for r in records if r.id != exc.record_id]
         count_appended(self.source, records, result)
         self._tombstones = self._tombstones or "" in updates.values()
 

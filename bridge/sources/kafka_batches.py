@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 from bridge import metrics
 from bridge.queue import DurableQueue, QueueFull, QueueUnavailable
 from bridge.queue.poison import RawInput, dead_letter_raw
-from bridge.records import Record, record_to_json
+from bridge.records import Record, UnstorableRecord, record_to_json
 from bridge.sources.admit import count_appended
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.kafka_formats import (
@@ -162,7 +162,8 @@ class BatchWriter:
             await self._dead_letter(poison)
 
     async def _append(self, items: list[_Item]) -> list[_Item]:
-        """Append the items' records, waiting for room when full; return items too large to fit."""
+        """Append the items' records, waiting for room when full; return the items that can never
+        be queued (too large, or a record that would not read back), now poison."""
         queue = self.queue
         too_large: list[_Item] = []
         pending = items
@@ -174,7 +175,9 @@ class BatchWriter:
             except QueueFull:
                 if len(chunk) == 1 and queue.depth == 0 and _exceeds(queue, chunk[0].records):
                     item = chunk[0]
-                    item.poison = self._raw_from_records(item)
+                    item.poison = self._raw_from_records(
+                        item, "too_large_for_queue",
+                        f"{len(item.records)} records do not fit in the queue even when it is empty")
                     too_large.append(item)
                     pending = pending[1:]
                     continue
@@ -184,13 +187,20 @@ class BatchWriter:
                 log.error("kafka_queue_unavailable", source=self.name, error=str(exc))
                 await self._blocked_sleep(1.0)
                 continue
+            except UnstorableRecord as exc:
+                # Its message becomes a poison entry; the rest of the chunk is appended again.
+                bad = next(item for item in chunk if any(r.id == exc.record_id for r in item.records))
+                bad.poison = self._raw_from_records(bad, "unstorable_record", str(exc))
+                too_large.append(bad)
+                pending = [item for item in pending if item is not bad]
+                continue
             count_appended(self.name, records, result)
             pending = pending[len(chunk):]
         return too_large
 
-    def _raw_from_records(self, item: _Item) -> RawInput:
-        detail = f"{len(item.records)} records do not fit in the queue even when it is empty"
-        return RawInput(self.name, f"{item.topic}/{item.partition}/{item.offset}", "too_large_for_queue", detail,
+    def _raw_from_records(self, item: _Item, reason: str, detail: str) -> RawInput:
+        """A poison entry for a message whose records cannot be queued."""
+        return RawInput(self.name, f"{item.topic}/{item.partition}/{item.offset}", reason, detail,
                         None, {"topic": item.topic, "partition": item.partition, "offset": item.offset,
                                "records": len(item.records)})
 
@@ -205,6 +215,11 @@ class BatchWriter:
             except (QueueUnavailable, sqlite3.Error) as exc:
                 log.error("kafka_dead_letter_failed", source=self.name, error=str(exc))
                 await self._blocked_sleep(1.0)
+                continue
+            except UnstorableRecord as exc:
+                log.error("kafka_dead_letter_unstorable", source=self.name, record_id=exc.record_id,
+                          problem=exc.problem)
+                group = DeadLetters([r for r in group.records if r.id != exc.record_id], group.reason, group.detail)
                 continue
             log.warning("kafka_dead_lettered", source=self.name, reason=group.reason, detail=group.detail,
                         records=len(group.records))

@@ -30,7 +30,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from bridge.queue import QueueError, QueueFull, QueueUnavailable
-from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, record_to_json, utc_now
+from bridge.records import (
+    RECORD_ADAPTER,
+    Record,
+    RecordKind,
+    UnstorableRecord,
+    record_id,
+    record_to_json,
+    utc_now,
+)
 from bridge.sources.admit import admit, error_response, ignored_response
 from bridge.sources.base import SourceContext
 from bridge.sources.entity import EntityResolver, EntitySettings, Resolution, Subject
@@ -340,6 +348,9 @@ class WebhookSource:
                 log.warning("webhook_dead_letter_refused", source=self.name, error=str(exc))
                 return error_response(503, "queue cannot store input right now; retry later", source=self.name,
                                       headers={"Retry-After": str(retry_after)})
+            except UnstorableRecord as exc:
+                return error_response(422, f"record cannot be stored as sent; nothing was stored: {exc}",
+                                      source=self.name)
             log.warning("webhook_dead_lettered", source=self.name, reason=group.reason, detail=group.detail,
                         records=len(group.records))
             dead_ids.extend(r.id for r in group.records)
