@@ -319,3 +319,17 @@ async def test_dlq_replay_and_purge_move_in_small_transactions(tmp_path: Path) -
     conn.close()
     assert (await queue.stats())["undelivered"] == 5
     await queue.close()
+
+
+async def test_records_put_back_wake_the_sender_at_once(tmp_path: Path) -> None:
+    # An idle worker waits up to 5 s for work; a reschedule must wake it, not leave the records
+    # waiting for that timeout.
+    queue = await open_queue(tmp_path)
+    woken: list[int] = []
+    queue.on_ready(lambda: woken.append(1))
+    await queue.append([event(1)])
+    before = len(woken)
+    [claimed] = await queue.claim(POLICY)
+    await queue.reschedule([claimed.seq], next_attempt_at=0, error="rate limited (429)", count_attempt=False)
+    assert len(woken) == before + 1
+    await queue.close()
