@@ -33,7 +33,7 @@ from _deploy_support import (
 )
 
 from bridge.app import Bridge
-from bridge.config import Settings, load_settings
+from bridge.config import QueueSettings, Settings, load_settings
 from bridge.queue import DurableQueue
 from bridge.sources.base import SourceContext
 from bridge.sources.registry import SOURCE_TYPES, build_sources
@@ -161,7 +161,7 @@ def test_rendered_config_is_accepted_by_the_daemon(case: str, tmp_path: Path, mo
     assert settings.metrics.port == container_port(case, "metrics")
     assert settings.http.host == settings.metrics.host == "0.0.0.0"
     assert str(settings.queue.path.parent) == mount_path(case, "queue")
-    assert settings.queue.path == Settings().queue.path, "the chart moved the queue off the image's volume"
+    assert settings.queue.path == QueueSettings().path, "the chart moved the queue off the image's volume"
     user_config = CASES[case].get("config", {})
     for section, values in user_config.items():
         if section == "sources":
@@ -280,7 +280,8 @@ def test_env_check_catches_variables_the_daemon_ignores(tmp_path: Path, monkeypa
 
 
 def test_probes_and_ports_match_the_daemon_routes(tmp_path: Path) -> None:
-    settings = load_settings(None, queue={"path": tmp_path / "q.db"}, http={"port": 0}, metrics={"port": 0})
+    settings = load_settings(None, queue={"path": tmp_path / "q.db"}, http={"port": 0}, metrics={"port": 0},
+                             ingest={"allow_unauthenticated": True})
 
     async def routes() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         bridge = await Bridge.create(settings)

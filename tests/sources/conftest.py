@@ -44,6 +44,7 @@ async def start_bridge(cortex: SimulatorServer, tmp_path: Path) -> AsyncIterator
             http={"host": "127.0.0.1", "port": 0, **http},
             metrics={"host": "127.0.0.1", "port": 0},
             log={"level": "warning"},
+            ingest={"allow_unauthenticated": True},
             sources=list(sources),
         )
         bridge = await Bridge.create(settings)
