@@ -12,7 +12,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -45,19 +44,16 @@ def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``: how a URL is shown or logged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _USERINFO.sub(r"\1***@", url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+#: ``scheme://userinfo@``: credentials inside a URL
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+def redact_url(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``.
+
+    How a URL (``cortex.url`` may carry credentials) is shown or logged, anywhere.
+    """
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class CortexSettings(_Section):
