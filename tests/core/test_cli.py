@@ -176,3 +176,12 @@ def test_sim_command_serves_with_faults_from_flags(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     assert cli("sim", "--error-rate", "7").returncode == 2
+
+
+def test_log_lines_never_show_url_credentials() -> None:
+    from bridge.logs import redact
+
+    event = redact(None, "info", {"event": "bridge_started", "cortex_url": "https://svc:s3cr3t@cortex.example.com",
+                                  "error": "cannot connect to http://u:p@proxy:3128 (refused)"})
+    assert event["cortex_url"] == "https://***@cortex.example.com"
+    assert event["error"] == "cannot connect to http://***@proxy:3128 (refused)"
