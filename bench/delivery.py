@@ -189,7 +189,7 @@ async def deliver(records: list[dict[str, Any]], compress: float, tmp: Path) -> 
                 None, cortex={"url": sim.url, "token": SIM_TOKEN, "rate_limit_per_minute": LIMIT, "burst": 50},
                 queue={"path": queue_path, "max_records": 10_000_000},
                 http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
-                log={"level": "warning"})
+                log={"level": "warning"}, ingest={"allow_unauthenticated": True})
             bridge = await Bridge.create(settings)
             # The bridge's request budget with the same compressed window (1000 per window, burst 50).
             bridge.client.bucket = TokenBucket(LIMIT, 50, window_seconds=window)

@@ -119,7 +119,8 @@ async def raw_consume(bootstrap: str, topic: str, group: str, count: int) -> flo
 async def bridge_consume(bootstrap: str, topic: str, group: str, count: int, workdir: Path) -> dict[str, float]:
     """Messages/s from the bridge's Kafka source into the durable queue (no sender running)."""
     queue = await DurableQueue.open(workdir / f"{group}.db", max_records=count * 2, max_bytes=1 << 34)
-    settings = load_settings(None, queue={"path": str(workdir / "unused.db")})
+    settings = load_settings(None, queue={"path": str(workdir / "unused.db")},
+                             ingest={"allow_unauthenticated": True})
     source = KafkaSource(
         KafkaSourceSettings.model_validate({
             "name": "bench", "type": "kafka", "bootstrap_servers": bootstrap, "group_id": group,

@@ -20,10 +20,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from bridge import metrics
-from bridge.config import Settings
+from bridge.config import Settings, redact_url
 from bridge.cortex.catalog import RepositoryCatalog
 from bridge.cortex.client import CortexClient
 from bridge.cortex.token import token_expiry
+from bridge.edge import BodyBudget, EdgeRunner
 from bridge.queue import DurableQueue
 from bridge.sender.bucket import TokenBucket
 from bridge.sender.sender import Sender
@@ -50,6 +51,8 @@ class Bridge:
     started: bool = False
     ingest_port: int = 0
     metrics_port: int = 0
+    #: memory of request bodies read before authentication, shared by every HTTP input
+    body_budget: BodyBudget = field(default_factory=lambda: BodyBudget(32 * 1024 * 1024))
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -71,12 +74,14 @@ class Bridge:
             max_connections=settings.cortex.max_concurrency + 2,
         )
         sender = Sender(queue, client, settings.cortex, settings.retry)
-        bridge = cls(settings, queue, client, sender, [])
+        bridge = cls(settings, queue, client, sender, [],
+                     body_budget=BodyBudget(settings.http.unauthenticated_body_bytes))
         ctx = SourceContext(
             settings=settings,
             queue=queue,
             lookup_repository=RepositoryCatalog(client).lookup,
             draining=lambda: bridge.draining,
+            body_budget=bridge.body_budget,
         )
         try:
             bridge.sources = build_sources(settings.sources, ctx)
@@ -93,9 +98,11 @@ class Bridge:
         app = web.Application(client_max_size=http.max_body_bytes, middlewares=[self._drain_middleware])
         native = NativeEndpoint(
             self.queue,
-            token=self.settings.ingest.token_value(),
+            ingest=self.settings.ingest,
             max_body_bytes=http.max_body_bytes,
             retry_after=self.settings.queue.retry_after_seconds,
+            body_timeout=http.body_timeout_seconds,
+            budget=self.body_budget,
         )
         app.router.add_post("/v1/records", native.handle)
         app.router.add_get("/healthz", self._healthz)
@@ -147,9 +154,17 @@ class Bridge:
     async def start(self) -> None:
         """Serve ingest and metrics, start the sender and the sources."""
         http, met = self.settings.http, self.settings.metrics
-        self.ingest_port = await self._serve(self.ingest_app(), http.host, http.port)
-        self.metrics_port = await self._serve(self.metrics_app(), met.host, met.port)
+        # Readiness must not claim a durable queue before a write went through (a restart on a
+        # full disk would otherwise be "ready" until the first append failed).
+        if not await self.queue.probe_writable():
+            log.error("queue_not_writable_at_start", queue=str(self.settings.queue.path),
+                      hint="input is refused with 503 and /readyz fails until a write succeeds")
+        self.ingest_port = await self._serve(self.ingest_app(), http.host, http.port,
+                                             header_timeout=http.header_timeout_seconds)
+        self.metrics_port = await self._serve(self.metrics_app(), met.host, met.port,
+                                              header_timeout=http.header_timeout_seconds)
         self._check_token_expiry()
+        self._warn_unauthenticated()
         if self.settings.cortex.verify_token_on_start:
             resp = await self.sender.verify_token()
             if resp is not None and resp.status in (401, 403):
@@ -162,11 +177,24 @@ class Bridge:
         self.started = True
         metrics.READY.set(1 if self.readiness()[0] else 0)
         log.info("bridge_started", ingest_port=self.ingest_port, metrics_port=self.metrics_port,
-                 cortex_url=self.settings.cortex.url, queue=str(self.settings.queue.path),
+                 cortex_url=redact_url(self.settings.cortex.url), queue=str(self.settings.queue.path),
                  sources=[s.name for s in self.sources])
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    def _warn_unauthenticated(self) -> None:
+        """One warning per input that takes anything from anyone who reaches the port."""
+        http = self.settings.http
+        where = f"{http.host}:{self.ingest_port}"
+        if self.settings.ingest.allow_unauthenticated:
+            log.warning("unauthenticated_input", input="POST /v1/records", listen=where,
+                        hint="set ingest.token_file (or ingest.token) to require a bearer token")
+        for source in self.sources:
+            settings = getattr(getattr(source, "adapter", None), "settings", None)
+            if getattr(settings, "allow_unauthenticated", False):
+                log.warning("unauthenticated_input", input=f"POST /webhooks/{source.name}", listen=where,
+                            hint=f"set secrets or secret_files on source {source.name}")
+
+    async def _serve(self, app: web.Application, host: str, port: int, *, header_timeout: float) -> int:
+        runner = EdgeRunner(app, header_timeout=header_timeout, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.config import ConfigError, Settings, load_settings
+from bridge.config import ConfigError, Settings, load_settings, redact_url
 from bridge.logs import configure_logging
 
 
@@ -93,6 +93,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except SourceConfigError as exc:
         raise CliError(str(exc), 2) from None
     summary = settings.model_dump(mode="json")
+    summary["cortex"]["url"] = redact_url(settings.cortex.url)
     summary["cortex"]["token"] = "(set)" if token else "(not set)"
     summary["ingest"]["token"] = "(set)" if settings.ingest.token_value() else "(not set)"
     summary["sources"] = [{"name": s.get("name"), "type": s.get("type")} for s in settings.sources]
@@ -117,7 +118,7 @@ def _verify_token(settings: Settings) -> int:
                 resp = await client.verify_token()
             except Exception as exc:
                 kind = "unreachable" if isinstance(exc, NotSent) else "no answer"
-                raise CliError(f"Cortex at {settings.cortex.url} {kind}: {exc}") from None
+                raise CliError(f"Cortex at {redact_url(settings.cortex.url)} {kind}: {redact_url(str(exc))}") from None
         if resp.status == 401:
             raise CliError("Cortex rejected the token (401): the API key was not accepted")
         if not resp.ok:
@@ -170,14 +171,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(serve=args.serve, records=args.records))
 
 
-def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
+def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
     import sqlite3
 
     from bridge.queue import inspect
 
     try:
-        conn = inspect.open_file(_queue_path(args))
-    except inspect.QueueFileMissing as exc:
+        conn = inspect.open_file(_queue_path(args), write=write)
+    except (inspect.QueueFileMissing, inspect.NotAQueue) as exc:
         raise CliError(str(exc)) from None
     except sqlite3.DatabaseError as exc:
         raise CliError(f"cannot read queue database: {exc}") from None
@@ -210,7 +211,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         if not args.ids and not args.reason and not args.all:
             raise CliError(f"dlq {args.dlq_command}: give record ids, --reason, or --all", 2)
         fn = inspect.dlq_replay if args.dlq_command == "replay" else inspect.dlq_purge
-        n = _with_queue(args, lambda c: fn(c, ids=args.ids or None, reason=args.reason))
+        n = _with_queue(args, lambda c: fn(c, ids=args.ids or None, reason=args.reason), write=True)
         verb = "replayed" if args.dlq_command == "replay" else "purged"
         print(f"{verb} {n} dead letter(s)")
     return 0

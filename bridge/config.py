@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from bridge.sources.signatures import SecretSet
 
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_file", default=None)
 
@@ -39,6 +42,18 @@ def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
         except OSError as exc:
             raise ConfigError(f"cannot read secret file {file}: {exc.strerror}") from exc
     return value.get_secret_value() if value is not None else None
+
+
+#: ``scheme://userinfo@``: credentials inside a URL
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``.
+
+    How a URL (``cortex.url`` may carry credentials) is shown or logged, anywhere.
+    """
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class CortexSettings(_Section):
@@ -102,6 +117,19 @@ class HttpSettings(_Section):
     host: str = Field("0.0.0.0", description="Ingest listen address.")
     port: int = Field(8080, ge=0, le=65535, description="Ingest port (webhooks, /v1/records, probes).")
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="A connection must send a complete request head (request line and headers) within this"
+        " many seconds of opening, or of the first byte of its next request; else it is closed (408).",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request body must arrive completely within this many seconds (else 408)."
+    )
+    unauthenticated_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024,
+        description="Body bytes all requests together may hold in memory before they are authenticated"
+        " (HMAC-signed webhooks, unauthenticated inputs); past it requests are answered 503 + Retry-After.",
+    )
 
 
 class MetricsSettings(_Section):
@@ -110,8 +138,30 @@ class MetricsSettings(_Section):
 
 
 class IngestSettings(_Section):
-    token: SecretStr | None = Field(None, description="Bearer token required on POST /v1/records when set.")
-    token_file: Path | None = Field(None, description="File holding the ingest token.")
+    token: SecretStr | None = Field(None, description="Bearer token POST /v1/records requires.")
+    token_file: Path | None = Field(
+        None, description="File with the ingest token(s), one per line, re-read on every request (rotation)."
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Accept POST /v1/records without a token (one of token, token_file or this is required)."
+    )
+
+    def credentials_problem(self) -> str | None:
+        """Why these settings are not allowed (no credentials, or both kinds), else ``None``."""
+        has_token = bool(self.token is not None and self.token.get_secret_value()) or self.token_file is not None
+        if not (has_token or self.allow_unauthenticated):
+            return ("POST /v1/records needs credentials: set ingest.token or ingest.token_file"
+                    " (or ingest.allow_unauthenticated: true to accept anyone who can reach the port)")
+        if has_token and self.allow_unauthenticated:
+            return "set either ingest.token/ingest.token_file or ingest.allow_unauthenticated, not both"
+        return None
+
+    @property
+    def secret_set(self) -> SecretSet:
+        """The active ingest tokens, as webhook sources keep theirs (files re-read on each request)."""
+        inline = (self.token,) if self.token is not None and self.token.get_secret_value() else ()
+        files = (self.token_file,) if self.token_file is not None else ()
+        return SecretSet(inline, files)
 
     def token_value(self) -> str | None:
         return read_secret(self.token, self.token_file)
@@ -145,6 +195,15 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Source adapters (webhooks, kafka, kubernetes); each has `name` and `type`.",
     )
+
+    @model_validator(mode="after")
+    def _ingest_credentials(self) -> Settings:
+        # Here rather than on IngestSettings: a missing `ingest` section is the usual case, and
+        # the other sections' problems are reported first.
+        problem = self.ingest.credentials_problem()
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> Settings:
@@ -194,8 +253,9 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        problems.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}" if loc else msg)
     return "invalid configuration: " + "; ".join(problems)
 
 

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import random
+import secrets
 import sys
 import tempfile
 from collections import Counter
@@ -90,9 +91,11 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
     entities = [e.tag for e in config.entities]
     with tempfile.TemporaryDirectory(prefix="cortex-bridge-demo-") as tmp:
         async with SimulatorServer(config) as sim:
+            ingest_token = secrets.token_urlsafe(16)  # the demo's /v1/records needs one like any bridge
             settings = load_settings(
                 None,
                 sources=[github_source(entities[0])],
+                ingest={"token": ingest_token},
                 cortex={"url": sim.url, "token": config.tokens[0]},
                 queue={"path": Path(tmp) / "queue.db"},
                 http={"host": "127.0.0.1", "port": 0},
@@ -105,9 +108,10 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
                 inputs = sample_records(entities, config.metric_keys, records)
                 sent = Counter(r["kind"] for r in inputs)
                 url = f"http://127.0.0.1:{bridge.ingest_port}/v1/records"
+                auth = {"Authorization": f"Bearer {ingest_token}"}
                 async with aiohttp.ClientSession() as http:
                     for start in range(0, len(inputs), 100):
-                        async with http.post(url, json={"records": inputs[start:start + 100]}) as resp:
+                        async with http.post(url, json={"records": inputs[start:start + 100]}, headers=auth) as resp:
                             if resp.status != 202:
                                 print(f"demo: ingest answered {resp.status}: {await resp.text()}", file=sys.stderr)
                                 return 1
@@ -136,7 +140,7 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
                 if serve:
                     print("\nServing until Ctrl-C. Try:\n"
                           f"  curl -s -XPOST http://127.0.0.1:{bridge.ingest_port}/v1/records -H 'Content-Type: "
-                          f"application/json' -d '{{\"kind\":\"event\",\"entity\":\"{entities[0]}\",\"type\":\"HELLO\","
+                          f"application/json' -H 'Authorization: Bearer {ingest_token}' -d '{{\"kind\":\"event\",\"entity\":\"{entities[0]}\",\"type\":\"HELLO\","
                           f"\"title\":\"hi\",\"timestamp\":\"{format_timestamp(utc_now())}\"}}'\n"
                           f"  curl -s {sim.url}/_sim/state")
                     await asyncio.Event().wait()

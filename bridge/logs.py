@@ -1,7 +1,7 @@
 """structlog setup: JSON lines with bound context, and no secrets.
 
-Every event passes through :func:`redact`, which masks values under secret-looking keys and
-bearer tokens inside strings, so a careless ``log.info(..., headers=...)`` cannot leak a token.
+Every event passes through :func:`redact`, which masks values under secret-looking keys,
+bearer tokens and the ``user:password@`` of URLs inside strings, so a careless ``log.info(..., headers=...)`` cannot leak a token.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from bridge.config import redact_url
+
 _SECRET_KEYS = re.compile(r"(token|secret|password|authorization|signature|api[_-]?key|sasl)", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 MASK = "***"
@@ -21,7 +23,7 @@ MASK = "***"
 
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        return _BEARER.sub(r"\1" + MASK, value)
+        return redact_url(_BEARER.sub(r"\1" + MASK, value))
     if isinstance(value, dict):
         return {k: MASK if _SECRET_KEYS.search(str(k)) else _mask(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -27,6 +27,19 @@ INPUTS_REJECTED = Counter(
     "cortex_bridge_inputs_rejected", "Inputs refused with a 4xx/503 answer.", ["source", "status"]
 )
 
+HTTP_UNAUTHENTICATED_BODY_BYTES = Gauge(
+    "cortex_bridge_http_unauthenticated_body_bytes",
+    "Request body bytes held in memory before their sender is authenticated (bounded by http.unauthenticated_body_bytes).",
+)
+HTTP_BUDGET_REFUSED = Counter(
+    "cortex_bridge_http_unauthenticated_budget_refused",
+    "Requests answered 503 because unauthenticated bodies already held http.unauthenticated_body_bytes.",
+)
+HTTP_TIMEOUTS = Counter(
+    "cortex_bridge_http_timeouts", "Connections closed with 408 for a slow request head or body.", ["phase"]
+)
+HTTP_CLIENT_ABORTS = Counter("cortex_bridge_http_client_aborts", "Requests whose client disconnected mid-request.")
+
 # Queue --------------------------------------------------------------------------------------
 QUEUE_DEPTH = Gauge("cortex_bridge_queue_depth", "Undelivered records in the durable queue.")
 QUEUE_BYTES = Gauge("cortex_bridge_queue_bytes", "Bytes of undelivered records in the durable queue.")

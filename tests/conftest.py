@@ -59,6 +59,8 @@ async def make_bridge(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
             http={"host": "127.0.0.1", "port": 0, **sections.pop("http", {})},
             metrics={"host": "127.0.0.1", "port": 0},
             log={"level": "warning"},
+            # Tests post to /v1/records without a token unless they pass ingest={"token": ...}.
+            ingest=sections.pop("ingest", {"allow_unauthenticated": True}),
             **sections,
         )
         bridge = await Bridge.create(settings)

@@ -1,6 +1,7 @@
 """Operator access to a queue file from another process (``queue stats``, ``dlq``, ``trace``).
 
-Safe while the daemon runs: SQLite serializes writers, reads see committed data only, and
+Read-only commands open the file with SQLite's ``mode=ro``; every command refuses a file that is
+not a bridge queue. Safe while the daemon runs: SQLite serializes writers, reads see committed data only, and
 nothing here touches records that are being sent (replay only moves dead letters back).
 """
 
@@ -12,17 +13,51 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.queue.schema import State, connect, totals, transaction
+from bridge.queue.schema import (
+    NotAQueue,
+    State,
+    check_is_queue,
+    connect,
+    connect_readonly,
+    totals,
+    transaction,
+)
 
 
 class QueueFileMissing(Exception):
     """No queue database at the given path."""
 
 
-def open_file(path: Path) -> sqlite3.Connection:
-    if not path.exists():
+__all__ = ["NotAQueue", "QueueFileMissing", "open_file"]
+
+
+def open_file(path: Path, *, write: bool = False) -> sqlite3.Connection:
+    """Open a queue file for an operator command; raises :class:`QueueFileMissing`, :class:`NotAQueue`.
+
+    Read-only (SQLite ``mode=ro``) unless ``write``: inspecting never creates tables, changes the
+    journal mode or writes anything, and a file that is not a bridge queue is refused untouched
+    (a write command checks it read-only first, then opens it for writing).
+    """
+    if not path.is_file():
         raise QueueFileMissing(f"no queue database at {path}")
+    conn = connect_readonly(str(path))
+    try:
+        check_is_queue(conn, str(path))
+    except BaseException:
+        conn.close()
+        raise
+    if not write:
+        return conn
+    conn.close()
     return connect(str(path))
+
+
+def _totals(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    # Read-only: a version-1 file has no `totals` table yet (the daemon adds it), so count.
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'totals'").fetchone() is not None:
+        return totals(conn)
+    count, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+    return int(count), int(size), int(conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
 
 
 def oldest_age(conn: sqlite3.Connection) -> float:
@@ -32,7 +67,7 @@ def oldest_age(conn: sqlite3.Connection) -> float:
 
 
 def stats(conn: sqlite3.Connection) -> dict[str, Any]:
-    count, size, dead = totals(conn)
+    count, size, dead = _totals(conn)
     by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
     by_kind = dict(conn.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
     dead_by_reason = dict(conn.execute("SELECT reason, COUNT(*) FROM dead GROUP BY reason").fetchall())

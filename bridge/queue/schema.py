@@ -162,6 +162,35 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+#: Tables every bridge queue file has (a file without them is not one).
+REQUIRED_TABLES = frozenset({"records", "delivered", "dead", "deliveries", "meta"})
+
+
+class NotAQueue(Exception):
+    """The file is not a cortex-bridge queue database (the message says why)."""
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """Open an existing file read-only (SQLite ``mode=ro``): nothing is created, converted or written."""
+    from urllib.parse import quote
+
+    return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None,
+                           check_same_thread=False, timeout=30)
+
+
+def check_is_queue(conn: sqlite3.Connection, path: str) -> None:
+    """Raise :class:`NotAQueue` unless ``conn`` holds the bridge's tables and a schema version."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = sorted(REQUIRED_TABLES - tables)
+    if missing:
+        raise NotAQueue(f"{path} is not a cortex-bridge queue (no table {', '.join(missing)})")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or not str(row[0]).isdigit():
+        raise NotAQueue(f"{path} is not a cortex-bridge queue (no schema version in its meta table)")
+    if int(row[0]) > SCHEMA_VERSION:
+        raise NotAQueue(f"{path} has queue schema version {row[0]}; this cortex-bridge reads up to {SCHEMA_VERSION}")
+
+
 def totals(conn: sqlite3.Connection) -> tuple[int, int, int]:
     """(undelivered records, their bytes, dead letters), without counting."""
     row = conn.execute("SELECT records, record_bytes, dead FROM totals WHERE one = 1").fetchone()

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from bridge.config import Settings
+from bridge.edge import BodyBudget
 from bridge.queue import DurableQueue
 
 #: Looks up Cortex entity tags by git repository ("org/repo"); cached, counted against the quota.
@@ -35,6 +36,13 @@ class SourceContext:
     lookup_repository: RepositoryLookup | None = None
     #: set while the bridge drains: sources stop taking new input
     draining: Callable[[], bool] = field(default=lambda: False)
+    #: memory for request bodies read before authentication, shared by every HTTP input of a
+    #: bridge (``None``: one of ``http.unauthenticated_body_bytes`` for this context)
+    body_budget: BodyBudget | None = None
+
+    def __post_init__(self) -> None:
+        if self.body_budget is None:
+            self.body_budget = BodyBudget(self.settings.http.unauthenticated_body_bytes)
 
 
 @runtime_checkable

@@ -28,7 +28,7 @@ from pydantic import Field
 from bridge.queue import DurableQueue
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.cdevents import CDEventsMapper
-from bridge.sources.signatures import TokenScheme
+from bridge.sources.signatures import AuthScheme, TokenScheme
 from bridge.sources.webhook import (
     Delivery,
     Draft,
@@ -68,8 +68,8 @@ class CloudEventsAdapter(WebhookAdapter[CloudEventsSettings]):
         super().__init__(settings)
         self.mapper = CDEventsMapper(queue, settings.name, settings.pipeline_duration_metric)
 
-    def authenticate(self, headers: Headers, body: bytes, secrets: list[bytes]) -> str | None:
-        return TokenScheme(header=self.settings.token_header).verify(headers, body, secrets)
+    def scheme(self) -> AuthScheme:
+        return TokenScheme(header=self.settings.token_header)
 
     def accepts(self, headers: Headers) -> str | None:
         # Binary mode: the content type is the data's, whatever it is.

@@ -21,11 +21,10 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import sha_from_revision
-from bridge.sources.signatures import HmacScheme, TokenScheme
+from bridge.sources.signatures import AuthScheme, HmacScheme, TokenScheme
 from bridge.sources.webhook import (
     Delivery,
     Draft,
-    Headers,
     Ignore,
     Reject,
     WebhookAdapter,
@@ -56,10 +55,10 @@ class FluxSettings(WebhookSettings):
 class FluxAdapter(WebhookAdapter[FluxSettings]):
     """Maps Flux events to drafts."""
 
-    def authenticate(self, headers: Headers, body: bytes, secrets: list[bytes]) -> str | None:
+    def scheme(self) -> AuthScheme:
         if self.settings.signature == "hmac":
-            return SIGNATURE.verify(headers, body, secrets)
-        return TokenScheme(header=self.settings.token_header).verify(headers, body, secrets)
+            return SIGNATURE
+        return TokenScheme(header=self.settings.token_header)
 
     async def map(self, delivery: Delivery) -> list[Draft]:
         event = delivery.payload

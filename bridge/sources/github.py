@@ -27,7 +27,7 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.expressions import check_expression, search
-from bridge.sources.signatures import HmacScheme
+from bridge.sources.signatures import AuthScheme, HmacScheme
 from bridge.sources.webhook import (
     Delivery,
     Draft,
@@ -78,8 +78,8 @@ class GitHubSettings(WebhookSettings):
 class GitHubAdapter(WebhookAdapter[GitHubSettings]):
     """Maps GitHub webhook payloads to drafts."""
 
-    def authenticate(self, headers: Headers, body: bytes, secrets: list[bytes]) -> str | None:
-        return SIGNATURE.verify(headers, body, secrets)
+    def scheme(self) -> AuthScheme:
+        return SIGNATURE
 
     def delivery_id(self, headers: Headers, payload: Any) -> str | None:
         return headers.get("X-GitHub-Delivery") or None

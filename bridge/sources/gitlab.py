@@ -24,7 +24,7 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url
-from bridge.sources.signatures import TokenScheme
+from bridge.sources.signatures import AuthScheme, TokenScheme
 from bridge.sources.webhook import (
     Delivery,
     Draft,
@@ -58,8 +58,8 @@ class GitLabSettings(WebhookSettings):
 class GitLabAdapter(WebhookAdapter[GitLabSettings]):
     """Maps GitLab webhook payloads to drafts."""
 
-    def authenticate(self, headers: Headers, body: bytes, secrets: list[bytes]) -> str | None:
-        return TOKEN.verify(headers, body, secrets)
+    def scheme(self) -> AuthScheme:
+        return TOKEN
 
     def delivery_id(self, headers: Headers, payload: Any) -> str | None:
         return headers.get("Idempotency-Key") or headers.get("X-Gitlab-Event-UUID") or None

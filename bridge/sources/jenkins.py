@@ -23,11 +23,10 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url
-from bridge.sources.signatures import TokenScheme
+from bridge.sources.signatures import AuthScheme, TokenScheme
 from bridge.sources.webhook import (
     Delivery,
     Draft,
-    Headers,
     Ignore,
     MetricKey,
     Reject,
@@ -64,8 +63,8 @@ class JenkinsSettings(WebhookSettings):
 class JenkinsAdapter(WebhookAdapter[JenkinsSettings]):
     """Maps Notification plugin payloads to drafts."""
 
-    def authenticate(self, headers: Headers, body: bytes, secrets: list[bytes]) -> str | None:
-        return TokenScheme(header=self.settings.token_header).verify(headers, body, secrets)
+    def scheme(self) -> AuthScheme:
+        return TokenScheme(header=self.settings.token_header)
 
     async def map(self, delivery: Delivery) -> list[Draft]:
         payload = delivery.payload

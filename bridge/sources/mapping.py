@@ -25,7 +25,7 @@ from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.expressions import check_expression, search
 from bridge.sources.gitrefs import repository_from_url
-from bridge.sources.signatures import HmacScheme, TokenScheme
+from bridge.sources.signatures import AuthScheme, HmacScheme, TokenScheme
 from bridge.sources.timestamps import parse_ci_timestamp
 from bridge.sources.webhook import (
     Delivery,
@@ -143,10 +143,9 @@ def truthy(value: Any) -> bool:
 class MappingAdapter(WebhookAdapter[MappingSettings]):
     """Evaluates the configured rules."""
 
-    def authenticate(self, headers: Headers, body: bytes, secrets: list[bytes]) -> str | None:
+    def scheme(self) -> AuthScheme | None:
         auth = self.settings.auth
-        scheme = auth.hmac or auth.token if auth is not None else None
-        return scheme.verify(headers, body, secrets) if scheme is not None else None
+        return auth.hmac or auth.token if auth is not None else None
 
     def delivery_id(self, headers: Headers, payload: Any) -> str | None:
         if self.settings.delivery_id is None:

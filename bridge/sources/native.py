@@ -8,17 +8,22 @@ record twice stores it once.
 
 from __future__ import annotations
 
-import hmac
 import json
 from datetime import datetime
 from typing import Any
 
+import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from bridge.config import IngestSettings
+from bridge.edge import BodyBudget, BodyRefused, read_body
 from bridge.queue import DurableQueue
 from bridge.records import RECORD_ADAPTER, Record, record_id, utc_now
 from bridge.sources.admit import admit, error_response
+from bridge.sources.signatures import SecretUnavailable, TokenScheme
+
+log = structlog.get_logger("bridge.ingest")
 
 MAX_RECORDS_PER_REQUEST = 10_000
 
@@ -71,36 +76,57 @@ def parse_native(
 
 
 class NativeEndpoint:
-    """``POST /v1/records``: bearer-token check, validation, durable append."""
+    """``POST /v1/records``: bearer-token check (before the body is read), validation, durable append."""
 
     name = "native"
 
-    def __init__(self, queue: DurableQueue, *, token: str | None, max_body_bytes: int, retry_after: int) -> None:
+    def __init__(self, queue: DurableQueue, *, ingest: IngestSettings, max_body_bytes: int, retry_after: int,
+                 body_timeout: float = 30.0, budget: BodyBudget | None = None) -> None:
         self.queue = queue
-        self.token = token
+        self.ingest = ingest
         self.max_body_bytes = max_body_bytes
         self.retry_after = retry_after
+        self.body_timeout = body_timeout
+        self.budget = budget or BodyBudget(32 * 1024 * 1024)
+
+    def _check_token(self, request: web.Request) -> web.Response | None:
+        # The same mechanism as webhook tokens: inline or files re-read on every request.
+        try:
+            secrets = self.ingest.secret_set.values()
+        except SecretUnavailable as exc:
+            log.error("ingest_token_unavailable", error=str(exc))
+            return error_response(503, "the bridge cannot read its ingest token; retry later", source=self.name,
+                                  headers={"Retry-After": str(self.retry_after)})
+        problem = _BEARER.verify(request.headers, b"", secrets) if secrets else "no ingest token is configured"
+        if problem is not None:
+            return error_response(401, "missing or wrong bearer token", source=self.name,
+                                  headers={"WWW-Authenticate": "Bearer"})
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.token is not None:
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error_response(401, "missing or wrong bearer token", source=self.name,
-                                      headers={"WWW-Authenticate": "Bearer"})
+        """The route handler."""
+        authenticated = not self.ingest.allow_unauthenticated
+        if authenticated:
+            refused = self._check_token(request)
+            if refused is not None:
+                return refused
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
         ctype = request.content_type
         if ctype not in ("application/json", "application/cloudevents+json") and not ctype.endswith("+json"):
             return error_response(415, "content type must be application/json", source=self.name)
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
-        try:
-            payload = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            return error_response(400, f"body is not valid JSON: {exc}", source=self.name)
+        with self.budget.holding() as hold:
+            try:
+                raw = await read_body(request, max_bytes=self.max_body_bytes, timeout=self.body_timeout,
+                                      source=self.name, hold=None if authenticated else hold,
+                                      retry_after=self.retry_after)
+            except BodyRefused as exc:
+                return exc.response
+            try:
+                payload = json.loads(raw)
+            except (ValueError, RecursionError) as exc:
+                return error_response(400, f"body is not valid JSON: {exc}", source=self.name)
+        del raw
         delivery_id = request.headers.get("Idempotency-Key")
         try:
             records = parse_native(payload, source=self.name, delivery_id=delivery_id)
@@ -109,3 +135,6 @@ class NativeEndpoint:
                                   extra={"errors": exc.errors})
         return await admit(self.queue, records, source=self.name, delivery_id=delivery_id,
                            retry_after=self.retry_after)
+
+
+_BEARER = TokenScheme(header="Authorization")

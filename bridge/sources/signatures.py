@@ -8,7 +8,9 @@ Two families cover every system the bridge speaks to:
 * :class:`TokenScheme`: a shared token in a header (GitLab ``X-Gitlab-Token``), as a bearer token,
   or as the password of HTTP Basic auth (Jenkins and Argo CD, which cannot sign).
 
-Every scheme checks all active secrets (rotation: old and new are valid at once) and compares in
+Both have ``check_header``, run before the body is read: a token scheme is fully checked
+there (401 without reading the body), an HMAC scheme checks that its header is present and
+well-formed. Every scheme checks all active secrets (rotation: old and new are valid at once) and compares in
 constant time. Secrets come inline or from files; files are re-read on each delivery so a rotated
 Kubernetes Secret takes effect without a restart.
 """
@@ -23,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -87,32 +89,59 @@ class HmacScheme(BaseModel):
     )
     tolerance_seconds: int = Field(300, ge=1, description="Largest accepted age of a signed timestamp.")
 
-    def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[bytes],
-               now: float | None = None) -> str | None:
-        """``None`` if the signature matches one of ``secrets``, else why it does not."""
+    #: An HMAC covers the body: only the header's form can be checked before the body is read.
+    needs_body: ClassVar[bool] = True
+
+    def check_header(self, headers: Mapping[str, str], secrets: Sequence[bytes] = (),
+                     now: float | None = None) -> str | None:
+        """Before the body is read: ``None`` if the signature header is present and well-formed
+        (a hex digest of the algorithm's length; a signed timestamp inside the window), else why not."""
+        problem, _, _ = self._parse(headers, now)
+        return problem
+
+    def _parse(self, headers: Mapping[str, str], now: float | None) -> tuple[str | None, list[str], str | None]:
+        # (problem, hex digests offered, signed timestamp)
         value = headers.get(self.header)
         if not value:
-            return f"missing {self.header} header"
+            return f"missing {self.header} header", [], None
         parts = _parse_parts(value) if self.part or self.timestamp_part else {}
         signatures = parts.get(self.part, []) if self.part else [value.strip()]
-        message = body
+        stamp: str | None = None
         if self.timestamp_part:
             stamps = parts.get(self.timestamp_part, [])
             if len(stamps) != 1 or not stamps[0].isdigit():
-                return f"{self.header} has no usable {self.timestamp_part}"
+                return f"{self.header} has no usable {self.timestamp_part}", [], None
             current = time.time() if now is None else now
             if abs(current - int(stamps[0])) > self.tolerance_seconds:
-                return f"{self.header} timestamp is outside the accepted window"
-            message = stamps[0].encode() + b"." + body
+                return f"{self.header} timestamp is outside the accepted window", [], None
+            stamp = stamps[0]
         if not signatures:
-            return f"{self.header} has no {self.part} signature"
+            return f"{self.header} has no {self.part} signature", [], None
+        length = _HEX_LENGTH[self.algorithm]
+        digests = [
+            s[len(self.prefix):].strip().lower() for s in signatures if s.startswith(self.prefix)
+        ]
+        digests = [d for d in digests if len(d) == length and all(c in _HEX for c in d)]
+        if not digests:
+            return f"{self.header} is not a {self.prefix}<{self.algorithm} hex digest> signature", [], None
+        return None, digests, stamp
+
+    def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[bytes],
+               now: float | None = None) -> str | None:
+        """``None`` if the signature matches one of ``secrets``, else why it does not."""
+        problem, digests, stamp = self._parse(headers, now)
+        if problem is not None:
+            return problem
+        message = body if stamp is None else stamp.encode() + b"." + body
         expected = [hmac_hex(secret, message, self.algorithm).encode() for secret in secrets]
         matched = False
-        for signature in signatures:
-            if not signature.startswith(self.prefix):
-                continue
-            matched |= any_secret_matches(signature[len(self.prefix):].strip().lower().encode(), expected)
+        for digest in digests:
+            matched |= any_secret_matches(digest.encode(), expected)
         return None if matched else f"{self.header} does not match"
+
+
+_HEX = frozenset("0123456789abcdef")
+_HEX_LENGTH: dict[str, int] = {"sha1": 40, "sha256": 64, "sha512": 128}
 
 
 class TokenScheme(BaseModel):
@@ -121,6 +150,14 @@ class TokenScheme(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     header: str = Field("Authorization", description="Header carrying the token.")
+
+    #: A token is in the headers: the check is complete before the body is read.
+    needs_body: ClassVar[bool] = False
+
+    def check_header(self, headers: Mapping[str, str], secrets: Sequence[bytes] = (),
+                     now: float | None = None) -> str | None:
+        """Before the body is read: the whole check (a token does not depend on the body)."""
+        return self.verify(headers, b"", secrets, now)
 
     def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[bytes],
                now: float | None = None) -> str | None:
@@ -138,6 +175,10 @@ class TokenScheme(BaseModel):
             else:
                 return "Authorization must be Bearer or Basic"
         return None if any_secret_matches(given.encode(), secrets) else f"{self.header} does not match"
+
+
+#: What a webhook adapter authenticates with.
+AuthScheme = HmacScheme | TokenScheme
 
 
 def _parse_parts(value: str) -> dict[str, list[str]]:

@@ -1,6 +1,8 @@
 """The webhook pipeline every CI/CD adapter runs in: ``POST /webhooks/{name}``.
 
-authenticate (raw body, constant time) -> content type -> parse -> map to drafts or ignore ->
+credentials in the headers (before the body is read) -> body (streamed, bounded in size, time
+and, until authenticated, in memory shared by all requests: :mod:`bridge.edge`) -> authenticate
+(raw body, constant time) -> content type -> parse -> map to drafts or ignore ->
 resolve entities -> durable append -> answer. An adapter supplies only what is specific to its
 system (how it signs, which header holds the delivery id, how payloads map to records); the order
 of the steps, the answers and the durability rule live here once:
@@ -29,6 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from bridge.edge import BodyRefused, read_body
 from bridge.queue import QueueError, QueueFull, QueueUnavailable
 from bridge.records import (
     RECORD_ADAPTER,
@@ -42,7 +45,7 @@ from bridge.records import (
 from bridge.sources.admit import admit, error_response, ignored_response
 from bridge.sources.base import SourceContext
 from bridge.sources.entity import EntityResolver, EntitySettings, Resolution, Subject
-from bridge.sources.signatures import SecretSet, SecretUnavailable
+from bridge.sources.signatures import AuthScheme, SecretSet, SecretUnavailable
 from bridge.sources.timestamps import parse_ci_timestamp
 
 log = structlog.get_logger("bridge.webhooks")
@@ -125,8 +128,21 @@ class WebhookAdapter(ABC, Generic[S]):
         self.settings = settings
 
     @abstractmethod
+    def scheme(self) -> AuthScheme | None:
+        """How deliveries are authenticated (``None``: by nothing the bridge can check)."""
+
     def authenticate(self, headers: Headers, body: bytes, secrets: list[bytes]) -> str | None:
         """``None`` if the delivery carries valid credentials, else why not (for the 401)."""
+        scheme = self.scheme()
+        return scheme.verify(headers, body, secrets) if scheme is not None else None
+
+    def check_header(self, headers: Headers, secrets: list[bytes]) -> tuple[str | None, bool]:
+        """Before the body is read: (why the credentials are refused or ``None``, whether they are
+        fully checked). A token is checked completely; an HMAC only for presence and form."""
+        scheme = self.scheme()
+        if scheme is None:
+            return None, False
+        return scheme.check_header(headers, secrets), not scheme.needs_body
 
     def delivery_id(self, headers: Headers, payload: Any) -> str | None:
         """The sender's id of this delivery (the same on a redelivery), if it has one."""
@@ -238,16 +254,10 @@ class WebhookSource:
         self, headers: Headers, body: bytes, *, authenticate: bool = True, received_at: datetime | None = None
     ) -> Outcome:
         """Run every step short of storing; ``cortex-bridge preview`` calls this directly."""
-        settings = self.adapter.settings
-        if authenticate and not settings.allow_unauthenticated:
-            try:
-                secrets = settings.secret_set.values()
-            except SecretUnavailable as exc:
-                log.error("webhook_secret_unavailable", source=self.name, error=str(exc))
-                return Rejected(503, "the bridge cannot read this source's secret; retry later")
-            problem = self.adapter.authenticate(headers, body, secrets) if secrets else "no secret is configured"
-            if problem is not None:
-                return Rejected(401, f"authentication failed: {problem}")
+        if authenticate:
+            refused = self._authenticate(headers, body)
+            if refused is not None:
+                return refused
         if len(body) > self.max_body_bytes:
             return Rejected(413, f"body larger than {self.max_body_bytes} bytes")
         unaccepted = self.adapter.accepts(headers)
@@ -321,18 +331,69 @@ class WebhookSource:
 
     # -- HTTP -------------------------------------------------------------------------------------
 
+    def _secrets(self) -> list[bytes] | Rejected:
+        secret_set: SecretSet = self.adapter.settings.secret_set
+        try:
+            return secret_set.values()
+        except SecretUnavailable as exc:
+            log.error("webhook_secret_unavailable", source=self.name, error=str(exc))
+            return Rejected(503, "the bridge cannot read this source's secret; retry later")
+
+    def _authenticate(self, headers: Headers, body: bytes) -> Rejected | None:
+        """The credentials check on the whole delivery (``None``: authenticated)."""
+        if self.adapter.settings.allow_unauthenticated:
+            return None
+        secrets = self._secrets()
+        if isinstance(secrets, Rejected):
+            return secrets
+        problem = self.adapter.authenticate(headers, body, secrets) if secrets else "no secret is configured"
+        return Rejected(401, f"authentication failed: {problem}") if problem is not None else None
+
+    def check_header(self, headers: Headers) -> tuple[Rejected | None, bool]:
+        """Before the body is read: (the refusal, or ``None``; whether the sender is authenticated).
+
+        A token (GitLab, Jenkins, Argo CD, CloudEvents, mapping with a token) is checked completely;
+        an HMAC signature must be present and well-formed, its body check comes after reading.
+        """
+        if self.adapter.settings.allow_unauthenticated:
+            return None, False
+        secrets = self._secrets()
+        if isinstance(secrets, Rejected):
+            return secrets, False
+        if not secrets:
+            return Rejected(401, "authentication failed: no secret is configured"), False
+        problem, complete = self.adapter.check_header(headers, secrets)
+        if problem is not None:
+            return Rejected(401, f"authentication failed: {problem}"), False
+        return None, complete
+
+    def _answer(self, outcome: Rejected) -> web.Response:
+        retry = {"Retry-After": str(self.ctx.settings.queue.retry_after_seconds)} if outcome.status == 503 else None
+        return error_response(outcome.status, outcome.reason, source=self.name, headers=retry)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """The route handler: evaluate, then store and answer."""
+        """The route handler: credentials in the headers, then the body (bounded), evaluate, store."""
+        http = self.ctx.settings.http
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
-        outcome = await self.evaluate(request.headers, body)
+        refused, authenticated = self.check_header(request.headers)
+        if refused is not None:
+            return self._answer(refused)
+        budget = self.ctx.body_budget
+        assert budget is not None
+        with budget.holding() as hold:
+            try:
+                body = await read_body(request, max_bytes=self.max_body_bytes, timeout=http.body_timeout_seconds,
+                                       source=self.name, hold=None if authenticated else hold,
+                                       retry_after=self.ctx.settings.queue.retry_after_seconds)
+            except BodyRefused as exc:
+                return exc.response
+            refused = None if authenticated else self._authenticate(request.headers, body)
+        if refused is not None:
+            return self._answer(refused)
+        outcome = await self.evaluate(request.headers, body, authenticate=False)
         if isinstance(outcome, Rejected):
-            retry = {"Retry-After": str(self.ctx.settings.queue.retry_after_seconds)} if outcome.status == 503 else None
-            return error_response(outcome.status, outcome.reason, source=self.name, headers=retry)
+            return self._answer(outcome)
         if isinstance(outcome, Ignored):
             log.info("webhook_ignored", source=self.name, reason=outcome.reason)
             return ignored_response(outcome.reason, source=self.name)

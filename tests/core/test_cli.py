@@ -52,7 +52,8 @@ def test_check_config_validates_and_never_prints_secrets(tmp_path: Path) -> None
     secret_file = tmp_path / "token"
     secret_file.write_text("eyJhbGciOiJIUzI1NiJ9.c3VwZXItc2VjcmV0.sig\n")
     good = tmp_path / "good.yaml"
-    good.write_text(f"cortex:\n  token_file: {secret_file}\ningest:\n  token: hunter2-ingest\n")
+    good.write_text(f"cortex:\n  url: https://bridge-user:pa55word-in-url@cortex.example.com/api\n"
+                    f"  token_file: {secret_file}\ningest:\n  token: hunter2-ingest\n")
     env = {"BRIDGE_CORTEX__RATE_LIMIT_PER_MINUTE": "500", "PATH": "/usr/bin:/bin"}
     result = cli("--config", str(good), "check-config", env=env)
     assert result.returncode == 0, result.stderr
@@ -60,6 +61,49 @@ def test_check_config_validates_and_never_prints_secrets(tmp_path: Path) -> None
     assert shown["cortex"]["rate_limit_per_minute"] == 500  # the environment overrides the file
     assert "hunter2" not in result.stdout + result.stderr
     assert "c3VwZXItc2VjcmV0" not in result.stdout + result.stderr
+    assert "pa55word-in-url" not in result.stdout + result.stderr and "bridge-user" not in result.stdout
+    assert shown["cortex"]["url"] == "https://***@cortex.example.com/api"
+
+
+def test_ingest_without_credentials_fails_check_config(tmp_path: Path) -> None:
+    token = tmp_path / "cortex-token"
+    token.write_text("t\n")
+    for ingest, message in (
+        ("", "POST /v1/records needs credentials: set ingest.token or ingest.token_file"),
+        ("ingest:\n  token: x\n  allow_unauthenticated: true\n", "not both"),
+    ):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"cortex:\n  token_file: {token}\n{ingest}")
+        result = cli("--config", str(path), "check-config")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    path.write_text(f"cortex:\n  token_file: {token}\ningest:\n  allow_unauthenticated: true\n")
+    assert cli("--config", str(path), "check-config").returncode == 0
+
+
+def test_inspection_refuses_other_files_and_changes_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "OTHER.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    commands = [["queue", "stats"], ["dlq", "list"], ["dlq", "show", "x"], ["trace", "x"],
+                ["dlq", "replay", "--all"], ["dlq", "purge", "--all"]]
+    for command in commands:
+        result = cli(*command, "--queue", str(other))
+        assert result.returncode == 1, (command, result.stdout)
+        assert "is not a cortex-bridge queue" in result.stderr and "Traceback" not in result.stderr
+    assert other.read_bytes() == before, "an inspection command modified an unrelated database"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OTHER.db"], "sidecar files were created"
+    missing = tmp_path / "missing.db"
+    for command in commands:
+        result = cli(*command, "--queue", str(missing))
+        assert result.returncode == 1 and "no queue database at" in result.stderr
+    assert not missing.exists()
 
 
 def test_queue_and_dlq_commands_on_a_real_queue_file(tmp_path: Path) -> None:
@@ -132,3 +176,12 @@ def test_sim_command_serves_with_faults_from_flags(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     assert cli("sim", "--error-rate", "7").returncode == 2
+
+
+def test_log_lines_never_show_url_credentials() -> None:
+    from bridge.logs import redact
+
+    event = redact(None, "info", {"event": "bridge_started", "cortex_url": "https://svc:s3cr3t@cortex.example.com",
+                                  "error": "cannot connect to http://u:p@proxy:3128 (refused)"})
+    assert event["cortex_url"] == "https://***@cortex.example.com"
+    assert event["error"] == "cannot connect to http://***@proxy:3128 (refused)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -107,3 +108,28 @@ async def test_probes(sim: SimulatorServer, make_bridge: BridgeFactory) -> None:
         async with http.post(f"{base}/v1/records", json=event(1)) as resp:
             assert resp.status == 503 and "Retry-After" in resp.headers
         bridge.draining = False
+
+
+async def test_not_ready_at_start_when_the_queue_cannot_write(sim: SimulatorServer, tmp_path: Path) -> None:
+    """A restart on a full disk: /readyz must not say ready before any write went through."""
+    from bridge.app import Bridge
+    from bridge.config import load_settings
+    from tests.conftest import SIM_TOKEN
+
+    settings = load_settings(None, cortex={"url": sim.url, "token": SIM_TOKEN}, queue={"path": tmp_path / "q.db"},
+                             http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
+                             ingest={"allow_unauthenticated": True}, log={"level": "warning"})
+    bridge = await Bridge.create(settings)
+    # Every write now fails inside SQLite, as on a full volume (reads still work).
+    await bridge.queue.execute(lambda c: c.execute("PRAGMA query_only = ON"))
+    await bridge.start()
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{bridge.ingest_port}/readyz") as resp:
+            assert resp.status == 503
+            assert "queue cannot write to disk" in (await resp.json())["reasons"]
+        await bridge.queue.query("PRAGMA query_only = OFF")  # space is back
+        assert await bridge.queue.probe_writable()
+        assert bridge.readiness() == (True, [])
+    finally:
+        await bridge.stop(deadline=2)

@@ -126,7 +126,7 @@ async def test_dead_letters_keep_reason_and_can_be_replayed(tmp_path: Path) -> N
     batch = await queue.claim(POLICY)
     await queue.dead_letter([batch[0].seq], reason="rejected", detail="Cortex 400: bad title", status=400)
     assert queue.depth == 0
-    conn = inspect.open_file(tmp_path / "q.db")
+    conn = inspect.open_file(tmp_path / "q.db", write=True)
     listed = inspect.dlq_list(conn)
     assert listed[0]["reason"] == "rejected" and listed[0]["status"] == 400
     assert inspect.dlq_show(conn, batch[0].record.id)["record"]["title"] == "e1"  # type: ignore[index]
@@ -184,7 +184,7 @@ async def test_replay_skips_dead_inputs_that_are_not_records(tmp_path: Path) -> 
     await queue.dead_letter([batch[0].seq], reason="rejected", detail="400", status=400)
     await dead_letter_raw(queue, [RawInput(source="events", input_id="t/0/7", reason="invalid_json",
                                            detail="Expecting value", payload=b"{oops")])
-    conn = inspect.open_file(tmp_path / "q.db")
+    conn = inspect.open_file(tmp_path / "q.db", write=True)
     assert inspect.stats(conn)["dead_letters"] == 2
     assert inspect.dlq_replay(conn) == 1  # the poison message has no record to send
     assert inspect.stats(conn)["dead_letters"] == 1
@@ -228,7 +228,7 @@ async def test_totals_stay_exact_through_every_change(tmp_path: Path) -> None:
     await check()
     assert counted(db)[2] == 4
 
-    conn = inspect.open_file(db)  # an operator's CLI, another connection
+    conn = inspect.open_file(db, write=True)  # an operator's CLI, another connection
     assert inspect.dlq_replay(conn, reason="rejected") == 2
     assert inspect.dlq_purge(conn, reason="invalid_json") == 1
     conn.close()
@@ -307,7 +307,7 @@ async def test_dlq_replay_and_purge_move_in_small_transactions(tmp_path: Path) -
     queue = await open_queue(tmp_path)
     await queue.dead_letter_input([event(i) for i in range(5)], reason="unresolved_entity", detail="x")
     await queue.dead_letter_input([event(i) for i in range(10, 13)], reason="rejected", detail="x")
-    conn = inspect.open_file(tmp_path / "q.db")
+    conn = inspect.open_file(tmp_path / "q.db", write=True)
     commits: list[str] = []
     conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
     assert inspect.dlq_replay(conn, reason="unresolved_entity", chunk=2) == 5

@@ -33,7 +33,7 @@ from _deploy_support import (
 )
 
 from bridge.app import Bridge
-from bridge.config import Settings, load_settings
+from bridge.config import QueueSettings, Settings, load_settings
 from bridge.queue import DurableQueue
 from bridge.sources.base import SourceContext
 from bridge.sources.registry import SOURCE_TYPES, build_sources
@@ -161,7 +161,7 @@ def test_rendered_config_is_accepted_by_the_daemon(case: str, tmp_path: Path, mo
     assert settings.metrics.port == container_port(case, "metrics")
     assert settings.http.host == settings.metrics.host == "0.0.0.0"
     assert str(settings.queue.path.parent) == mount_path(case, "queue")
-    assert settings.queue.path == Settings().queue.path, "the chart moved the queue off the image's volume"
+    assert settings.queue.path == QueueSettings().path, "the chart moved the queue off the image's volume"
     user_config = CASES[case].get("config", {})
     for section, values in user_config.items():
         if section == "sources":
@@ -280,7 +280,8 @@ def test_env_check_catches_variables_the_daemon_ignores(tmp_path: Path, monkeypa
 
 
 def test_probes_and_ports_match_the_daemon_routes(tmp_path: Path) -> None:
-    settings = load_settings(None, queue={"path": tmp_path / "q.db"}, http={"port": 0}, metrics={"port": 0})
+    settings = load_settings(None, queue={"path": tmp_path / "q.db"}, http={"port": 0}, metrics={"port": 0},
+                             ingest={"allow_unauthenticated": True})
 
     async def routes() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         bridge = await Bridge.create(settings)
@@ -456,3 +457,72 @@ def test_notes_render(case: str) -> None:
             assert f"POST /webhooks/{source['name']}" in notes
     has_token = bool(CASES[case].get("secrets", {}).get("existingSecret") or secret_data(case))
     assert ("no Cortex API token is configured" in notes) is not has_token
+
+
+# -- /v1/records credentials and the NetworkPolicy (issue 9) ---------------------------------
+
+
+def test_ingress_refuses_to_route_records_without_a_token() -> None:
+    for paths in (["/webhooks", "/v1/records"], ["/"], ["/v1/"]):
+        with pytest.raises(helm_python.HelmError, match=re.escape("routes POST /v1/records, which takes no token")):
+            render.render_chart({"ingress": {"enabled": True, "paths": paths}})
+    # Webhooks alone, or /v1/records with a token, render.
+    webhooks_only = render.documents(render.render_chart({"ingress": {"enabled": True, "paths": ["/webhooks"]}}))
+    assert [o for o in webhooks_only if o["kind"] == "Ingress"]
+    with_token = {"ingress": {"enabled": True}, "secrets": {"data": {"ingest-token": "t"}, "ingestTokenKey": "ingest-token"}}
+    ingress = next(o for o in render.documents(render.render_chart(with_token)) if o["kind"] == "Ingress")
+    assert "/v1/records" in [p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]]
+
+
+def test_ingest_needs_a_token_or_the_explicit_opt_out() -> None:
+    with pytest.raises(helm_python.HelmError, match=re.escape("POST /v1/records has no credentials")):
+        render.render_chart({"config": {"ingest": {"allow_unauthenticated": False}}})
+    assert config("default")["ingest"] == {"allow_unauthenticated": True}
+    # With a token key the opt-out is dropped: the token is required (the daemon refuses both).
+    assert config("everything")["ingest"] == {"token_file": f"{render.SECRETS_DIR}/ingest-token"}
+
+
+@case_names
+def test_network_policy_admits_only_the_configured_peers(case: str) -> None:
+    policy = one(case, "NetworkPolicy")
+    pod_labels = one(case, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    port_names = {p["name"] for p in container(case)["ports"]}
+    rules = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    assert set(rules) == {"http", "metrics"} <= port_names
+    def names(*values: str) -> dict[str, Any]:
+        return {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(values)}]}
+
+    assert rules["http"] == [{"namespaceSelector": names("ingress-nginx")}]
+    assert rules["metrics"] == [{"namespaceSelector": names("monitoring")}]
+
+
+def test_network_policy_values() -> None:
+    values = {"networkPolicy": {"ingest": {
+        "ingressControllerNamespaces": ["traefik", "traefik-internal"],
+        "ingressControllerPodSelector": {"matchLabels": {"app": "traefik"}},
+        "ciCidrs": ["192.0.2.0/24", "2001:db8::/32"],
+        "extraFrom": [{"podSelector": {"matchLabels": {"app": "producer"}}}]}}}
+    objects = render.documents(render.render_chart(values))
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    for version in (OLDEST_K8S_VERSION, K8S_VERSION):
+        kubernetes_validate.validate(policy, version, strict=True)
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert peers == [
+        {"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                                     "values": ["traefik", "traefik-internal"]}]},
+         "podSelector": {"matchLabels": {"app": "traefik"}}},
+        {"ipBlock": {"cidr": "192.0.2.0/24"}},
+        {"ipBlock": {"cidr": "2001:db8::/32"}},
+        {"podSelector": {"matchLabels": {"app": "producer"}}},
+    ]
+    cidrs_only = render.documents(render.render_chart(
+        {"networkPolicy": {"ingest": {"ingressControllerNamespaces": [], "ciCidrs": ["10.0.0.0/8"]}}}))
+    policy = next(o for o in cidrs_only if o["kind"] == "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    closed = render.documents(render.render_chart({"networkPolicy": {"ingest": {"ingressControllerNamespaces": []}}}))
+    policy = next(o for o in closed if o["kind"] == "NetworkPolicy")
+    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["metrics"], "no peers must mean nobody"
+    off = render.documents(render.render_chart({"networkPolicy": {"enabled": False}}))
+    assert not [o for o in off if o["kind"] == "NetworkPolicy"]

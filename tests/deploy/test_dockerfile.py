@@ -17,7 +17,7 @@ import pytest
 from _deploy_support import ROOT, config_text, container, container_port, mount_path, pod_spec
 
 from bridge.cli import build_parser
-from bridge.config import Settings
+from bridge.config import HttpSettings, MetricsSettings, QueueSettings
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -132,18 +132,18 @@ def test_entrypoint_is_cortex_bridge_run() -> None:
 
 def test_exposed_ports_are_the_default_listen_ports() -> None:
     exposed = {int(p.split("/")[0]) for args in FINAL.all("EXPOSE") for p in args.split()}
-    defaults = Settings()
-    assert exposed == {defaults.http.port, defaults.metrics.port}
-    assert container_port("default", "http") == defaults.http.port
-    assert container_port("default", "metrics") == defaults.metrics.port
+    http, metrics = HttpSettings(), MetricsSettings()
+    assert exposed == {http.port, metrics.port}
+    assert container_port("default", "http") == http.port
+    assert container_port("default", "metrics") == metrics.port
 
 
 def test_volume_is_the_queue_directory() -> None:
     volumes = [v for args in FINAL.all("VOLUME") for v in exec_form(args)]
-    queue_dir = str(Settings().queue.path.parent)
+    queue_dir = str(QueueSettings().path.parent)
     assert volumes == [queue_dir]
     assert mount_path("default", "queue") == queue_dir
-    assert f"path: {Settings().queue.path}" in config_text("default")
+    assert f"path: {QueueSettings().path}" in config_text("default")
     assert any(queue_dir in run and "chown" in run for run in FINAL.all("RUN")), "the non-root user owns the volume"
 
 
@@ -322,4 +322,4 @@ def test_the_dockerfile_install_works_in_a_fresh_virtualenv(tmp_path: Path) -> N
     config.write_text(config_text("default"))
     checked = run(str(venv / "bin" / "cortex-bridge"), "--config", str(config), "check-config")
     assert checked.returncode == 0, checked.stderr
-    assert json.loads(checked.stdout)["queue"]["path"] == str(Settings().queue.path)
+    assert json.loads(checked.stdout)["queue"]["path"] == str(QueueSettings().path)

@@ -108,6 +108,7 @@ def write_config(tmp_path: Path, sim_url: str, ingest_port: int, metrics_port: i
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "drain": {"deadline_seconds": DEADLINE_SECONDS},
         "log": {"level": "info", "format": "json"},
+        "ingest": {"allow_unauthenticated": True},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

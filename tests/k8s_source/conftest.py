@@ -104,6 +104,7 @@ async def start_bridge(
             http={"host": "127.0.0.1", "port": 0},
             metrics={"host": "127.0.0.1", "port": 0},
             log={"level": "warning"},
+            ingest={"allow_unauthenticated": True},
             sources=[source_config(kubeconfig, **overrides)],
         )
         bridge = await Bridge.create(settings)

@@ -322,6 +322,7 @@ async def test_bridge_killed_mid_stream_resumes_without_loss_or_duplicates(
         "http": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
         "log": {"level": "warning"},
+        "ingest": {"allow_unauthenticated": True},
         "sources": [source],
     }
     config_path = tmp_path / "bridge.yaml"

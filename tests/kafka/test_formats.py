@@ -40,7 +40,8 @@ class Msg:
 @pytest.fixture
 async def ctx(tmp_path: Path) -> Any:
     queue = await DurableQueue.open(tmp_path / "q.db")
-    yield SourceContext(settings=load_settings(None, queue={"path": str(tmp_path / "q.db")}), queue=queue)
+    yield SourceContext(settings=load_settings(None, queue={"path": str(tmp_path / "q.db")},
+                                                     ingest={"allow_unauthenticated": True}), queue=queue)
     await queue.close()
 
 

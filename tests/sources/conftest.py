@@ -35,7 +35,7 @@ async def start_bridge(cortex: SimulatorServer, tmp_path: Path) -> AsyncIterator
     """``await start_bridge(source, ...)``: a bridge with these sources, stopped at teardown."""
     started: list[Bridge] = []
 
-    async def start(*sources: dict[str, Any], **http: Any) -> Running:
+    async def start(*sources: dict[str, Any], ingest: dict[str, Any] | None = None, **http: Any) -> Running:
         settings = load_settings(
             None,
             cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5},
@@ -44,6 +44,7 @@ async def start_bridge(cortex: SimulatorServer, tmp_path: Path) -> AsyncIterator
             http={"host": "127.0.0.1", "port": 0, **http},
             metrics={"host": "127.0.0.1", "port": 0},
             log={"level": "warning"},
+            ingest=ingest or {"allow_unauthenticated": True},
             sources=list(sources),
         )
         bridge = await Bridge.create(settings)

@@ -77,7 +77,7 @@ def test_invalid_entity_settings(settings: dict[str, object], error: str) -> Non
 
 async def test_monorepo_fans_out_with_one_id_per_entity(tmp_path: Path) -> None:
     catalog = Catalog(["web", "api"])
-    settings = load_settings(None)
+    settings = load_settings(None, ingest={"allow_unauthenticated": True})
     queue = await DurableQueue.open(tmp_path / "q.db")
     try:
         source = create({"name": "github", "type": "github", "secrets": [SECRET]},

@@ -210,7 +210,7 @@ async def test_invalid_rules_are_configuration_errors(tmp_path: Path, change: di
     queue = await DurableQueue.open(tmp_path / "q.db")
     try:
         with pytest.raises(SourceConfigError, match="source 'circleci': ") as raised:
-            create(config, SourceContext(settings=load_settings(None), queue=queue))
+            create(config, SourceContext(settings=load_settings(None, ingest={"allow_unauthenticated": True}), queue=queue))
         assert message in str(raised.value)
     finally:
         await queue.close()
@@ -219,7 +219,7 @@ async def test_invalid_rules_are_configuration_errors(tmp_path: Path, change: di
 @pytest.mark.parametrize("example", ["bridge.yaml", "circleci.yaml", "buildkite.yaml", "azure-devops.yaml"])
 async def test_example_configurations_build(tmp_path: Path, example: str) -> None:
     settings = load_settings(EXAMPLES / example) if example == "bridge.yaml" else load_settings(
-        None, sources=yaml.safe_load((EXAMPLES / example).read_text())["sources"])
+        None, ingest={"allow_unauthenticated": True}, sources=yaml.safe_load((EXAMPLES / example).read_text())["sources"])
     queue = await DurableQueue.open(tmp_path / "q.db")
     try:
         built = build_sources(settings.sources, SourceContext(settings=settings, queue=queue))

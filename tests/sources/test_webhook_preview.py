@@ -20,6 +20,7 @@ def config(tmp_path: Path) -> Path:
     path = tmp_path / "bridge.yaml"
     path.write_text(yaml.safe_dump({
         "queue": {"path": str(tmp_path / "queue.db")},
+        "ingest": {"token": "ingest-token"},
         "sources": [
             {"name": "github", "type": "github", "secrets": [SECRET],
              "entity": {"static": {"Codertocat/Hello-World": "hello-world"}}},

@@ -79,7 +79,10 @@ async def test_documented_vector_passes_authentication_over_http(start_bridge: S
 @pytest.mark.parametrize(("signature", "error"), [
     (None, "authentication failed: missing X-Hub-Signature-256 header"),
     ("sha256=" + "0" * 64, "authentication failed: X-Hub-Signature-256 does not match"),
-    (f"sha1={GITHUB_VECTOR}", "authentication failed: X-Hub-Signature-256 does not match"),
+    # A malformed signature is refused from the headers alone, before the body is read.
+    (f"sha1={GITHUB_VECTOR}",
+     "authentication failed: X-Hub-Signature-256 is not a sha256=<sha256 hex digest> signature"),
+    ("sha256=" + "0" * 63, "authentication failed: X-Hub-Signature-256 is not a sha256=<sha256 hex digest> signature"),
     ("", "authentication failed: missing X-Hub-Signature-256 header"),
 ])
 async def test_missing_or_invalid_signature_is_refused(start_bridge: StartBridge, signature: str | None,
@@ -127,7 +130,7 @@ async def test_source_without_secret_is_a_configuration_error(tmp_path: Path) ->
     queue = await DurableQueue.open(tmp_path / "q.db")
     try:
         with pytest.raises(SourceConfigError) as raised:
-            create({"name": "github", "type": "github"}, SourceContext(settings=load_settings(None), queue=queue))
+            create({"name": "github", "type": "github"}, SourceContext(settings=load_settings(None, ingest={"allow_unauthenticated": True}), queue=queue))
         assert str(raised.value) == ("source 'github': set `secrets` or `secret_files` "
                                      "(or `allow_unauthenticated: true`)")
     finally:

@@ -118,6 +118,7 @@ app.kubernetes.io/part-of: cortex-bridge
 {{- if .Values.secrets.ingestTokenKey }}
 {{- $ingest := deepCopy (default (dict) $cfg.ingest) }}
 {{- $_ = set $ingest "token_file" (printf "%s/%s" $secretsDir .Values.secrets.ingestTokenKey) }}
+{{- $_ = unset $ingest "allow_unauthenticated" }}
 {{- $_ = set $cfg "ingest" $ingest }}
 {{- end }}
 {{- toYaml $cfg }}
@@ -139,8 +140,21 @@ app.kubernetes.io/part-of: cortex-bridge
 {{- end }}
 {{- end }}
 
+{{/* "true" when an Ingress path prefix reaches POST /v1/records. */}}
+{{- define "cortex-bridge.ingressRoutesRecords" -}}
+{{- range .Values.ingress.paths }}
+{{- if has (trimSuffix "/" (toString .)) (list "" "/v1" "/v1/records") }}true{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Checks that JSON Schema cannot express. */}}
 {{- define "cortex-bridge.validate" -}}
+{{- if and (not .Values.secrets.ingestTokenKey) (not (and .Values.config.ingest .Values.config.ingest.allow_unauthenticated)) }}
+{{- fail "POST /v1/records has no credentials: set secrets.ingestTokenKey (a key of the Secret holding its bearer token) or config.ingest.allow_unauthenticated: true" }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.secrets.ingestTokenKey) (include "cortex-bridge.ingressRoutesRecords" .) }}
+{{- fail "ingress.paths routes POST /v1/records, which takes no token: set secrets.ingestTokenKey, or remove /v1/records from ingress.paths (e.g. --set 'ingress.paths={/webhooks}')" }}
+{{- end }}
 {{- if and (not .Values.secrets.existingSecret) .Values.secrets.ingestTokenKey (not (hasKey .Values.secrets.data .Values.secrets.ingestTokenKey)) }}
 {{- fail (printf "secrets.ingestTokenKey is %q but secrets.data has no such key (and no secrets.existingSecret is set)" .Values.secrets.ingestTokenKey) }}
 {{- end }}
