@@ -25,7 +25,8 @@ from bridge.cortex.catalog import RepositoryCatalog
 from bridge.cortex.client import CortexClient
 from bridge.cortex.token import token_expiry
 from bridge.queue import DurableQueue
-from bridge.sender.bucket import TokenBucket
+from bridge.queue.spend import QueueSpendLog
+from bridge.sender.bucket import WINDOW_SECONDS, TokenBucket
 from bridge.sender.sender import Sender
 from bridge.sources.admit import error_response
 from bridge.sources.base import Source, SourceContext
@@ -61,13 +62,18 @@ class Bridge:
             max_bytes=settings.queue.max_bytes,
             history_seconds=settings.queue.delivered_history_seconds,
         )
-        bucket = TokenBucket(settings.cortex.rate_limit_per_minute, settings.cortex.burst)
+        cortex = settings.cortex
+        # What earlier processes sent in the current window is in the queue database: a
+        # restart inside a minute must not start with a fresh budget (bucket.py).
+        spend_log = QueueSpendLog(queue, keep_seconds=WINDOW_SECONDS + cortex.request_timeout_seconds + 60)
+        bucket = TokenBucket(cortex.rate_limit_per_minute, cortex.burst, spend_log=spend_log,
+                             request_timeout_seconds=cortex.request_timeout_seconds)
         client = CortexClient(
-            settings.cortex.url,
-            settings.cortex.token_value,
+            cortex.url,
+            cortex.token_value,
             bucket,
-            timeout_seconds=settings.cortex.request_timeout_seconds,
-            max_connections=settings.cortex.max_concurrency + 2,
+            timeout_seconds=cortex.request_timeout_seconds,
+            max_connections=cortex.max_concurrency + 2,
         )
         sender = Sender(queue, client, settings.cortex, settings.retry)
         bridge = cls(settings, queue, client, sender, [])

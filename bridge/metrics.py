@@ -86,6 +86,11 @@ RATE_LIMIT_PAUSES = Counter("cortex_bridge_rate_limit_pauses", "429 answers that
 RATE_LIMIT_PAUSE_SECONDS = Counter(
     "cortex_bridge_rate_limit_pause_seconds", "Seconds all sending was paused by Retry-After."
 )
+RATE_LIMIT_SPEND_LOG_ERRORS = Counter(
+    "cortex_bridge_rate_limit_spend_log_errors",
+    "Requests sent although their send could not be recorded in the queue database "
+    "(a restart within a minute may then exceed the quota).",
+)
 
 # Process ------------------------------------------------------------------------------------
 READY = Gauge("cortex_bridge_ready", "1 when /readyz answers 200.")
