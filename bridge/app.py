@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from bridge import metrics
 from bridge.config import Settings
 from bridge.cortex.catalog import RepositoryCatalog
+from bridge.cortex.circuit import CircuitBreaker
 from bridge.cortex.client import CortexClient
 from bridge.cortex.token import token_expiry
 from bridge.queue import DurableQueue
@@ -68,12 +69,15 @@ class Bridge:
         spend_log = QueueSpendLog(queue, keep_seconds=WINDOW_SECONDS + cortex.request_timeout_seconds + 60)
         bucket = TokenBucket(cortex.rate_limit_per_minute, cortex.burst, spend_log=spend_log,
                              request_timeout_seconds=cortex.request_timeout_seconds)
+        circuit = CircuitBreaker(cortex.circuit_failure_threshold, cortex.circuit_open_seconds,
+                                 cortex.circuit_max_open_seconds)
         client = CortexClient(
             cortex.url,
             cortex.token_value,
             bucket,
             timeout_seconds=cortex.request_timeout_seconds,
             max_connections=cortex.max_concurrency + 2,
+            circuit=circuit,
         )
         sender = Sender(queue, client, settings.cortex, settings.retry)
         bridge = cls(settings, queue, client, sender, [])

@@ -54,6 +54,18 @@ class CortexSettings(_Section):
     reconcile_ambiguous: bool = Field(
         True, description="Read back from Cortex before resending a request whose outcome is unknown."
     )
+    circuit_failure_threshold: int = Field(
+        5, ge=1, le=1000,
+        description="Consecutive connection failures, timeouts or 5xx answers that open the circuit breaker: "
+        "then nothing is sent to Cortex but one probe request per interval.",
+    )
+    circuit_open_seconds: float = Field(
+        1.0, gt=0, description="First interval the circuit breaker stays open before a probe (doubles after each "
+        "failed probe; each interval is drawn from 50-100 % of that for jitter).",
+    )
+    circuit_max_open_seconds: float = Field(
+        30.0, gt=0, description="Longest interval the circuit breaker stays open between probes.",
+    )
 
     def token_value(self) -> str | None:
         return read_secret(self.token, self.token_file)
