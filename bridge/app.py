@@ -22,11 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from bridge import metrics
 from bridge.config import Settings, redact_url
 from bridge.cortex.catalog import RepositoryCatalog
+from bridge.cortex.circuit import CircuitBreaker
 from bridge.cortex.client import CortexClient
 from bridge.cortex.token import token_expiry
 from bridge.edge import BodyBudget, EdgeRunner
 from bridge.queue import DurableQueue
-from bridge.sender.bucket import TokenBucket
+from bridge.queue.spend import QueueSpendLog
+from bridge.sender.bucket import WINDOW_SECONDS, TokenBucket
 from bridge.sender.sender import Sender
 from bridge.sources.admit import error_response
 from bridge.sources.base import Source, SourceContext
@@ -65,13 +67,21 @@ class Bridge:
             history_seconds=settings.queue.delivered_history_seconds,
             settle_seconds=settings.cortex.reconcile_settle_seconds,
         )
-        bucket = TokenBucket(settings.cortex.rate_limit_per_minute, settings.cortex.burst)
+        cortex = settings.cortex
+        # What earlier processes sent in the current window is in the queue database: a
+        # restart inside a minute must not start with a fresh budget (bucket.py).
+        spend_log = QueueSpendLog(queue, keep_seconds=WINDOW_SECONDS + cortex.request_timeout_seconds + 60)
+        bucket = TokenBucket(cortex.rate_limit_per_minute, cortex.burst, spend_log=spend_log,
+                             request_timeout_seconds=cortex.request_timeout_seconds)
+        circuit = CircuitBreaker(cortex.circuit_failure_threshold, cortex.circuit_open_seconds,
+                                 cortex.circuit_max_open_seconds)
         client = CortexClient(
-            settings.cortex.url,
-            settings.cortex.token_value,
+            cortex.url,
+            cortex.token_value,
             bucket,
-            timeout_seconds=settings.cortex.request_timeout_seconds,
-            max_connections=settings.cortex.max_concurrency + 2,
+            timeout_seconds=cortex.request_timeout_seconds,
+            max_connections=cortex.max_concurrency + 2,
+            circuit=circuit,
         )
         sender = Sender(queue, client, settings.cortex, settings.retry)
         bridge = cls(settings, queue, client, sender, [],

@@ -76,6 +76,18 @@ class CortexSettings(_Section):
         "longer than any request can live at Cortex after the client gave up (must exceed "
         "request_timeout_seconds).",
     )
+    circuit_failure_threshold: int = Field(
+        5, ge=1, le=1000,
+        description="Consecutive connection failures, timeouts or 5xx answers that open the circuit breaker: "
+        "then nothing is sent to Cortex but one probe request per interval.",
+    )
+    circuit_open_seconds: float = Field(
+        1.0, gt=0, description="First interval the circuit breaker stays open before a probe (doubles after each "
+        "failed probe; each interval is drawn from 50-100 % of that for jitter).",
+    )
+    circuit_max_open_seconds: float = Field(
+        30.0, gt=0, description="Longest interval the circuit breaker stays open between probes.",
+    )
 
     @model_validator(mode="after")
     def _settle_after_timeout(self) -> CortexSettings:

@@ -99,6 +99,19 @@ RATE_LIMIT_PAUSES = Counter("cortex_bridge_rate_limit_pauses", "429 answers that
 RATE_LIMIT_PAUSE_SECONDS = Counter(
     "cortex_bridge_rate_limit_pause_seconds", "Seconds all sending was paused by Retry-After."
 )
+RATE_LIMIT_SPEND_LOG_ERRORS = Counter(
+    "cortex_bridge_rate_limit_spend_log_errors",
+    "Requests sent although their send could not be recorded in the queue database "
+    "(a restart within a minute may then exceed the quota).",
+)
+CORTEX_CIRCUIT_STATE = Gauge(
+    "cortex_bridge_cortex_circuit_state",
+    "Circuit breaker in front of Cortex: 0 closed, 1 open (nothing is sent), 2 half-open (one probe).",
+)
+CORTEX_CIRCUIT_OPENS = Counter(
+    "cortex_bridge_cortex_circuit_opens",
+    "Times the Cortex circuit breaker opened (consecutive failures or 5xx, or a failed probe).",
+)
 
 # Process ------------------------------------------------------------------------------------
 READY = Gauge("cortex_bridge_ready", "1 when /readyz answers 200.")

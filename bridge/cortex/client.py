@@ -4,6 +4,11 @@ Every request takes a permit from the shared :class:`TokenBucket`, and a 429 pau
 for ``Retry-After`` before the answer is returned. Failures are sorted by what they mean for
 delivery: :class:`NotSent` (safe to resend) versus :class:`Ambiguous` (the request may have been
 stored; a non-idempotent write must be read back before any resend).
+
+Every request also passes the process-wide :class:`~bridge.cortex.circuit.CircuitBreaker`:
+while it is open nothing is sent and :meth:`CortexClient.request` raises :class:`NotSent` at
+once (callers that should wait instead, like the sender's workers, wait on
+``client.circuit.wait_ready()`` first).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from bridge import metrics
+from bridge.cortex.circuit import CircuitBreaker
 from bridge.sender.bucket import Permit, TokenBucket
 
 USER_AGENT = "cortex-bridge/0.1"
@@ -77,10 +83,12 @@ class CortexClient:
         *,
         timeout_seconds: float = 30.0,
         max_connections: int = 16,
+        circuit: CircuitBreaker | None = None,
     ) -> None:
         self.base_url = base_url.strip().strip("'\"").rstrip("/")
         self._token = token
         self.bucket = bucket
+        self.circuit = circuit if circuit is not None else CircuitBreaker()
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, connect=min(10.0, timeout_seconds))
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -115,9 +123,21 @@ class CortexClient:
         body: Any = None,
         permit: Permit | None = None,
     ) -> CortexResponse:
-        """Send one request under the rate limit; ``endpoint`` labels metrics (no ids in it)."""
-        if permit is None:
-            permit = await self.bucket.acquire()
+        """Send one request under the rate limit; ``endpoint`` labels metrics (no ids in it).
+
+        Raises :class:`NotSent` without sending when the circuit breaker is open.
+        """
+        attempt = self.circuit.admit()
+        if attempt is None:
+            if permit is not None:
+                permit.cancel()
+            raise NotSent(f"Cortex circuit breaker is open (next probe in {self.circuit.open_for:.1f} s)")
+        try:
+            if permit is None:
+                permit = await self.bucket.acquire()
+        except BaseException:
+            attempt.abandoned()
+            raise
         headers = {}
         token = self._token()
         if token:
@@ -140,17 +160,25 @@ class CortexClient:
                 if resp.status == 429:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"), parsed)
                     self.bucket.pause(retry_after)
+                if resp.status >= 500:
+                    attempt.failed()
+                else:
+                    attempt.succeeded()  # 4xx and 429 too: Cortex is up and answering
                 return CortexResponse(resp.status, parsed, retry_after)
         except aiohttp.ClientConnectorError as exc:
             status_label = "connect_error"
+            attempt.failed()
             raise NotSent(f"cannot connect to Cortex: {exc.os_error or exc}") from exc
         except TimeoutError as exc:
             status_label = "timeout"
+            attempt.failed()
             raise Ambiguous("no answer from Cortex within the request timeout") from exc
         except aiohttp.ClientError as exc:
             status_label = "connection_lost"
+            attempt.failed()
             raise Ambiguous(f"connection to Cortex lost: {type(exc).__name__}: {exc}") from exc
         finally:
+            attempt.abandoned()  # no-op once an outcome was reported (cancelled, or a bug)
             permit.done()
             metrics.CORTEX_REQUESTS.labels(endpoint, status_label).inc()
             metrics.CORTEX_REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)

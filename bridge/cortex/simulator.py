@@ -102,6 +102,10 @@ class SimulatorConfig(BaseModel):
     rate_limit_per_minute: int = Field(
         default=1000, ge=0, description="Admitted requests per sliding 60 s; 0 = no limit."
     )
+    rate_limit_window_seconds: float = Field(
+        default=_WINDOW_SECONDS, gt=0,
+        description="Length of the sliding window (Cortex: 60 s; shorter only to test quotas quickly).",
+    )
     faults: SimFaults = SimFaults()
 
     @classmethod
@@ -111,23 +115,23 @@ class SimulatorConfig(BaseModel):
 
 
 class SlidingWindow:
-    """Arrival times of admitted requests in the last 60 s: the rate limit Cortex enforces."""
+    """Arrival times of admitted requests in the last window (60 s): the rate limit Cortex enforces."""
 
     def __init__(self) -> None:
         self._admitted: deque[float] = deque()
 
-    def admit(self, now: float, limit: int) -> int | None:
+    def admit(self, now: float, limit: int, window: float = _WINDOW_SECONDS) -> int | None:
         """Admit a request arriving at ``now`` (None), or return the whole seconds until one would be."""
         if limit <= 0:
             return None
-        while self._admitted and self._admitted[0] <= now - _WINDOW_SECONDS:
+        while self._admitted and self._admitted[0] <= now - window:
             self._admitted.popleft()
         if len(self._admitted) < limit:
             self._admitted.append(now)
             return None
         # The window admits again once this entry, and all older ones, have left it.
         blocking = self._admitted[len(self._admitted) - limit]
-        return max(1, math.ceil(blocking + _WINDOW_SECONDS - now))
+        return max(1, math.ceil(blocking + window - now))
 
     def clear(self) -> None:
         """Forget all admitted requests."""
@@ -322,7 +326,8 @@ async def _gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespo
     forced_429, fails = clock.next_request()
     # Whatever is answered other than 429 (401 and 503 too) counts against the window, so the
     # request log is an exact audit of the limit.
-    retry_after = 1 if forced_429 else server._window.admit(arrived, server.config.rate_limit_per_minute)
+    retry_after = 1 if forced_429 else server._window.admit(
+        arrived, server.config.rate_limit_per_minute, server.config.rate_limit_window_seconds)
     if retry_after is not None and faults.retry_after_seconds is not None:
         retry_after = faults.retry_after_seconds
     if faults.latency_ms > 0:

@@ -22,7 +22,7 @@ class State(IntEnum):
     CLAIMED = 3  #: claimed for an idempotent request: safe to resend after a crash
 
 
-SCHEMA_VERSION = 2  #: 2: ``totals`` kept by triggers
+SCHEMA_VERSION = 3  #: 2: ``totals`` kept by triggers; 3: ``spend`` (requests sent to Cortex, bridge/queue/spend.py)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS records (
@@ -139,6 +139,20 @@ COMMIT;
 """
 
 
+# Version 3, additive: the wall-clock send times of recent Cortex requests, so a restarted process
+# knows what its predecessors spent of the current rate-limit window (bridge/queue/spend.py).
+_SPEND = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS spend (
+    n INTEGER PRIMARY KEY,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spend_at ON spend (sent_at);
+UPDATE meta SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2');
+COMMIT;
+"""
+
+
 def connect(path: str) -> sqlite3.Connection:
     """Open the queue database with the settings durability depends on."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -159,6 +173,8 @@ def connect(path: str) -> sqlite3.Connection:
     )
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'dead_out'").fetchone() is None:
         conn.executescript(_TOTALS)  # new file, or a version-1 file: count once, then keep counting
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'spend'").fetchone() is None:
+        conn.executescript(_SPEND)  # new file, or a version-1/2 file
     return conn
 
 

@@ -147,20 +147,27 @@ class Sender:
     async def _work_once(self, idle: bool) -> bool:
         """Claim and send one batch; returns whether the queue had nothing ready."""
         await self._auth_ok.wait()
+        # Cortex down: wait here, before a permit or a claim, as for the token. In half-open this
+        # reserves the one probe for this worker; each way out that sends nothing releases it.
+        circuit = self.client.circuit
+        await circuit.wait_ready()
         seen = self._generation
         if idle and self.cortex.linger_ms:
             await asyncio.sleep(self.cortex.linger_ms / 1000)  # let a burst coalesce
         permit = await self.client.bucket.acquire()
         if self._stopping or not self._auth_ok.is_set():
             permit.cancel()
+            circuit.release()
             return idle
         try:
             batch = await self.queue.claim(POLICY)
         except BaseException:
             permit.cancel()
+            circuit.release()
             raise
         if not batch:
             permit.cancel()
+            circuit.release()
             await self._wait_for_work(seen)
             return True
         self._in_flight += 1
@@ -170,6 +177,7 @@ class Sender:
             await self._recover(batch, exc)
         finally:
             self._in_flight -= 1
+            circuit.release()  # a no-op once the probe was sent
         return False
 
     async def _recover(self, batch: list[QueuedRecord], exc: Exception) -> None:

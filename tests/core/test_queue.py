@@ -10,7 +10,7 @@ import pytest
 
 from bridge.queue import BatchPolicy, DurableQueue, QueueFull, QueueUnavailable, inspect
 from bridge.queue.poison import RawInput, dead_letter_raw
-from bridge.queue.schema import State
+from bridge.queue.schema import SCHEMA_VERSION, State
 from bridge.records import Record
 from bridge.sources.native import parse_native
 
@@ -244,8 +244,8 @@ async def test_totals_are_computed_once_for_a_queue_file_from_before_them(tmp_pa
     batch = await queue.claim(POLICY)
     await queue.dead_letter([batch[0].seq], reason="rejected", detail="400", status=400)
     await queue.close()
-    conn = sqlite3.connect(db)  # make it look like a version-1 file: no totals, no triggers
-    conn.executescript("DROP TABLE totals; DROP TRIGGER records_in; DROP TRIGGER records_out;"
+    conn = sqlite3.connect(db)  # make it look like a version-1 file: no totals, no triggers, no spend
+    conn.executescript("DROP TABLE totals; DROP TABLE spend; DROP TRIGGER records_in; DROP TRIGGER records_out;"
                        " DROP TRIGGER records_resized; DROP TRIGGER dead_in; DROP TRIGGER dead_out;"
                        " UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     conn.close()
@@ -253,7 +253,7 @@ async def test_totals_are_computed_once_for_a_queue_file_from_before_them(tmp_pa
     reopened = await open_queue(tmp_path)
     assert reopened.depth == 4 == counted(db)[0]
     assert (await reopened.stats())["dead_letters"] == 1
-    assert (await reopened.query("SELECT value FROM meta WHERE key = 'schema_version'")) == [("2",)]
+    assert (await reopened.query("SELECT value FROM meta WHERE key = 'schema_version'")) == [(str(SCHEMA_VERSION),)]
     await reopened.append([metric(10)])
     assert reopened.depth == 5 == counted(db)[0]
     await reopened.close()
