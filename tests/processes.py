@@ -64,8 +64,11 @@ class BridgeProcess:
             "retry": {"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
             "http": {"host": "127.0.0.1", "port": self.port},
             "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
-            "ingest": {"allow_unauthenticated": True},  # tests post to /v1/records without a token
+            # tests post to /v1/records without a token, unless they configure ingest themselves
+            "ingest": {"allow_unauthenticated": True},
         }
+        if "ingest" in extra:
+            settings.pop("ingest")  # a token and the opt-out together are a configuration error
         self.settings = merge(settings, extra)
         self.config.write_text(yaml.safe_dump(self.settings))
         self.proc: subprocess.Popen[bytes] | None = None

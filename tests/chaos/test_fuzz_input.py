@@ -195,8 +195,9 @@ def test_fuzzed_headers_get_the_documented_status_and_refusals_store_nothing(
         headers["Idempotency-Key"] = key
     before = target.depth()
     status, answer = target.post(body, headers)
-    # A header value's surrounding whitespace is not part of it (RFC 9110 §5.5).
-    authorized = token is not None and f"{scheme} {token}".strip() == f"Bearer {TOKEN}"
+    # A header value's surrounding whitespace is not part of it (RFC 9110 §5.5), and an auth
+    # scheme is case-insensitive (RFC 9110 §11.1).
+    authorized = token is not None and scheme.lower() == "bearer" and token.strip() == TOKEN
     if not authorized:
         assert status == 401, (status, answer)
     elif len(body) > MAX_BODY:

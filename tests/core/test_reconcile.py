@@ -111,8 +111,10 @@ def writes(kind: str, n: int) -> list[dict[str, Any]]:
 async def run_slow_cortex(make_bridge: BridgeFactory, settle: float) -> dict[str, Any]:
     """Cortex holds every write 2.5 s, then stores it; the bridge gives up after 1 s."""
     async with SimulatorServer(sim_config(faults=SimFaults(commit_delay_ms=2500))) as sim:
+        # The circuit breaker stays out of it: opened by the timeouts, it would delay the read-backs
+        # past the commit and hide what the settle time alone does.
         bridge = await make_bridge(sim, cortex={"request_timeout_seconds": 1.0, "reconcile_settle_seconds": settle,
-                                                "max_concurrency": 4})
+                                                "max_concurrency": 4, "circuit_failure_threshold": 1000})
         records = [r for n in range(3) for kind in ("deploy", "event", "metric") for r in writes(kind, n)]
         status, _ = await post_records(bridge, {"records": records})
         assert status == 202
