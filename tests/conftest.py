@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -115,3 +117,15 @@ async def post_records(bridge: Bridge, body: Any, *, headers: dict[str, str] | N
             return resp.status, await resp.json(content_type=None)
         except ValueError:
             return resp.status, await resp.text()
+
+
+def hostile_json(document: Any) -> bytes:
+    """JSON as a careless or hostile producer sends it: NaN/Infinity tokens allowed, lone
+    surrogates as ``\\ud800`` escapes (which every JSON parser decodes), nesting of ~1000 levels
+    (the C encoder recurses per level, so it gets a little more stack than the default)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 5000))
+    try:
+        return json.dumps(document, allow_nan=True).encode()
+    finally:
+        sys.setrecursionlimit(limit)

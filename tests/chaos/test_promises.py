@@ -12,8 +12,6 @@ and rejects one marked body.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 import uuid
 from collections import Counter
@@ -28,7 +26,7 @@ from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY, MAX_JSON_DEPTH
 from tests.chaos.conftest import make_record, scaled
-from tests.conftest import BridgeFactory, sim_config, sim_state, wait_until
+from tests.conftest import BridgeFactory, hostile_json, sim_config, sim_state, wait_until
 
 POISON = "cortex-says-no"
 #: What each kind of input must end as: "delivered", or the dead-letter reason.
@@ -82,14 +80,6 @@ batches = st.lists(
     min_size=15, max_size=scaled(30, 120))
 
 
-def encode(body: Any) -> bytes:
-    # allow_nan: the NaN token is what a careless producer sends; deep nesting needs more stack.
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 5000))
-    try:
-        return json.dumps(body, allow_nan=True).encode()
-    finally:
-        sys.setrecursionlimit(limit)
 
 
 def delivered_copies(state: dict[str, Any], acked: dict[str, tuple[str, str, dict[str, Any]]]) -> Counter[str]:
@@ -139,7 +129,7 @@ async def test_every_acknowledged_record_ends_delivered_once_or_dead_lettered_wi
                 for kind, shape in batch:
                     n += 1
                     records.append((kind, shape, build(kind, shape, n)))
-                body = encode({"records": [r for _, _, r in records]})
+                body = hostile_json({"records": [r for _, _, r in records]})
                 async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
                     answer = await resp.json(content_type=None)
                     hostile = any(shape in HOSTILE for _, shape, _ in records)

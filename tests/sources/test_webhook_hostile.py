@@ -5,7 +5,6 @@ or a 4xx with a reason — never a 5xx — and whatever was accepted reads back 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.records import record_from_json
+from tests.conftest import hostile_json
 from tests.sources._webhook_support import Running, StartBridge, fixture_json, records_for
 from tests.sources.test_webhook_fuzz import FIXTURES_BY_SOURCE, SOURCES, credentials, paths
 
@@ -37,15 +37,6 @@ def hostile(draw: st.DrawFn) -> Any:
     return value
 
 
-def encode(document: Any) -> bytes:
-    # ensure_ascii: a surrogate travels as a \\ud800 escape, which every JSON parser decodes.
-    # The C encoder recurses per level; 900 levels need a little more stack than the default.
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 5000))
-    try:
-        return json.dumps(document, allow_nan=True).encode()
-    finally:
-        sys.setrecursionlimit(limit)
 
 
 _REACHING: dict[str, list[tuple[Any, ...]]] = {}
@@ -56,7 +47,7 @@ async def reaching_paths(target: Running, source: str, event: str | None, fixtur
     reaches a record (title, sha, customData ...), found by mapping the unmodified payload."""
     if fixture not in _REACHING:
         document = fixture_json(fixture)
-        body = encode(document)
+        body = hostile_json(document)
         headers = {"X-GitHub-Event" if source == "github" else "X-Gitlab-Event": event} if event else {}
         try:
             mapped = json.dumps(await records_for(target, source, body, headers))
@@ -98,7 +89,7 @@ async def test_signed_hostile_payloads_get_2xx_or_4xx_and_what_is_accepted_reads
         if isinstance(parent, dict) or (isinstance(parent, list) and isinstance(path[-1], int)
                                         and path[-1] < len(parent)):
             parent[path[-1]] = data.draw(hostile())  # (an earlier change may have replaced the parent)
-    body = encode(document)
+    body = hostile_json(document)
     headers = credentials(source, body)
     if event is not None:
         headers["X-GitHub-Event" if source == "github" else "X-Gitlab-Event"] = event
