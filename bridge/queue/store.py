@@ -362,20 +362,14 @@ class DurableQueue:
         """One lane's claim; ``None`` when nothing is due, ``[]`` when all it had was unreadable."""
         conn = self.conn
         held = sorted(policy.hold_ambiguous_lanes)
-        if held:
-            # Cheap when nothing is ambiguous: the subquery is a search of the (state, ...) index.
-            head = conn.execute(
-                "SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ? AND lane NOT IN"
-                f" (SELECT lane FROM records WHERE state = ? AND kind IN ({','.join('?' * len(held))}))"
-                " ORDER BY next_attempt_at, seq LIMIT 1",
-                (State.READY, now, State.AMBIGUOUS, *held),
-            ).fetchone()
-        else:
-            head = conn.execute(
-                "SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, seq LIMIT 1",
-                (State.READY, now),
-            ).fetchone()
+        # Cheap when nothing is ambiguous: the subquery is a search of the (state, ...) index.
+        hold = (f" AND lane NOT IN (SELECT lane FROM records WHERE state = ? AND kind IN ({','.join('?' * len(held))}))"
+                if held else "")
+        head = conn.execute(
+            f"SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ?{hold}"
+            " ORDER BY next_attempt_at, seq LIMIT 1",
+            (State.READY, now, *((State.AMBIGUOUS, *held) if held else ())),
+        ).fetchone()
         if head is None:
             return None
         lane, kind = head
@@ -411,19 +405,18 @@ class DurableQueue:
                 out.append(QueuedRecord(r[0], record_from_json(r[1]), r[2], r[3], r[4]))
             except Exception as exc:  # whatever it is, it must not stop the sender
                 detail = f"stored record does not read back: {describe_invalid(exc)}"
-                lost = self.conn.execute("SELECT id, kind, source FROM records WHERE seq = ?", (r[0],)).fetchone()
-                self._move_to_dead([r[0]], UNREADABLE, detail, None)
-                if lost is not None:
-                    unreadable.append(Unreadable(str(lost[0]), str(lost[1]), str(lost[2]), detail))
+                for rid, kind, source in self._move_to_dead([r[0]], UNREADABLE, detail, None):
+                    unreadable.append(Unreadable(rid, kind, source, detail))
         return out
 
     async def next_due_at(self) -> float | None:
         """When the earliest READY record becomes due (None when there is none)."""
-        return await self._run(self._next_due_sync)
+        return await self._run(self._earliest_sync, State.READY)
 
-    def _next_due_sync(self) -> float | None:
+    def _earliest_sync(self, state: State) -> float | None:
+        """The earliest ``next_attempt_at`` of records in ``state`` (for AMBIGUOUS: settle time)."""
         row = self.conn.execute(
-            "SELECT MIN(next_attempt_at) FROM records WHERE state = ?", (State.READY,)
+            "SELECT MIN(next_attempt_at) FROM records WHERE state = ?", (state,)
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -535,13 +528,7 @@ class DurableQueue:
 
     async def next_settled_at(self) -> float | None:
         """When the earliest ambiguous record may be read back (None when there is none)."""
-        return await self._run(self._next_settled_sync)
-
-    def _next_settled_sync(self) -> float | None:
-        row = self.conn.execute(
-            "SELECT MIN(next_attempt_at) FROM records WHERE state = ?", (State.AMBIGUOUS,)
-        ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        return await self._run(self._earliest_sync, State.AMBIGUOUS)
 
     async def dead_letter(self, seqs: Sequence[int], *, reason: str, detail: str, status: int | None) -> None:
         """Move records to the dead-letter set: they will not be retried unless replayed."""
@@ -552,10 +539,13 @@ class DurableQueue:
             self._move_to_dead(seqs, reason, detail, status)
         self._recount_sync()
 
-    def _move_to_dead(self, seqs: list[int], reason: str, detail: str, status: int | None) -> None:
-        """Move records to ``dead`` (inside the caller's transaction)."""
+    def _move_to_dead(
+        self, seqs: list[int], reason: str, detail: str, status: int | None
+    ) -> list[tuple[str, str, str]]:
+        """Move records to ``dead`` (inside the caller's transaction); returns (id, kind, source) of each."""
         conn = self.conn
         now = time.time()
+        moved: list[tuple[str, str, str]] = []
         for seq in seqs:
             row = conn.execute(
                 "SELECT id, kind, lane, source, body, size, received_at, attempts FROM records WHERE seq = ?",
@@ -569,6 +559,8 @@ class DurableQueue:
                 (*row, reason, detail[:4000], status, now),
             )
             conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+            moved.append((str(row[0]), str(row[1]), str(row[3])))
+        return moved
 
     async def dead_letter_input(
         self, records: Sequence[Record], *, reason: str, detail: str

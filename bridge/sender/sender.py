@@ -407,10 +407,14 @@ class Sender:
                 if not self.cortex.reconcile_ambiguous:
                     await self._resend_ambiguous()
                     continue
+                # Cortex down: wait for it (and, half-open, be the probe) rather than fail reads.
+                await self.client.circuit.wait_ready()
                 _, left = await reconcile_ambiguous(self.queue, self.client)
             except Exception as exc:
                 log.error("reconcile_failed", error=repr(exc))
                 left = 1
+            finally:
+                self.client.circuit.release()  # a no-op unless a reservation went unused
             if left:
                 # Reads failed (Cortex down?) or a lane moved while read: try again later, backing off.
                 await asyncio.sleep(delay)
