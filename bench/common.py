@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 BENCH_DIR = Path(__file__).parent
 

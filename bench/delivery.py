@@ -46,11 +46,11 @@ from typing import Any
 from bench.common import Row, table
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex import simulator
-from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.budget import TokenBucket
+from bridge.cortex.simulator import server as simulator
+from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
 from bridge.logs import configure_logging
 from bridge.queue import DurableQueue
-from bridge.sender.bucket import TokenBucket
 from bridge.sources.native import parse_native
 from tests.conftest import SIM_TOKEN
 

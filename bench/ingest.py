@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import NATIVE_EVENT_LUA, Child, Row, native_event_size, profile, run_wrk, stopping
-from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
 from tests.chaos.conftest import queue_stats
 from tests.conftest import SIM_TOKEN
-from tests.processes import BridgeProcess
+from tests.support.paths import FIXTURES
+from tests.support.processes import BridgeProcess
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github" / "deployment_status.success.json"
+FIXTURE = FIXTURES / "webhooks" / "github" / "deployment_status.success.json"
 GITHUB_SECRET = "bench-webhook-secret"
 PLACEHOLDER = 987_654_321_000
 

@@ -41,8 +41,8 @@ from bridge.logs import configure_logging
 from bridge.queue import DurableQueue
 from bridge.records import Record
 from bridge.sources.base import SourceContext
-from bridge.sources.kafka import KafkaSource
-from bridge.sources.kafka_settings import KafkaSourceSettings
+from bridge.sources.kafka.settings import KafkaSourceSettings
+from bridge.sources.kafka.source import KafkaSource
 from bridge.sources.native import parse_native
 
 GROUP_TIMINGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}

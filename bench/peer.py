@@ -27,8 +27,8 @@ import aiohttp
 
 from bench.common import NATIVE_EVENT_LUA, Child, Row, run_wrk, stopping, table
 from bench.ingest import PRODUCTION_CORTEX, durable_total, sim_for_bench
-from bridge.cortex.simulator import SimulatorServer
-from tests.processes import BridgeProcess
+from bridge.cortex.simulator.server import SimulatorServer
+from tests.support.processes import BridgeProcess
 
 
 async def sink_count(sink: Child) -> int:

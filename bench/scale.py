@@ -34,11 +34,11 @@ import psutil
 
 from bench.common import Row, table
 from bench.delivery import ENTITIES, METRIC_KEYS
-from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
 from bridge.queue import DurableQueue
 from bridge.sender.sender import POLICY
 from bridge.sources.native import parse_native
-from tests.processes import BridgeProcess
+from tests.support.processes import BridgeProcess
 
 BASE_TS = int(time.time()) - 10 * 86400
 

@@ -21,17 +21,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from bridge import metrics
 from bridge.config import Settings, redact_url
+from bridge.cortex.budget import WINDOW_SECONDS, TokenBucket
 from bridge.cortex.catalog import RepositoryCatalog
 from bridge.cortex.circuit import CircuitBreaker
 from bridge.cortex.client import CortexClient
 from bridge.cortex.token import token_expiry
-from bridge.edge import BodyBudget, EdgeRunner
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
-from bridge.sender.bucket import WINDOW_SECONDS, TokenBucket
 from bridge.sender.sender import Sender
 from bridge.sources.admit import error_response
 from bridge.sources.base import Source, SourceContext
+from bridge.sources.edge import BodyBudget, EdgeRunner
 from bridge.sources.native import NativeEndpoint
 from bridge.sources.registry import build_sources
 

@@ -107,8 +107,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _verify_token(settings: Settings) -> int:
+    from bridge.cortex.budget import TokenBucket
     from bridge.cortex.client import CortexClient, NotSent
-    from bridge.sender.bucket import TokenBucket
 
     async def verify() -> int:
         bucket = TokenBucket(settings.cortex.rate_limit_per_minute, settings.cortex.burst)
@@ -130,7 +130,7 @@ def _verify_token(settings: Settings) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from bridge.cortex.simulator import SimulatorConfig, serve
+    from bridge.cortex.simulator.server import SimulatorConfig, serve
 
     try:
         config = SimulatorConfig.from_yaml(args.entities) if args.entities else SimulatorConfig()
@@ -231,7 +231,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from bridge.queue import DurableQueue
     from bridge.sources.base import SourceConfigError, SourceContext
     from bridge.sources.registry import build_sources
-    from bridge.sources.webhook import WebhookSource, describe, header_map
+    from bridge.sources.webhooks.source import WebhookSource, describe, header_map
 
     settings = _settings(args)
     config = next((s for s in settings.sources if s.get("name") == args.source), None)

@@ -25,7 +25,7 @@ import aiohttp
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator import SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator.server import SimulatorConfig, SimulatorServer
 from bridge.logs import configure_logging
 from bridge.records import format_timestamp, utc_now
 
@@ -86,7 +86,7 @@ def _summary(sent: Counter[str], stored: dict[str, Any], requests: list[dict[str
 
 async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 60.0) -> int:
     configure_logging("warning", "console")
-    example = resources.files("bridge.cortex").joinpath("sim_example.yaml")
+    example = resources.files("bridge.cortex.simulator").joinpath("example.yaml")
     config = SimulatorConfig.from_yaml(Path(str(example)))
     entities = [e.tag for e in config.entities]
     with tempfile.TemporaryDirectory(prefix="cortex-bridge-demo-") as tmp:

@@ -121,3 +121,85 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """Current value of a metric sample in the default registry (0.0 when absent)."""
     value = REGISTRY.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+# Kafka source ---------------------------------------------------------------------------------
+KAFKA_MESSAGES_CONSUMED = Counter(
+    "cortex_bridge_kafka_messages_consumed", "Kafka messages handed to the bridge by the consumer.", ["source", "topic"]
+)
+KAFKA_RECORDS_PRODUCED = Counter(
+    "cortex_bridge_kafka_records_produced", "Records built from Kafka messages.", ["source", "topic", "kind"]
+)
+KAFKA_MESSAGES_IGNORED = Counter(
+    "cortex_bridge_kafka_messages_ignored", "Kafka messages understood but mapped to no record.", ["source", "topic"]
+)
+KAFKA_POISON_MESSAGES = Counter(
+    "cortex_bridge_kafka_poison_messages",
+    "Kafka messages that could not be parsed or mapped, stored in the dead-letter set.",
+    ["source", "topic", "reason"],
+)
+KAFKA_COMMITS = Counter("cortex_bridge_kafka_commits", "Successful offset commits.", ["source"])
+KAFKA_COMMIT_FAILURES = Counter(
+    "cortex_bridge_kafka_commit_failures",
+    "Offset commits that failed (rebalance, timeout, broker error; retried by the next commit) or were "
+    "refused because the group no longer knew the member (membership_lost; its partitions are lost).",
+    ["source", "reason"],
+)
+KAFKA_LAG = Gauge(
+    "cortex_bridge_kafka_lag",
+    "Messages of a partition not yet committed: fetch high watermark minus committed offset.",
+    ["source", "topic", "partition"],
+)
+KAFKA_COMMITTED_OFFSET = Gauge(
+    "cortex_bridge_kafka_committed_offset", "Last offset committed by this bridge.", ["source", "topic", "partition"]
+)
+KAFKA_PAUSED = Gauge("cortex_bridge_kafka_paused", "1 while partitions are paused because the queue is full.", ["source"])
+KAFKA_PAUSES = Counter("cortex_bridge_kafka_pauses", "Times consumption was paused by backpressure.", ["source"])
+KAFKA_ASSIGNED = Gauge("cortex_bridge_kafka_assigned_partitions", "Partitions assigned to this consumer.", ["source"])
+
+# Kubernetes source ----------------------------------------------------------------------------
+K8S_HANDOVER_GAPS = Counter(
+    "cortex_bridge_k8s_handover_gaps",
+    "Hand-overs whose watermark was already compacted away; the collection was baselined instead.",
+    ["source", "resource"],
+)
+K8S_UNMAPPED = Counter(
+    "cortex_bridge_k8s_unmapped_entities",
+    "Workloads (or objects) without a Cortex entity; their rollouts and events were skipped.",
+    ["source", "kind"],
+)
+K8S_ROLLOUTS_EMITTED = Counter(
+    "cortex_bridge_k8s_rollouts_emitted", "Rollouts reported, by deploy type (FAILED: custom event).", ["source", "type"]
+)
+K8S_EVENTS_SEEN = Counter(
+    "cortex_bridge_k8s_events_seen", "Event objects (adds and updates) read from the cluster.", ["source", "type"]
+)
+K8S_EVENTS_EMITTED = Counter("cortex_bridge_k8s_events_emitted", "Custom events sent for Kubernetes events.", ["source"])
+K8S_EVENTS_AGGREGATED = Counter(
+    "cortex_bridge_k8s_events_aggregated",
+    "Occurrences folded into an open window instead of becoming custom events of their own.",
+    ["source"],
+)
+K8S_COUNT_POINTS = Counter(
+    "cortex_bridge_k8s_event_count_points", "Points of the event count metric sent (one per window).", ["source"]
+)
+K8S_LEADER = Gauge("cortex_bridge_k8s_leader", "1 while this bridge holds the Lease and watches.", ["source"])
+K8S_LEADER_TRANSITIONS = Counter(
+    "cortex_bridge_k8s_leader_transitions", "Times this bridge started or stopped leading.", ["source", "to"]
+)
+K8S_WATCH_RESTARTS = Counter(
+    "cortex_bridge_k8s_watch_restarts",
+    "Watch streams that ended and were resumed from the last resourceVersion.",
+    ["source", "resource", "reason"],
+)
+K8S_RELISTS = Counter(
+    "cortex_bridge_k8s_relists", "Full lists of a collection (initial, after 410, after errors).", ["source", "resource"]
+)
+K8S_EXPIRED = Counter(
+    "cortex_bridge_k8s_watch_expired",
+    "410 Expired answers: the watch position was compacted away, so the collection was re-listed.",
+    ["source", "resource"],
+)
+K8S_API_ERRORS = Counter(
+    "cortex_bridge_k8s_api_errors", "Failed Kubernetes API calls, by HTTP status (0: no answer).", ["source", "status"]
+)
+K8S_OBJECTS = Gauge("cortex_bridge_k8s_objects", "Objects a stream currently knows.", ["source", "resource"])

@@ -15,7 +15,7 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
 
 ENTITIES = ["checkout-service", "payments-api", "inventory"]
 METRIC_KEYS = ["lead-time", "deploy-duration"]

@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 
 from bridge import metrics
+from bridge.cortex.budget import Permit, TokenBucket
 from bridge.cortex.circuit import CircuitBreaker
-from bridge.sender.bucket import Permit, TokenBucket
 
 USER_AGENT = "cortex-bridge/0.1"
 

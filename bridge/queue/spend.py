@@ -1,6 +1,6 @@
 """The request spend log: when this process and its predecessors sent requests to Cortex.
 
-:class:`QueueSpendLog` implements :class:`bridge.sender.bucket.SpendLog` on the queue database
+:class:`QueueSpendLog` implements :class:`bridge.cortex.budget.SpendLog` on the queue database
 (table ``spend``, schema version 3), so a process that restarts within a minute knows what was
 already spent of Cortex's sliding window.
 
@@ -44,7 +44,7 @@ def load_spends(conn: sqlite3.Connection, since: float) -> list[float]:
 
 
 class QueueSpendLog:
-    """:class:`~bridge.sender.bucket.SpendLog` kept in ``queue``'s database."""
+    """:class:`~bridge.cortex.budget.SpendLog` kept in ``queue``'s database."""
 
     def __init__(
         self, queue: DurableQueue, *, keep_seconds: float = 300.0, clock: Callable[[], float] = time.time

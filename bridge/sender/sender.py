@@ -20,10 +20,10 @@ import structlog
 
 from bridge import metrics
 from bridge.config import CortexSettings, RetrySettings
+from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
 from bridge.queue import BatchPolicy, DurableQueue, QueuedRecord
 from bridge.records import MetricRecord, utc_now
-from bridge.sender.bucket import Permit
 from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST, build_request
 

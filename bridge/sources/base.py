@@ -16,8 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from bridge.config import Settings
-from bridge.edge import BodyBudget
 from bridge.queue import DurableQueue
+from bridge.sources.edge import BodyBudget
 
 #: Looks up Cortex entity tags by git repository ("org/repo"); cached, counted against the quota.
 RepositoryLookup = Callable[[str], Awaitable[list[str]]]

@@ -17,10 +17,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bridge.config import IngestSettings
-from bridge.edge import BodyBudget, BodyRefused, read_body
 from bridge.queue import DurableQueue
 from bridge.records import RECORD_ADAPTER, Record, record_id, utc_now
 from bridge.sources.admit import admit, error_response
+from bridge.sources.edge import BodyBudget, BodyRefused, read_body
 from bridge.sources.signatures import SecretUnavailable, TokenScheme
 
 log = structlog.get_logger("bridge.ingest")

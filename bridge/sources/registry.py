@@ -10,15 +10,15 @@ from bridge.sources.base import Source, SourceConfigError, SourceContext, Source
 #: type name -> "module:factory"; imported lazily so an unused adapter costs nothing at startup.
 #: Each adapter adds its line here.
 SOURCE_TYPES: dict[str, str] = {
-    "kafka": "bridge.sources.kafka:create_kafka_source",
-    "github": "bridge.sources.github:create",
-    "gitlab": "bridge.sources.gitlab:create",
-    "jenkins": "bridge.sources.jenkins:create",
-    "argocd": "bridge.sources.argocd:create",
-    "flux": "bridge.sources.flux:create",
-    "cloudevents": "bridge.sources.cloudevents:create",
-    "mapping": "bridge.sources.mapping:create",
-    "kubernetes": "bridge.sources.kubernetes:create",
+    "kafka": "bridge.sources.kafka.source:create_kafka_source",
+    "github": "bridge.sources.webhooks.github:create",
+    "gitlab": "bridge.sources.webhooks.gitlab:create",
+    "jenkins": "bridge.sources.webhooks.jenkins:create",
+    "argocd": "bridge.sources.webhooks.argocd:create",
+    "flux": "bridge.sources.webhooks.flux:create",
+    "cloudevents": "bridge.sources.webhooks.cloudevents:create",
+    "mapping": "bridge.sources.webhooks.mapping:create",
+    "kubernetes": "bridge.sources.kubernetes.source:create",
 }
 
 

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from bridge.app import Bridge
 from bridge.cortex.circuit import CircuitState
-from bridge.cortex.simulator import SimFaults, SimulatorServer
+from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from tests.chaos.conftest import Ledger
 from tests.chaos.test_cortex_faults import FAST, bridge_url, drain_and_verify
 from tests.conftest import BridgeFactory, sim_config, wait_until

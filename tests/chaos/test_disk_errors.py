@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from bridge.app import Bridge
-from bridge.cortex.simulator import SimFaults, SimulatorServer
+from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from tests.chaos.conftest import Ledger, integrity
 from tests.conftest import BridgeFactory, sim_config, sim_state, wait_until
 

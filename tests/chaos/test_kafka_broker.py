@@ -1,6 +1,6 @@
 """Scenario 3: the Kafka broker is killed (-9) and restarted while the bridge consumes.
 
-The broker is tansu with in-memory storage (tests/kafka/conftest.py; no persistent engine runs
+The broker is tansu with in-memory storage (tests/sources/kafka/conftest.py; no persistent engine runs
 here without a 450 MB S3 server), so a kill loses the broker's messages and the group's offsets.
 What the bridge acknowledged to Kafka is what it committed: every message below the committed
 offset (read from the broker just before the kill) must be in Cortex, and so must every message
@@ -16,11 +16,11 @@ from collections import Counter
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from bridge.cortex.simulator import SimFaults, SimulatorServer
-from bridge.sources.kafka import KafkaSource
+from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.sources.kafka.source import KafkaSource
 from tests.chaos.conftest import BASE_TS, scaled
 from tests.conftest import ENTITIES, BridgeFactory, sim_config, sim_state, wait_until
-from tests.kafka.conftest import (  # noqa: F401
+from tests.sources.kafka.conftest import (  # noqa: F401
     Tansu,
     broker,
     committed_offsets,

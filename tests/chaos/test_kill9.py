@@ -1,7 +1,7 @@
 """Scenario 1 (and 2 combined): ``kill -9`` of the bridge process, over and over, during sustained
 ingest and delivery, while Cortex also drops the answer of every Nth committed write.
 
-tests/core/test_durability.py proves the basic property with three kills and a well-behaved
+tests/queue/test_durability.py proves the basic property with three kills and a well-behaved
 Cortex. This scenario is its harsher sibling: all four record kinds, kills at random instants,
 and ambiguous deliveries (stored by Cortex, answer lost) that must be read back rather than
 resent, so a kill can land between a lost answer and its reconciliation. ``CHAOS_LONG=1`` runs
@@ -14,10 +14,10 @@ import asyncio
 import random
 from pathlib import Path
 
-from bridge.cortex.simulator import SimFaults, SimulatorServer
+from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from tests.chaos.conftest import Ledger, queue_stats, scaled
 from tests.conftest import sim_config, sim_state, wait_until
-from tests.processes import BridgeProcess
+from tests.support.processes import BridgeProcess
 
 
 async def test_repeated_kill9_with_ambiguous_deliveries_loses_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ get ``503`` + ``Retry-After`` (never a 202 for something that was not stored, ne
 than 503), the queue file must stay consistent (``PRAGMA integrity_check``) and within its cap,
 and once Cortex is back the backlog drains, input is accepted again, and everything that was
 acknowledged is delivered exactly once. (Kafka partitions pausing on a full queue is covered
-by tests/kafka/test_consume.py.)
+by tests/sources/kafka/test_consume.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bridge.cortex.simulator import SimulatorServer
+from bridge.cortex.simulator.server import SimulatorServer
 from tests.chaos.conftest import Ledger, integrity, scaled
 from tests.conftest import BridgeFactory, sim_config, sim_state, wait_until
 

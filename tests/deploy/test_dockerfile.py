@@ -213,7 +213,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
     assert set(sources) >= {"pyproject.toml", "bridge"}
     for source in sources:
         assert in_build_context(source), f".dockerignore excludes {source}, which the Dockerfile copies"
-    assert in_build_context("bridge/cortex/sim_example.yaml")
+    assert in_build_context("bridge/cortex/simulator/example.yaml")
     for kept_out in (".git/config", "tests/deploy/test_drain.py", "bridge/__pycache__/app.cpython-311.pyc",
                      "queue.db", ".venv/bin/python"):
         assert not in_build_context(kept_out), kept_out
@@ -315,7 +315,7 @@ def test_the_dockerfile_install_works_in_a_fresh_virtualenv(tmp_path: Path) -> N
                 "import bridge, pathlib; print(pathlib.Path(bridge.__file__).parent)")
     package_dir = Path(where.stdout.strip())
     assert package_dir.is_relative_to(venv), f"imported {package_dir}, not the installed wheel"
-    assert (package_dir / "cortex" / "sim_example.yaml").exists(), "package data missing from the wheel"
+    assert (package_dir / "cortex" / "simulator" / "example.yaml").exists(), "package data missing from the wheel"
     helped = run(str(venv / "bin" / "cortex-bridge"), "--help")
     assert helped.returncode == 0 and "run" in helped.stdout
     config = tmp_path / "config.yaml"

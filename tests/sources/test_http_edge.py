@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from bridge import metrics
 from bridge.sources.signatures import HmacScheme, TokenScheme, hmac_hex
-from tests.sources._webhook_support import SECRET, StartBridge, github_signature
+from tests.support.webhooks import SECRET, StartBridge, github_signature
 
 GITHUB = {"name": "github", "type": "github", "secrets": [SECRET]}
 GITLAB = {"name": "gitlab", "type": "gitlab", "secrets": [SECRET]}

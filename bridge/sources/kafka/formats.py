@@ -1,0 +1,191 @@
+"""Payload formats of Kafka topics: one message in, records out (or a poison verdict).
+
+Every format is a :data:`MessageDecoder`: it takes one message (value bytes, headers, key and its
+topic/partition/offset) and returns a :class:`Decoded`. No records and no dead letters means
+"understood, maps to nothing" (e.g. a CloudEvent type nobody maps): the offset is simply done. A
+message that cannot be parsed or mapped raises :class:`PoisonMessage`; the source dead-letters it
+and moves on.
+
+* ``native``: the JSON of ``POST /v1/records`` (:func:`bridge.sources.native.parse_native`).
+* ``cloudevents``: CloudEvents 1.0 in the Kafka protocol binding, structured mode (``content-type:
+  application/cloudevents+json``) or binary mode (``ce_*`` headers, value = data), CDEvents
+  included. The binding is translated to the HTTP binding (:func:`http_headers`) and the message
+  goes through the pipeline of the ``cloudevents`` webhook source type, so HTTP and Kafka map an
+  event identically (same record ids, same entity resolution, same dead letters for unknown
+  entities).
+* ``mapping``: the value and headers go to the pipeline of the ``mapping`` webhook source type
+  (declarative rules), as if they had been POSTed.
+
+A topic's ``options`` are the webhook source's settings (``entity``, ``rules`` ...); ``name`` and
+``type`` are filled in, and no credentials are needed (Kafka authenticated the producer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from bridge.records import Record
+from bridge.sources.base import SourceConfigError, SourceContext
+from bridge.sources.native import RecordErrors, parse_native
+from bridge.sources.registry import SOURCE_TYPES, build_sources
+from bridge.sources.webhooks.source import DeadLetters, Ignored, Rejected, WebhookSource
+
+FormatName = Literal["native", "cloudevents", "mapping"]
+
+#: format -> the webhook source type whose pipeline maps it
+WEBHOOK_FORMATS: dict[str, str] = {"cloudevents": "cloudevents", "mapping": "mapping"}
+
+
+class KafkaMessage(Protocol):
+    """What a decoder reads of a consumed message (``aiokafka.ConsumerRecord`` fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class PoisonMessage(Exception):
+    """The message cannot become records; ``reason`` is a short label, the message the detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class FormatUnavailable(Exception):
+    """A configured format's mapping is not part of this build, or its options are invalid."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What one message maps to."""
+
+    records: list[Record]
+    dead: list[DeadLetters] = field(default_factory=list)
+
+
+#: One message (and when it was received) -> what it maps to; raises :class:`PoisonMessage`.
+MessageDecoder = Callable[[KafkaMessage, datetime], Awaitable[Decoded]]
+
+
+def delivery_id(message: KafkaMessage) -> str:
+    """Stable identity of a message: ``topic/partition/offset``."""
+    return f"{message.topic}/{message.partition}/{message.offset}"
+
+
+def header_map(message: KafkaMessage) -> dict[str, str]:
+    """Headers as text, lower-cased names (the last of repeated names wins)."""
+    out: dict[str, str] = {}
+    for name, raw in message.headers or ():
+        out[name.lower()] = raw.decode("utf-8", errors="replace") if raw is not None else ""
+    return out
+
+
+def _json_value(message: KafkaMessage) -> Any:
+    if message.value is None:
+        raise PoisonMessage("empty_value", "message has no value (tombstone)")
+    try:
+        return json.loads(message.value)
+    except (ValueError, RecursionError) as exc:
+        raise PoisonMessage("invalid_json", f"value is not valid JSON: {exc}") from None
+
+
+def native_decoder(source: str) -> MessageDecoder:
+    """The ``native`` format: the value is a native record body."""
+
+    async def decode(message: KafkaMessage, received_at: datetime) -> Decoded:
+        payload = _json_value(message)
+        try:
+            return Decoded(parse_native(payload, source=source, delivery_id=delivery_id(message),
+                                        received_at=received_at))
+        except RecordErrors as exc:
+            raise PoisonMessage("invalid_records", json.dumps(exc.errors, default=str)) from None
+
+    return decode
+
+
+# -- formats mapped by a webhook source type's pipeline -------------------------------------------
+
+
+def http_headers(message: KafkaMessage) -> CIMultiDictProxy[str]:
+    """The message headers as the HTTP request a webhook pipeline expects.
+
+    The CloudEvents Kafka binding names attributes ``ce_<name>`` where the HTTP binding says
+    ``ce-<name>``; both put the data's media type in ``content-type``. Without one, the value is
+    taken as JSON (CloudEvents' default, and what producers that omit the header send).
+    """
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in header_map(message).items():
+        headers.add(f"ce-{name[3:]}" if name.startswith("ce_") else name, value)
+    headers.setdefault("Content-Type", "application/json")
+    return CIMultiDictProxy(headers)
+
+
+def webhook_pipeline(fmt: str, *, source: str, options: Mapping[str, Any], ctx: SourceContext) -> WebhookSource:
+    """The webhook source of ``fmt``'s type, configured from a topic's ``options``."""
+    kind = WEBHOOK_FORMATS[fmt]
+    if kind not in SOURCE_TYPES:
+        raise FormatUnavailable(f"format {fmt!r} needs the {kind!r} source type, which this build does not have")
+    config = {**options, "name": source, "type": kind, "allow_unauthenticated": True}
+    try:
+        built = build_sources([config], ctx)[0]
+    except ImportError as exc:
+        raise FormatUnavailable(f"format {fmt!r} needs {SOURCE_TYPES[kind]}, which this build lacks ({exc})") \
+            from None
+    except SourceConfigError as exc:
+        raise FormatUnavailable(f"format {fmt!r}: invalid options: {exc}") from None
+    if not isinstance(built, WebhookSource):
+        raise FormatUnavailable(f"format {fmt!r}: the {kind!r} source type has no webhook pipeline")
+    return built
+
+
+async def _evaluate(pipeline: WebhookSource, headers: CIMultiDictProxy[str], body: bytes,
+                    received_at: datetime) -> Decoded:
+    """Run a webhook pipeline on one payload and translate its outcome."""
+    outcome = await pipeline.evaluate(headers, body, authenticate=False, received_at=received_at)
+    if isinstance(outcome, Ignored):
+        return Decoded([])
+    if isinstance(outcome, Rejected):
+        raise PoisonMessage("unmappable", f"{outcome.reason} (as a webhook: HTTP {outcome.status})")
+    return Decoded(list(outcome.records), list(outcome.dead))
+
+
+def pipeline_decoder(pipeline: WebhookSource) -> MessageDecoder:
+    """A format mapped by a webhook pipeline: the value is the body, the headers the headers.
+
+    ``cloudevents``: structured mode (``content-type: application/cloudevents+json``), batches,
+    binary mode (``ce_*`` headers, translated by :func:`http_headers`) and bare CDEvents
+    documents all read as they do over HTTP. ``mapping``: the rules see the JSON value and headers.
+    """
+
+    async def decode(message: KafkaMessage, received_at: datetime) -> Decoded:
+        if message.value is None:
+            raise PoisonMessage("empty_value", "message has no value (tombstone)")
+        return await _evaluate(pipeline, http_headers(message), message.value, received_at)
+
+    return decode
+
+
+def build_decoder(fmt: FormatName, *, source: str, options: Mapping[str, Any], ctx: SourceContext) -> MessageDecoder:
+    """The decoder of a topic's configured format; raises :class:`FormatUnavailable`."""
+    if fmt == "native":
+        return native_decoder(source)
+    return pipeline_decoder(webhook_pipeline(fmt, source=source, options=options, ctx=ctx))

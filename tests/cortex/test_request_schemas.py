@@ -1,0 +1,99 @@
+"""Every request body the sender emits validates against Cortex's official request schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from jsonschema import Draft4Validator
+
+from bridge.queue import QueuedRecord
+from bridge.records import RECORD_ADAPTER, Record
+from bridge.sender.requests import build_request
+from tests.support.paths import FIXTURES
+
+SPECS = FIXTURES / "cortex"
+CURRENT = json.loads((SPECS / "openapi.json").read_text())
+# Only the 2025-10 spec still has the custom-data request schemas (CONTRACT.md §0).
+OLDER = json.loads((SPECS / "openapi-2025-10.json").read_text())
+
+
+def _loosen(schema: Any) -> Any:
+    """Undo the spec's generator artifacts documented in CONTRACT.md ("Reading the spec"):
+    customData values and custom-data ``value`` are any JSON, not objects."""
+    if isinstance(schema, dict):
+        out = {k: _loosen(v) for k, v in schema.items()}
+        extra = out.get("additionalProperties")
+        if isinstance(extra, dict) and extra.get("type") == "object" and "properties" not in extra:
+            out["additionalProperties"] = {}
+        if out.get("$ref") == "#/components/schemas/CustomDataType":
+            return {}
+        return out
+    if isinstance(schema, list):
+        return [_loosen(v) for v in schema]
+    return schema
+
+
+def _validator(spec: dict[str, Any], path: str, method: str) -> Draft4Validator:
+    ref = spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+    root = {"$ref": ref["$ref"], "components": _loosen(spec["components"])}
+    return Draft4Validator(root)
+
+
+def _queued(records: list[dict[str, Any]]) -> list[QueuedRecord]:
+    out = []
+    for i, fields in enumerate(records):
+        rec: Record = RECORD_ADAPTER.validate_python({"id": f"r{i}", "provenance": {"source": "t"}, **fields})
+        out.append(QueuedRecord(i, rec, 0, None, 0.0))
+    return out
+
+
+CASES = [
+    ("/api/v1/catalog/{tagOrId}/deploys", "post", CURRENT,
+     [{"kind": "deploy", "entity": "svc", "title": "Deploy", "timestamp": "2026-01-01T00:00:00Z", "type": "ROLLBACK",
+       "sha": "9f1c", "environment": "prod", "url": "https://ci/1", "deployer": {"name": "a", "email": "a@b.c"},
+       "customData": {"n": 678, "s": "x", "nested": {"a": [1]}}}]),
+    ("/api/v1/catalog/{tagOrId}/deploys", "post", CURRENT,
+     [{"kind": "deploy", "entity": "svc", "title": "Minimal", "timestamp": 0}]),
+    ("/api/v1/catalog/{tagOrId}/custom-events", "post", CURRENT,
+     [{"kind": "event", "entity": "svc", "type": "DEPLOY_FAILED", "title": "t", "timestamp": "2026-01-01T00:00:00Z",
+       "description": "d", "url": "https://x", "customData": {"test3": 678}}]),
+    ("/api/v1/eng-intel/custom-metrics/{customMetricKey}/entity/{tagOrId}/bulk", "post", CURRENT,
+     [{"kind": "metric", "entity": "svc", "key": "lead-time", "timestamp": i, "value": i * 1.5} for i in range(100)]),
+    ("/api/v1/catalog/custom-data", "put", OLDER,
+     [{"kind": "custom_data", "entity": "svc", "key": "k", "value": 100},
+      {"kind": "custom_data", "entity": "svc", "key": "k2", "value": "Hello", "description": "d"},
+      {"kind": "custom_data", "entity": "other", "key": "k", "value": {"nested": "object"}}]),
+]
+
+
+@pytest.mark.parametrize(("path", "method", "spec", "records"), CASES)
+def test_body_validates_against_official_schema(path: str, method: str, spec: dict[str, Any],
+                                                records: list[dict[str, Any]]) -> None:
+    request = build_request(_queued(records))
+    assert request.method == method.upper()
+    errors = list(_validator(spec, path, method).iter_errors(request.body))
+    assert not errors, [e.message for e in errors]
+
+
+def test_validator_catches_a_bad_body() -> None:
+    """The check above can fail: a deploy without its required title is rejected."""
+    errors = list(_validator(CURRENT, "/api/v1/catalog/{tagOrId}/deploys", "post").iter_errors(
+        {"timestamp": "2026-01-01T00:00:00Z", "type": "DEPLOY"}))
+    assert errors
+
+
+def test_metric_batches_never_exceed_100_points() -> None:
+    request = build_request(_queued(
+        [{"kind": "metric", "entity": "svc", "key": "lead-time", "timestamp": i, "value": 1} for i in range(100)]))
+    assert len(request.body["series"]) == 100
+
+
+def test_custom_data_keeps_latest_value_per_key() -> None:
+    request = build_request(_queued([
+        {"kind": "custom_data", "entity": "svc", "key": "k", "value": 1},
+        {"kind": "custom_data", "entity": "svc", "key": "k", "value": 2},
+    ]))
+    assert request.body == {"values": {"svc": [{"key": "k", "value": 2}]}}
+    assert [q.seq for q in request.superseded] == [0]

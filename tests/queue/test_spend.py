@@ -1,0 +1,99 @@
+"""The request budget survives restarts: what earlier processes spent is in the queue database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bridge.cortex.budget import RESTORE_MARGIN, TokenBucket
+from bridge.cortex.simulator.server import SimulatorServer
+from bridge.queue import DurableQueue
+from bridge.queue.spend import QueueSpendLog
+from tests.conftest import sim_config, sim_requests
+from tests.support.paths import ROOT
+
+LIMIT = 20
+WINDOW = 4.0
+
+
+
+def busiest_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
+
+
+async def test_kill9_restarts_inside_one_window_never_exceed_the_quota(tmp_path: Path) -> None:
+    # A fresh bucket spends a whole window at once (burst = limit): without the spend log every
+    # restart inside the window would add up to LIMIT more requests and draw 429s.
+    db = tmp_path / "queue.db"
+    rng = random.Random(7)
+    async with SimulatorServer(sim_config(rate_limit_per_minute=LIMIT, rate_limit_window_seconds=WINDOW)) as sim:
+        started = time.monotonic()
+        restarts = 0
+        while time.monotonic() - started < 2 * WINDOW:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.queue.spend_child", str(db), sim.url, str(LIMIT), str(WINDOW)],
+                cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            try:
+                assert proc.stdout is not None
+                line = await asyncio.to_thread(proc.stdout.readline)
+                assert line.strip() == b"ready", line
+                await asyncio.sleep(rng.uniform(0.05, 0.6))  # killed mid-spend, at a random point
+            finally:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+            restarts += 1
+        log = await sim_requests(sim)
+
+    assert restarts >= 4, "the processes must restart several times inside the window"
+    assert [r for r in log if r["status"] == 429] == [], "a restarted process exceeded the quota"
+    times = [r["t"] for r in log]
+    assert busiest_window(times, WINDOW) <= LIMIT
+    assert len(times) >= LIMIT, "the budget was used"
+
+
+async def test_a_restored_spend_holds_its_slot_past_its_timeout(tmp_path: Path) -> None:
+    # Recorded sends of a previous process count until send + timeout + margin + window.
+    queue = await DurableQueue.open(tmp_path / "q.db")
+    try:
+        first = TokenBucket(3, 3, window_seconds=60, spend_log=QueueSpendLog(queue), request_timeout_seconds=5)
+        for _ in range(3):
+            (await first.acquire()).done()
+        now = [100.0]
+        second = TokenBucket(3, 3, window_seconds=60, spend_log=QueueSpendLog(queue), request_timeout_seconds=5,
+                             clock=lambda: now[0])
+        waiter = asyncio.create_task(second.acquire())
+        await asyncio.sleep(0.1)
+        assert not waiter.done(), "a restarted bucket must not spend what the last process spent"
+        assert second.restored == 3
+        now[0] += 60 + 5 + RESTORE_MARGIN - 0.5  # still within the conservative hold
+        assert second.restored == 3
+        now[0] += 1.0
+        assert second.restored == 0
+        waiter.cancel()  # it sleeps on real time; a new acquire sees the fake clock's present
+        (await asyncio.wait_for(second.acquire(), 2)).done()
+    finally:
+        await queue.close()
+
+
+async def test_spend_rows_expire_and_a_new_file_and_old_file_get_the_table(tmp_path: Path) -> None:
+    queue = await DurableQueue.open(tmp_path / "q.db")
+    try:
+        wall = [1000.0]
+        spend = QueueSpendLog(queue, keep_seconds=10, clock=lambda: wall[0])
+        await asyncio.gather(*(spend.record() for _ in range(5)))  # one group commit
+        assert await spend.load(0) == [1000.0] * 5
+        wall[0] += 40  # past keep and past the expiry interval: the next commit deletes them
+        await spend.record()
+        assert await spend.load(0) == [1040.0]
+    finally:
+        await queue.close()
+

@@ -1,0 +1,187 @@
+"""The command line as an operator uses it: real processes, real queue files, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.queue import BatchPolicy, DurableQueue
+from bridge.sources.native import parse_native
+
+SUBCOMMANDS = [[], ["run"], ["check-config"], ["sim"], ["demo"], ["queue", "stats"], ["dlq", "list"],
+               ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["trace"]]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS, ids=lambda s: " ".join(s) or "top")
+def test_every_command_has_help(sub: list[str]) -> None:
+    result = cli(*sub, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["frobnicate"], "invalid choice"),
+        (["--config", "/nonexistent.yaml", "check-config"], "cannot read config file"),
+        (["queue", "stats", "--queue", "/nonexistent/q.db"], "no queue database"),
+        (["dlq", "purge", "--queue", "/nonexistent/q.db"], "give record ids"),
+    ],
+)
+def test_errors_are_one_line_with_nonzero_exit(args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_config_validates_and_never_prints_secrets(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cortex:\n  rate_limit_per_minute: -5\n")
+    result = cli("--config", str(bad), "check-config")
+    assert result.returncode == 2 and "cortex.rate_limit_per_minute" in result.stderr
+    secret_file = tmp_path / "token"
+    secret_file.write_text("eyJhbGciOiJIUzI1NiJ9.c3VwZXItc2VjcmV0.sig\n")
+    good = tmp_path / "good.yaml"
+    good.write_text(f"cortex:\n  url: https://bridge-user:pa55word-in-url@cortex.example.com/api\n"
+                    f"  token_file: {secret_file}\ningest:\n  token: hunter2-ingest\n")
+    env = {"BRIDGE_CORTEX__RATE_LIMIT_PER_MINUTE": "500", "PATH": "/usr/bin:/bin"}
+    result = cli("--config", str(good), "check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["cortex"]["rate_limit_per_minute"] == 500  # the environment overrides the file
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "c3VwZXItc2VjcmV0" not in result.stdout + result.stderr
+    assert "pa55word-in-url" not in result.stdout + result.stderr and "bridge-user" not in result.stdout
+    assert shown["cortex"]["url"] == "https://***@cortex.example.com/api"
+
+
+def test_ingest_without_credentials_fails_check_config(tmp_path: Path) -> None:
+    token = tmp_path / "cortex-token"
+    token.write_text("t\n")
+    for ingest, message in (
+        ("", "POST /v1/records needs credentials: set ingest.token or ingest.token_file"),
+        ("ingest:\n  token: x\n  allow_unauthenticated: true\n", "not both"),
+    ):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"cortex:\n  token_file: {token}\n{ingest}")
+        result = cli("--config", str(path), "check-config")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    path.write_text(f"cortex:\n  token_file: {token}\ningest:\n  allow_unauthenticated: true\n")
+    assert cli("--config", str(path), "check-config").returncode == 0
+
+
+def test_inspection_refuses_other_files_and_changes_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "OTHER.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    commands = [["queue", "stats"], ["dlq", "list"], ["dlq", "show", "x"], ["trace", "x"],
+                ["dlq", "replay", "--all"], ["dlq", "purge", "--all"]]
+    for command in commands:
+        result = cli(*command, "--queue", str(other))
+        assert result.returncode == 1, (command, result.stdout)
+        assert "is not a cortex-bridge queue" in result.stderr and "Traceback" not in result.stderr
+    assert other.read_bytes() == before, "an inspection command modified an unrelated database"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OTHER.db"], "sidecar files were created"
+    missing = tmp_path / "missing.db"
+    for command in commands:
+        result = cli(*command, "--queue", str(missing))
+        assert result.returncode == 1 and "no queue database at" in result.stderr
+    assert not missing.exists()
+
+
+def test_queue_and_dlq_commands_on_a_real_queue_file(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+
+    async def prepare() -> list[str]:
+        queue = await DurableQueue.open(path)
+        records = parse_native({"records": [
+            {"kind": "event", "entity": "svc", "type": "T", "title": "bad", "timestamp": 0},
+            {"kind": "event", "entity": "svc", "type": "T", "title": "fine", "timestamp": 1}]}, source="test")
+        await queue.append(records)
+        batch = await queue.claim(BatchPolicy(max_items={"event": 1}))
+        await queue.dead_letter([batch[0].seq], reason="rejected", detail="Cortex 400: title", status=400)
+        await queue.close()
+        return [r.id for r in records]
+
+    dead_id, queued_id = asyncio.run(prepare())
+    stats = json.loads(cli("queue", "stats", "--queue", str(path)).stdout)
+    assert stats["undelivered"] == 1 and stats["dead_letters"] == 1
+    listed = json.loads(cli("dlq", "list", "--queue", str(path)).stdout)
+    assert [e["id"] for e in listed] == [dead_id]
+    shown = json.loads(cli("dlq", "show", dead_id, "--queue", str(path)).stdout)
+    assert shown["record"]["title"] == "bad" and shown["status"] == 400
+    assert json.loads(cli("trace", queued_id, "--queue", str(path)).stdout)[0]["status"] == "queued"
+    assert cli("trace", "no-such-id", "--queue", str(path)).returncode == 1
+    assert "replayed 1" in cli("dlq", "replay", dead_id, "--queue", str(path)).stdout
+    assert json.loads(cli("queue", "stats", "--queue", str(path)).stdout)["undelivered"] == 2
+    assert "purged 0" in cli("dlq", "purge", "--all", "--queue", str(path)).stdout
+
+
+def test_demo_runs_the_whole_path_and_exits_zero() -> None:
+    result = cli("demo", "--records", "120")
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    assert "in Cortex" in table
+    metric_row = next(line for line in table.splitlines() if line.startswith("metric"))
+    sent, stored, _requests, dead = (int(x) for x in metric_row.split()[1:])
+    assert (sent, stored, dead) == (121, 120, 1)
+    deploy_row = next(line for line in table.splitlines() if line.startswith("deploy"))
+    sent, stored, requests, dead = (int(x) for x in deploy_row.split()[1:])
+    assert (sent, stored, requests, dead) == (8, 8, 8, 0)  # the redelivered webhook is stored once
+
+
+def test_sim_command_serves_with_faults_from_flags(tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "sim", "--port", str(port),
+                             "--entities", "bridge/cortex/simulator/example.yaml", "--error-rate", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/_sim/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        request = urllib.request.Request(f"{url}/api/v1/catalog?pageSize=1",
+                                         headers={"Authorization": "Bearer sim-token"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert cli("sim", "--error-rate", "7").returncode == 2
+
+
+def test_log_lines_never_show_url_credentials() -> None:
+    from bridge.logs import redact
+
+    event = redact(None, "info", {"event": "bridge_started", "cortex_url": "https://svc:s3cr3t@cortex.example.com",
+                                  "error": "cannot connect to http://u:p@proxy:3128 (refused)"})
+    assert event["cortex_url"] == "https://***@cortex.example.com"
+    assert event["error"] == "cannot connect to http://***@proxy:3128 (refused)"
