@@ -15,7 +15,7 @@ import pytest
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from .fake_apiserver import FIXTURES_DIR, FakeApiServer, load_manifests
+from tests.support.apiserver.fake_apiserver import FIXTURES_DIR, FakeApiServer, load_manifests
 
 KSPAN = FIXTURES_DIR / "k8s-real" / "kspan"
 ROUNDTRIP = FIXTURES_DIR / "k8s-api-roundtrip"
