@@ -1,4 +1,6 @@
-"""Rollouts turned into deploys: progress, classification against memory, the records.
+"""Rollouts turned into deploys: classification against memory, and the records.
+
+When a rollout counts as complete is :mod:`bridge.sources.kubernetes.progress`.
 
 A rollout of a Deployment, StatefulSet or DaemonSet is reported once it completes (observed
 generation current, all replicas updated and available; the rules of ``kubectl rollout status``)
@@ -56,6 +58,7 @@ from bridge.records import (
     record_id,
     utc_now,
 )
+from bridge.sources.kubernetes.progress import as_int, condition, desired_replicas, rollout_progress
 from bridge.sources.kubernetes.templates import (
     check_value_sources,
     containers,
@@ -134,72 +137,6 @@ class RolloutSettings(BaseModel):
         return check_placeholders(value, _TITLE_FIELDS)
 
 
-# -- progress -----------------------------------------------------------------------------------
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def desired_replicas(kind: str, obj: JsonObject) -> int | None:
-    """``spec.replicas`` (1 when unset, as defaulted); ``None`` for DaemonSets."""
-    if kind == "DaemonSet":
-        return None
-    value = (obj.get("spec") or {}).get("replicas")
-    return 1 if value is None else _int(value)
-
-
-def _condition(obj: JsonObject, kind: str) -> JsonObject | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if isinstance(cond, dict) and cond.get("type") == kind:
-            return cond
-    return None
-
-
-Progress = Literal["complete", "progressing", "failed"]
-
-
-def rollout_progress(kind: str, obj: JsonObject) -> Progress:
-    """Where the workload's rollout stands (the rules of ``kubectl rollout status``)."""
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    generation = _int(meta(obj).get("generation"))
-    observed = _int(status.get("observedGeneration"))
-    if observed < generation or observed == 0:
-        return "progressing"
-    if kind == "Deployment":
-        progressing = _condition(obj, "Progressing")
-        if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
-            return "failed"
-        replicas = desired_replicas(kind, obj) or 0
-        updated = _int(status.get("updatedReplicas"))
-        if updated < replicas or _int(status.get("replicas")) > updated or _int(status.get("availableReplicas")) < updated:
-            return "progressing"
-        return "complete"
-    if kind == "StatefulSet":
-        replicas = desired_replicas(kind, obj) or 0
-        if _int(status.get("readyReplicas")) < replicas:
-            return "progressing"
-        strategy = spec.get("updateStrategy") or {}
-        if strategy.get("type", "RollingUpdate") != "RollingUpdate":
-            return "complete"  # OnDelete: pods change only when deleted; nothing more to wait for
-        partition = (strategy.get("rollingUpdate") or {}).get("partition")
-        if partition is not None:
-            return "complete" if _int(status.get("updatedReplicas")) >= replicas - _int(partition) else "progressing"
-        if status.get("updateRevision") and status.get("updateRevision") != status.get("currentRevision"):
-            return "progressing"
-        return "complete"
-    desired = _int(status.get("desiredNumberScheduled"))
-    if (spec.get("updateStrategy") or {}).get("type", "RollingUpdate") == "RollingUpdate" and (
-        _int(status.get("updatedNumberScheduled")) < desired
-    ):
-        return "progressing"
-    return "complete" if _int(status.get("numberAvailable")) >= desired else "progressing"
-
-
 # -- rollout state and classification -----------------------------------------------------------
 
 
@@ -241,7 +178,7 @@ class Observation:
 
 
 def _revision(obj: JsonObject) -> int:
-    return _int(annotations_of(obj).get(REVISION))
+    return as_int(annotations_of(obj).get(REVISION))
 
 
 def _previous_template(current: str, replicasets: list[JsonObject]) -> JsonObject | None:
@@ -293,7 +230,7 @@ def observe_workload(
     """
     m = meta(obj)
     uid = str(m.get("uid") or "")
-    generation = _int(m.get("generation"))
+    generation = as_int(m.get("generation"))
     current = template_hash(pod_template(obj))
     restarted = restarted_at(obj)
     replicas = desired_replicas(kind, obj)
@@ -346,7 +283,7 @@ def observe_workload(
 
 
 def _completed_at(kind: str, obj: JsonObject) -> datetime:
-    progressing = _condition(obj, "Progressing")
+    progressing = condition(obj, "Progressing")
     stamp = (progressing or {}).get("lastUpdateTime") if kind == "Deployment" else None
     if stamp and (progressing or {}).get("reason") == "NewReplicaSetAvailable":
         try:
@@ -384,7 +321,7 @@ def deploy_record(
     m = meta(obj)
     ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
     state = observation.state
-    ident = (kind, ns, name, state.uid, _int(m.get("generation")))
+    ident = (kind, ns, name, state.uid, as_int(m.get("generation")))
     provenance = Provenance(source=source, delivery_id=f"{kind}/{ns}/{name}@{ident[-1]}")
     images = {str(c.get("name")): str(c.get("image")) for c in containers(obj)}
     custom: dict[str, Any] = {"cluster": cluster, "namespace": ns, "kind": kind, "name": name,
@@ -392,7 +329,7 @@ def deploy_record(
     if report == "FAILED":
         if not settings.report_failed:
             return None
-        cond = _condition(obj, "Progressing") or {}
+        cond = condition(obj, "Progressing") or {}
         stamp = cond.get("lastUpdateTime")
         return EventRecord(
             id=record_id("k8s", cluster, "rollout-failed", *ident), entity=entity, provenance=provenance,

@@ -12,7 +12,8 @@ import pytest
 
 from bridge.sources.base import SourceConfigError
 from bridge.sources.kubernetes.events import normalize_event
-from bridge.sources.kubernetes.rollouts import WorkloadState, observe_workload, rollout_progress
+from bridge.sources.kubernetes.progress import rollout_progress
+from bridge.sources.kubernetes.rollouts import WorkloadState, observe_workload
 from bridge.sources.kubernetes.settings import KubernetesSourceSettings, load_client_configuration
 from bridge.sources.kubernetes.source import create
 from bridge.sources.kubernetes.templates import resolve_value, template_hash
