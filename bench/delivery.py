@@ -52,7 +52,7 @@ from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, Simulator
 from bridge.logs import configure_logging
 from bridge.queue import DurableQueue
 from bridge.sources.native import parse_native
-from tests.conftest import SIM_TOKEN
+from tests.support.cortex import SIM_TOKEN
 
 ENTITIES = [f"svc-{i:02d}" for i in range(50)]
 METRIC_KEYS = [f"metric-{k}" for k in range(5)]

@@ -16,9 +16,8 @@ from prometheus_client import REGISTRY
 from bridge.app import Bridge
 from bridge.cortex.circuit import CircuitState
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
-from tests.chaos.conftest import Ledger
-from tests.chaos.test_cortex_faults import FAST, bridge_url, drain_and_verify
-from tests.conftest import BridgeFactory, sim_config, wait_until
+from tests.support.cortex import BridgeFactory, sim_config, wait_until
+from tests.support.ledger import FAST, Ledger, bridge_url, drain_and_verify
 
 OUTAGE_SECONDS = 4.0
 RECORDS = 300

@@ -19,25 +19,9 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from bridge.app import Bridge
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
-from tests.chaos.conftest import KINDS, Ledger, scaled
-from tests.conftest import BridgeFactory, sim_config, sim_state, wait_until
-
-#: The quota is not under test here (test_rate_limit.py and bench/delivery.py own it).
-FAST = {"rate_limit_per_minute": 60_000, "burst": 200, "request_timeout_seconds": 2}
-
-
-def bridge_url(bridge: Bridge) -> str:
-    return f"http://127.0.0.1:{bridge.ingest_port}"
-
-
-async def drain_and_verify(bridge: Bridge, sim: SimulatorServer, ledger: Ledger, timeout: float = 120) -> None:
-    """Wait until nothing is left undelivered, then check the ledger against the simulator."""
-    await wait_until(lambda: bridge.queue.depth == 0, timeout=timeout)
-    stats = await bridge.queue.stats()
-    assert stats["dead_letters"] == 0, stats["dead_by_reason"]
-    ledger.verify(await sim_state(sim))
+from tests.support.cortex import BridgeFactory, sim_config, wait_until
+from tests.support.ledger import FAST, KINDS, Ledger, bridge_url, drain_and_verify, scaled
 
 
 async def test_long_outage_then_recovery(make_bridge: BridgeFactory) -> None:

@@ -25,8 +25,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
-from tests.chaos.conftest import Ledger, integrity
-from tests.conftest import BridgeFactory, sim_config, sim_state, wait_until
+from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
+from tests.support.ledger import Ledger, integrity
 
 FAST = {"rate_limit_per_minute": 60_000, "burst": 200}
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from bridge.queue import inspect
 from bridge.sources.native import RecordErrors, parse_native
-from tests.chaos.conftest import BASE_TS, make_record, scaled
+from tests.support.ledger import BASE_TS, make_record, scaled
 from tests.support.processes import BridgeProcess, free_port
 
 TOKEN = "fuzz-ingest-token"

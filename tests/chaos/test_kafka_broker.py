@@ -18,9 +18,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from bridge.sources.kafka.source import KafkaSource
-from tests.chaos.conftest import BASE_TS, scaled
-from tests.conftest import ENTITIES, BridgeFactory, sim_config, sim_state, wait_until
-from tests.sources.kafka.conftest import (  # noqa: F401
+from tests.support.cortex import ENTITIES, BridgeFactory, sim_config, sim_state, wait_until
+from tests.support.kafka import (  # noqa: F401
     Tansu,
     broker,
     committed_offsets,
@@ -30,6 +29,7 @@ from tests.sources.kafka.conftest import (  # noqa: F401
     tansu,
     unique,
 )
+from tests.support.ledger import BASE_TS, scaled
 
 PARTITIONS = 2
 

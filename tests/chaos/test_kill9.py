@@ -15,8 +15,8 @@ import random
 from pathlib import Path
 
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
-from tests.chaos.conftest import Ledger, queue_stats, scaled
-from tests.conftest import sim_config, sim_state, wait_until
+from tests.support.cortex import sim_config, sim_state, wait_until
+from tests.support.ledger import Ledger, queue_stats, scaled
 from tests.support.processes import BridgeProcess
 
 

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY, MAX_JSON_DEPTH
-from tests.chaos.conftest import make_record, scaled
-from tests.conftest import BridgeFactory, hostile_json, sim_config, sim_state, wait_until
+from tests.support.cortex import BridgeFactory, hostile_json, sim_config, sim_state, wait_until
+from tests.support.ledger import make_record, scaled
 
 POISON = "cortex-says-no"
 #: What each kind of input must end as: "delivered", or the dead-letter reason.

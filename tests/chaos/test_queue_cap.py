@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 
 from bridge.cortex.simulator.server import SimulatorServer
-from tests.chaos.conftest import Ledger, integrity, scaled
-from tests.conftest import BridgeFactory, sim_config, sim_state, wait_until
+from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
+from tests.support.ledger import Ledger, integrity, scaled
 
 FAST = {"rate_limit_per_minute": 60_000, "burst": 200}
 

@@ -16,7 +16,7 @@ from bridge.cortex.budget import TokenBucket
 from bridge.cortex.client import CortexClient, NotSent
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
-from tests.conftest import SIM_TOKEN
+from tests.support.cortex import SIM_TOKEN
 
 TIMEOUT = 0.5
 

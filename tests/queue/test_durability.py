@@ -13,7 +13,7 @@ import aiohttp
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY
-from tests.conftest import sim_config, sim_state, wait_until
+from tests.support.cortex import sim_config, sim_state, wait_until
 from tests.support.processes import BridgeProcess
 
 

@@ -15,7 +15,7 @@ from bridge.cortex.budget import RESTORE_MARGIN, TokenBucket
 from bridge.cortex.simulator.server import SimulatorServer
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
-from tests.conftest import sim_config, sim_requests
+from tests.support.cortex import sim_config, sim_requests
 from tests.support.paths import ROOT
 
 LIMIT = 20

@@ -30,7 +30,7 @@ from bridge.records import (
     record_from_json,
 )
 from bridge.sources.native import RecordErrors, parse_native
-from tests.conftest import BridgeFactory, sim_config, sim_state, wait_until
+from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
 
 POLICY = BatchPolicy(max_items={"metric": 100, "deploy": 1}, ambiguous_kinds=frozenset({"deploy", "metric"}))
 

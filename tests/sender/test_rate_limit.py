@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bridge.cortex.simulator.server import SimulatorServer
-from tests.conftest import BridgeFactory, post_records, sim_config, sim_requests, wait_until
-from tests.sender.test_sender import deploy
+from tests.support.cortex import BridgeFactory, post_records, sim_config, sim_requests, wait_until
+from tests.support.records import deploy
 
 LIMIT = 40
 

@@ -21,7 +21,7 @@ from bridge.records import BRIDGE_ID_KEY, format_timestamp, utc_now
 from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import build_request
 from bridge.sources.native import parse_native
-from tests.conftest import SIM_TOKEN, BridgeFactory, post_records, sim_config, sim_state, wait_until
+from tests.support.cortex import SIM_TOKEN, BridgeFactory, post_records, sim_config, sim_state, wait_until
 
 NOW = utc_now().replace(microsecond=0)
 ONE_AT_A_TIME = BatchPolicy(max_items={"metric": 1}, ambiguous_kinds=frozenset({"metric"}))

@@ -10,25 +10,9 @@ from bridge.app import Bridge
 from bridge.cortex.simulator.server import SimEntity, SimFaults, SimulatorServer
 from bridge.metrics import sample
 from bridge.queue import inspect
-from bridge.records import BRIDGE_ID_KEY, format_timestamp, utc_now
-from tests.conftest import BridgeFactory, post_records, sim_config, sim_requests, sim_state, wait_until
-
-NOW = utc_now().replace(microsecond=0)
-
-
-def deploy(i: int, entity: str = "checkout-service") -> dict[str, Any]:
-    return {"kind": "deploy", "entity": entity, "title": f"Deploy {i}", "sha": f"{i:040x}",
-            "timestamp": format_timestamp(NOW - timedelta(seconds=i)), "environment": "prod"}
-
-
-def event(i: int, entity: str = "checkout-service") -> dict[str, Any]:
-    return {"kind": "event", "entity": entity, "type": "DEPLOY_FAILED", "title": f"Failure {i}",
-            "timestamp": format_timestamp(NOW - timedelta(seconds=i))}
-
-
-def point(i: int, entity: str = "checkout-service", key: str = "lead-time") -> dict[str, Any]:
-    return {"kind": "metric", "entity": entity, "key": key,
-            "timestamp": format_timestamp(NOW - timedelta(seconds=i)), "value": float(i)}
+from bridge.records import BRIDGE_ID_KEY, format_timestamp
+from tests.support.cortex import BridgeFactory, post_records, sim_config, sim_requests, sim_state, wait_until
+from tests.support.records import NOW, deploy, event, point
 
 
 async def drained(bridge: Bridge) -> bool:

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 
 from bridge.cortex.simulator.server import SimulatorServer
-from tests.conftest import BridgeFactory, post_records
-from tests.sender.test_sender import event
+from tests.support.cortex import BridgeFactory, post_records
+from tests.support.records import event
 
 
 async def depth(bridge: Any) -> int:
@@ -114,7 +114,7 @@ async def test_not_ready_at_start_when_the_queue_cannot_write(sim: SimulatorServ
     """A restart on a full disk: /readyz must not say ready before any write went through."""
     from bridge.app import Bridge
     from bridge.config import load_settings
-    from tests.conftest import SIM_TOKEN
+    from tests.support.cortex import SIM_TOKEN
 
     settings = load_settings(None, cortex={"url": sim.url, "token": SIM_TOKEN}, queue={"path": tmp_path / "q.db"},
                              http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},

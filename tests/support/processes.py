@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from tests.conftest import SIM_TOKEN
+from tests.support.cortex import SIM_TOKEN
 
 
 def free_port() -> int:

@@ -31,7 +31,7 @@ from bridge.cortex.simulator.server import (
     SimulatorServer,
     SlidingWindow,
 )
-from tests.conftest import sim_requests, sim_state
+from tests.support.cortex import sim_requests, sim_state
 from tests.support.paths import FIXTURES
 
 OPENAPI_SPEC = FIXTURES / "cortex" / "openapi.json"

@@ -12,8 +12,8 @@ from aiokafka import TopicPartition
 
 from bridge import metrics
 from bridge.cortex.simulator.server import SimulatorServer
-from tests.conftest import BridgeFactory, sim_state, wait_until
-from tests.sources.kafka.conftest import (
+from tests.support.cortex import BridgeFactory, sim_state, wait_until
+from tests.support.kafka import (
     Tansu,
     committed_offsets,
     create_topic,

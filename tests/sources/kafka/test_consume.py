@@ -16,18 +16,18 @@ from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from bridge.queue import inspect, poison
 from bridge.sources.kafka import batches as kafka_module
 from bridge.sources.kafka.source import KafkaSource
-from tests.conftest import BridgeFactory, sim_state, wait_until
-from tests.sources.kafka.conftest import (
+from tests.support.cortex import BridgeFactory, sim_state, wait_until
+from tests.support.kafka import (
     Tansu,
     committed_offsets,
     create_topic,
-    free_port,
     kafka_source,
     produce,
     restart_with_topic,
     start_bridge,
     unique,
 )
+from tests.support.processes import free_port
 
 ENTITIES = ["checkout-service", "payments-api", "inventory"]
 

@@ -6,8 +6,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.sources.kafka.offsets import MembershipLost, committing_as, membership, pin_commits_to_membership
-from tests.conftest import wait_until
-from tests.sources.kafka.conftest import (
+from tests.support.cortex import wait_until
+from tests.support.kafka import (
     FAST_GROUP,
     Tansu,
     committed_offsets,

@@ -6,8 +6,7 @@ client against the fake apiserver through a kubeconfig file, as it would against
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,10 @@ from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator.server import SimulatorServer
 from bridge.sources.kubernetes.source import KubernetesSource
-from tests.conftest import SIM_TOKEN, sim_config, wait_until
-from tests.sources.kubernetes._cluster import Cluster
 from tests.support.apiserver import FakeApiServer
-
-#: Custom metric receiving the occurrence count of each event window.
-COUNT_METRIC = "k8s-warning-count"
+from tests.support.cluster import Cluster
+from tests.support.cortex import SIM_TOKEN, sim_config, wait_until
+from tests.support.kubernetes import COUNT_METRIC, Running, StartBridge, source_config
 
 
 @pytest.fixture
@@ -41,50 +38,6 @@ def cluster(apiserver: FakeApiServer) -> Cluster:
 async def cortex() -> AsyncIterator[SimulatorServer]:
     async with SimulatorServer(sim_config(metric_keys=["lead-time", COUNT_METRIC])) as server:
         yield server
-
-
-@dataclass
-class Running:
-    """A started bridge and its kubernetes source."""
-
-    bridge: Bridge
-    source: KubernetesSource
-
-    async def caught_up(self, server: FakeApiServer, timeout: float = 10.0) -> None:
-        """Wait until every collection is handled up to the server's current resourceVersion and
-        every record reached Cortex (or the dead-letter set)."""
-        target = int(server.resource_version)
-
-        def done() -> bool:
-            positions = self.source.positions
-            return (bool(positions) and all(p and int(p) >= target for p in positions.values())
-                    and self.bridge.queue.depth == 0)
-
-        await wait_until(done, timeout=timeout)
-
-
-StartBridge = Callable[..., Awaitable[Running]]
-
-
-def source_config(kubeconfig: Path, **overrides: Any) -> dict[str, Any]:
-    """A kubernetes source as tests use it: short windows and leases, the fake cluster's names."""
-    config: dict[str, Any] = {
-        "name": "k8s",
-        "type": "kubernetes",
-        "kubeconfig": str(kubeconfig),
-        "cluster": "test-cluster",
-        "environment": "staging",
-        "entity": {"template": "{name}"},
-        "rollouts": {"sha": ["annotation:cortex.io/git-sha"]},
-        "events": {"window_seconds": 30},
-        "leader_election": {"enabled": False},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import asyncio
 
 from bridge.cortex.simulator.server import SimulatorServer
 from bridge.metrics import sample
-from tests.conftest import sim_state, wait_until
-from tests.sources.kubernetes._cluster import Cluster
-from tests.sources.kubernetes.conftest import COUNT_METRIC, StartBridge
 from tests.support.apiserver import FIXTURES_DIR, FakeApiServer
+from tests.support.cluster import Cluster
+from tests.support.cortex import sim_state, wait_until
+from tests.support.kubernetes import COUNT_METRIC, StartBridge
 
 KSPAN = FIXTURES_DIR / "k8s-real" / "kspan"
 

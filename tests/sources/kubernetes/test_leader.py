@@ -6,10 +6,10 @@ import asyncio
 import json
 
 from bridge.cortex.simulator.server import SimulatorServer
-from tests.conftest import sim_state, wait_until
-from tests.sources.kubernetes._cluster import Cluster
-from tests.sources.kubernetes.conftest import StartBridge
 from tests.support.apiserver import FakeApiServer
+from tests.support.cluster import Cluster
+from tests.support.cortex import sim_state, wait_until
+from tests.support.kubernetes import StartBridge
 
 #: Short terms so that a test sees an expiry: renew every 0.2 s, give up after 1.5 s, expire after 2 s.
 ELECTION = {"enabled": True, "lease_namespace": "kube-system", "lease_duration_seconds": 2,

@@ -6,10 +6,10 @@ import asyncio
 
 from bridge.cortex.simulator.server import SimulatorServer
 from bridge.metrics import sample
-from tests.conftest import sim_state
-from tests.sources.kubernetes._cluster import Cluster
-from tests.sources.kubernetes.conftest import StartBridge
 from tests.support.apiserver import FakeApiServer
+from tests.support.cluster import Cluster
+from tests.support.cortex import sim_state
+from tests.support.kubernetes import StartBridge
 
 DEPLOYMENTS = "/apis/apps/v1/deployments"
 EVENTS = "/apis/events.k8s.io/v1/events"

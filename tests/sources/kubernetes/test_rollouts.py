@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from bridge.cortex.simulator.server import SimulatorServer
-from tests.conftest import sim_state
-from tests.sources.kubernetes._cluster import REVISIONED, Cluster
-from tests.sources.kubernetes.conftest import StartBridge
 from tests.support.apiserver import FakeApiServer
+from tests.support.cluster import REVISIONED, Cluster
+from tests.support.cortex import sim_state
+from tests.support.kubernetes import StartBridge
 
 
 async def deploys(cortex: SimulatorServer, entity: str) -> list[dict[str, Any]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 
@@ -12,25 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.webhooks import (
-    SECRET,
+    FIXTURES_BY_SOURCE,
+    SOURCES,
     Running,
     StartBridge,
-    example_source,
+    credentials,
     fixture_json,
-    github_signature,
+    paths,
 )
 
-SOURCES: list[dict[str, Any]] = [
-    {"name": "github", "type": "github", "secrets": [SECRET],
-     "deploy_workflows": [{"workflow": "test.yml", "environment": "production"}],
-     "workflow_duration_metric": "ci-workflow-duration"},
-    {"name": "gitlab", "type": "gitlab", "secrets": [SECRET], "pipeline_duration_metric": "ci-pipeline-duration"},
-    {"name": "jenkins", "type": "jenkins", "secrets": [SECRET], "deploy_jobs": [{"job": "*"}]},
-    {"name": "argocd", "type": "argocd", "secrets": [SECRET]},
-    {"name": "flux", "type": "flux", "secrets": [SECRET]},
-    {"name": "cloudevents", "type": "cloudevents", "secrets": [SECRET], "pipeline_duration_metric": "ci-pipeline-duration"},
-    example_source("circleci.yaml", "circleci"),
-]
 NAMES = [s["name"] for s in SOURCES]
 HEADER_NAMES = ["Content-Type", "X-GitHub-Event", "X-GitHub-Delivery", "X-Hub-Signature-256", "X-Gitlab-Event",
                 "X-Gitlab-Token", "Idempotency-Key", "Authorization", "X-Signature", "circleci-signature",
@@ -52,15 +40,6 @@ async def target(start_bridge: StartBridge) -> Running:
     return await start_bridge(*SOURCES)
 
 
-def credentials(source: str, body: bytes) -> dict[str, str]:
-    """Valid credentials for ``body`` on ``source``: the fuzz gets past authentication."""
-    if source in ("github", "flux"):
-        return {"X-Hub-Signature-256" if source == "github" else "X-Signature": github_signature(body)}
-    if source == "gitlab":
-        return {"X-Gitlab-Token": SECRET}
-    if source == "circleci":
-        return {"circleci-signature": "v1=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
-    return {"Authorization": f"Bearer {SECRET}"}
 
 
 async def footprint(running: Running) -> tuple[int, int]:
@@ -96,31 +75,8 @@ async def test_authenticated_random_json_never_fails_the_server(target: Running,
     assert await footprint(target) == before
 
 
-FIXTURES_BY_SOURCE: dict[str, list[tuple[str | None, str]]] = {
-    "github": [("deployment_status", "github/deployment_status.success.json"),
-               ("workflow_run", "github/workflow_run.completed.success.json"),
-               ("release", "github/release.published.json")],
-    "gitlab": [("Deployment Hook", "gitlab-docs/deployment.success.json"),
-               ("Pipeline Hook", "gitlab-docs/pipeline.success.json"),
-               ("Job Hook", "gitlab-go-gitlab/job.json")],
-    "jenkins": [(None, "jenkins/notification-plugin.completed.success.json")],
-    "flux": [(None, "flux/event.kustomization.validation-failed.v1.json")],
-    "cloudevents": [(None, "cdevents/service_deployed.json"), (None, "cdevents/pipelinerun_finished.json"),
-                    (None, "cdevents/incident_detected.json")],
-    "circleci": [(None, "circleci/workflow-completed.github-oauth.json"), (None, "circleci/job-completed.github-oauth.json")],
-}
 
 
-def paths(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every path to a value in a JSON document."""
-    found = [prefix]
-    if isinstance(document, dict):
-        for key, value in document.items():
-            found.extend(paths(value, (*prefix, key)))
-    elif isinstance(document, list):
-        for index, value in enumerate(document):
-            found.extend(paths(value, (*prefix, index)))
-    return found
 
 
 @FUZZ

@@ -12,9 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.records import record_from_json
-from tests.conftest import hostile_json
-from tests.sources.webhooks.test_fuzz import FIXTURES_BY_SOURCE, SOURCES, credentials, paths
-from tests.support.webhooks import Running, StartBridge, fixture_json, records_for
+from tests.support.cortex import hostile_json
+from tests.support.webhooks import (
+    FIXTURES_BY_SOURCE,
+    SOURCES,
+    Running,
+    StartBridge,
+    credentials,
+    fixture_json,
+    paths,
+    records_for,
+)
 
 HOSTILE = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

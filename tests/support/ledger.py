@@ -9,8 +9,7 @@ the end compares the ledger with what the Cortex simulator stored:
 * nothing is stored twice (deploys, events and metric points are not idempotent in Cortex).
 
 ``CHAOS_LONG=1`` makes every scenario longer and harsher (more kill rounds, longer outages,
-more fuzz examples) for local runs; the default mode fits the CI budget.
-"""
+more fuzz examples) for local runs; the default mode fits the CI budget."""
 
 from __future__ import annotations
 
@@ -25,15 +24,19 @@ from typing import Any
 
 import aiohttp
 
+from bridge.app import Bridge
+from bridge.cortex.simulator.server import SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY
-from tests.conftest import ENTITIES, METRIC_KEYS
+from tests.support.cortex import ENTITIES, METRIC_KEYS, sim_state, wait_until
 
 #: Longer, harsher runs for local use; CI runs the default.
 LONG = os.environ.get("CHAOS_LONG", "") not in ("", "0")
 
+
 #: Timestamps 30 days back: inside Cortex's 6-month metric window, so nothing is discarded.
 BASE_TS = int(time.time()) - 30 * 86400
+
 
 KINDS = ("deploy", "event", "metric", "custom_data")
 
@@ -143,3 +146,19 @@ def integrity(path: Path) -> str:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
     finally:
         conn.close()
+
+
+#: The quota is not under test here (test_rate_limit.py and bench/delivery.py own it).
+FAST = {"rate_limit_per_minute": 60_000, "burst": 200, "request_timeout_seconds": 2}
+
+
+def bridge_url(bridge: Bridge) -> str:
+    return f"http://127.0.0.1:{bridge.ingest_port}"
+
+
+async def drain_and_verify(bridge: Bridge, sim: SimulatorServer, ledger: Ledger, timeout: float = 120) -> None:
+    """Wait until nothing is left undelivered, then check the ledger against the simulator."""
+    await wait_until(lambda: bridge.queue.depth == 0, timeout=timeout)
+    stats = await bridge.queue.stats()
+    assert stats["dead_letters"] == 0, stats["dead_by_reason"]
+    ledger.verify(await sim_state(sim))
