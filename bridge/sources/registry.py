@@ -10,7 +10,7 @@ from bridge.sources.base import Source, SourceConfigError, SourceContext, Source
 #: type name -> "module:factory"; imported lazily so an unused adapter costs nothing at startup.
 #: Each adapter adds its line here.
 SOURCE_TYPES: dict[str, str] = {
-    "kafka": "bridge.sources.kafka.source:create_kafka_source",
+    "kafka": "bridge.sources.kafka.source:create",
     "github": "bridge.sources.webhooks.github:create",
     "gitlab": "bridge.sources.webhooks.gitlab:create",
     "jenkins": "bridge.sources.webhooks.jenkins:create",

@@ -413,7 +413,7 @@ def _names(tps: Iterable[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}/{tp.partition}" for tp in tps)
 
 
-def create_kafka_source(config: dict[str, Any], ctx: SourceContext) -> KafkaSource:
+def create(config: dict[str, Any], ctx: SourceContext) -> KafkaSource:
     """Source factory registered as ``type: kafka``."""
     settings = parse_settings(KafkaSourceSettings, config)
     return KafkaSource(settings, ctx)
