@@ -1,13 +1,15 @@
-"""The one way any HTTP source answers: records durable -> 202; otherwise a clear 4xx/503.
+"""The one way any HTTP source stores input and answers: records durable -> 202; else a clear 4xx/503.
 
 Shared by the native endpoint and every webhook source so that "2xx means on disk" has a single
-implementation.
+implementation. Storing returns a typed result (:class:`Admitted` or :class:`NotAdmitted`) and
+the answers are rendered here, from those results, and nowhere else.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -16,8 +18,29 @@ from aiohttp import web
 from bridge import metrics
 from bridge.queue import AppendResult, DurableQueue, QueueFull, QueueUnavailable
 from bridge.records import Record, UnstorableRecord
+from bridge.sources.pipeline import DeadLetters
 
 log = structlog.get_logger("bridge.ingest")
+
+_UNAVAILABLE = "queue cannot store input right now; retry later"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """Records that are durable now (or, for a repeated delivery id, already were)."""
+
+    ids: list[str]
+    duplicate_delivery: bool = False
+
+
+@dataclass(frozen=True)
+class NotAdmitted:
+    """The queue refused the input; nothing (more) of it was stored."""
+
+    status: int
+    reason: str
+    #: the refusal is temporary: answered with ``Retry-After``
+    retry: bool
 
 
 def error_response(status: int, reason: str, *, source: str, extra: dict[str, Any] | None = None,
@@ -34,6 +57,28 @@ def ignored_response(reason: str, *, source: str) -> web.Response:
     return web.json_response({"ignored": reason}, status=202)
 
 
+def not_admitted_response(refusal: NotAdmitted, *, source: str, retry_after: int) -> web.Response:
+    """The answer to input the queue refused."""
+    headers = {"Retry-After": str(retry_after)} if refusal.retry else None
+    return error_response(refusal.status, refusal.reason, source=source, headers=headers)
+
+
+def admitted_response(admitted: Admitted | None, dead: Sequence[DeadLetters] = ()) -> web.Response:
+    """202 for durable input: the records appended (``None``: there were none) and the dead letters kept."""
+    dead_ids = [r.id for group in dead for r in group.records]
+    if admitted is None:
+        reasons = sorted({group.reason for group in dead})
+        return web.json_response({"accepted": 0, "dead_lettered": len(dead_ids), "reasons": reasons,
+                                  "ids": dead_ids}, status=202)
+    body: dict[str, Any] = {"accepted": len(admitted.ids), "ids": admitted.ids}
+    if admitted.duplicate_delivery:
+        body["duplicate_delivery"] = True
+    if dead_ids:
+        body["dead_lettered"] = len(dead_ids)
+        body["dead_letter_ids"] = dead_ids
+    return web.json_response(body, status=202)
+
+
 def count_appended(source: str, records: Sequence[Record], result: AppendResult) -> None:
     """Count what an append stored and what it found already known, per record kind."""
     kinds = {r.id: r.kind for r in records}
@@ -45,6 +90,48 @@ def count_appended(source: str, records: Sequence[Record], result: AppendResult)
             counter.labels(source, kind).inc(n)
 
 
+def _unstorable(exc: UnstorableRecord) -> NotAdmitted:
+    return NotAdmitted(422, f"record cannot be stored as sent; nothing was stored: {exc}", retry=False)
+
+
+async def append_records(queue: DurableQueue, records: Sequence[Record], *, source: str,
+                         delivery_id: str | None = None) -> Admitted | NotAdmitted:
+    """Append ``records`` durably (deduplicated by ``delivery_id``, when given)."""
+    for record in records:
+        metrics.RECORDS_RECEIVED.labels(source, record.kind).inc()
+    try:
+        result = await queue.append(records, delivery=(source, delivery_id) if delivery_id else None)
+    except QueueFull as exc:
+        log.warning("queue_full", source=source, error=str(exc))
+        return NotAdmitted(503, "queue is full; retry later", retry=True)
+    except QueueUnavailable as exc:
+        log.error("queue_unavailable", source=source, error=str(exc))
+        return NotAdmitted(503, _UNAVAILABLE, retry=True)
+    except UnstorableRecord as exc:
+        # The model's validators should have refused it; this is the last check at the door.
+        log.warning("record_unstorable", source=source, record_id=exc.record_id, problem=exc.problem)
+        return _unstorable(exc)
+    count_appended(source, records, result)
+    log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
+              new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)
+    return Admitted([r.id for r in records], result.duplicate_delivery)
+
+
+async def keep_dead_letters(queue: DurableQueue, dead: Sequence[DeadLetters], *, source: str) -> NotAdmitted | None:
+    """Store records the mapping could not complete as dead letters; ``None`` when all are stored."""
+    for group in dead:
+        try:
+            await queue.dead_letter_input(group.records, reason=group.reason, detail=group.detail)
+        except (QueueFull, QueueUnavailable) as exc:
+            log.warning("webhook_dead_letter_refused", source=source, error=str(exc))
+            return NotAdmitted(503, _UNAVAILABLE, retry=True)
+        except UnstorableRecord as exc:
+            return _unstorable(exc)
+        log.warning("webhook_dead_lettered", source=source, reason=group.reason, detail=group.detail,
+                    records=len(group.records))
+    return None
+
+
 async def admit(
     queue: DurableQueue,
     records: Sequence[Record],
@@ -54,26 +141,7 @@ async def admit(
     retry_after: int = 5,
 ) -> web.Response:
     """Append ``records`` durably and answer; 503 + Retry-After when the queue refuses."""
-    for record in records:
-        metrics.RECORDS_RECEIVED.labels(source, record.kind).inc()
-    try:
-        result = await queue.append(records, delivery=(source, delivery_id) if delivery_id else None)
-    except QueueFull as exc:
-        log.warning("queue_full", source=source, error=str(exc))
-        return error_response(503, "queue is full; retry later", source=source,
-                              headers={"Retry-After": str(retry_after)})
-    except QueueUnavailable as exc:
-        log.error("queue_unavailable", source=source, error=str(exc))
-        return error_response(503, "queue cannot store input right now; retry later", source=source,
-                              headers={"Retry-After": str(retry_after)})
-    except UnstorableRecord as exc:
-        # The model's validators should have refused it; this is the last check at the door.
-        log.warning("record_unstorable", source=source, record_id=exc.record_id, problem=exc.problem)
-        return error_response(422, f"record cannot be stored as sent; nothing was stored: {exc}", source=source)
-    count_appended(source, records, result)
-    log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
-             new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)
-    body: dict[str, Any] = {"accepted": len(records), "ids": [r.id for r in records]}
-    if result.duplicate_delivery:
-        body["duplicate_delivery"] = True
-    return web.json_response(body, status=202)
+    result = await append_records(queue, records, source=source, delivery_id=delivery_id)
+    if isinstance(result, NotAdmitted):
+        return not_admitted_response(result, source=source, retry_after=retry_after)
+    return admitted_response(result)

@@ -1,7 +1,9 @@
 """What every source adapter plugs into: the context it gets and the shape it has.
 
-A source knows its wire format and nothing about Cortex HTTP. It turns inputs into records and
-hands them to :func:`bridge.sources.admit.admit` (or ``queue.append``); the sender does the rest.
+A source knows its wire format and nothing about Cortex HTTP. It turns inputs into records (the
+webhook sources and Kafka's ``cloudevents`` and ``mapping`` formats through one input pipeline,
+:mod:`bridge.sources.pipeline`) and hands them to the queue (HTTP sources through
+:mod:`bridge.sources.admit`, which also answers); the sender does the rest.
 Webhook sources contribute aiohttp routes on the ingest port; long-running sources (Kafka,
 Kubernetes) run between :meth:`Source.start` and :meth:`Source.stop`.
 """

@@ -32,11 +32,11 @@ from bridge.sources.kafka.formats import (
     PoisonMessage,
     build_decoder,
     delivery_id,
-    header_map,
+    text_headers,
 )
 from bridge.sources.kafka.offsets import PartitionOffsets
 from bridge.sources.kafka.settings import KafkaSourceSettings
-from bridge.sources.webhooks.source import DeadLetters
+from bridge.sources.pipeline import DeadLetters
 
 log = structlog.get_logger("bridge.kafka")
 
@@ -137,7 +137,7 @@ class BatchWriter:
             "offset": message.offset,
             "key": None if key is None else key.decode("utf-8", errors="backslashreplace"),
             "timestamp_ms": message.timestamp,
-            "headers": header_map(message),
+            "headers": text_headers(message),
         }
         return RawInput(self.name, delivery_id(message), reason, detail, message.value, meta)
 

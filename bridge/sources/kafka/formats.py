@@ -10,18 +10,20 @@ and moves on.
 * ``cloudevents``: CloudEvents 1.0 in the Kafka protocol binding, structured mode (``content-type:
   application/cloudevents+json``) or binary mode (``ce_*`` headers, value = data), CDEvents
   included. The binding is translated to the HTTP binding (:func:`http_headers`) and the message
-  goes through the pipeline of the ``cloudevents`` webhook source type, so HTTP and Kafka map an
-  event identically (same record ids, same entity resolution, same dead letters for unknown
-  entities).
-* ``mapping``: the value and headers go to the pipeline of the ``mapping`` webhook source type
-  (declarative rules), as if they had been POSTed.
+  runs through the input pipeline (:mod:`bridge.sources.pipeline`) with the adapter of the
+  ``cloudevents`` webhook source type, so HTTP and Kafka map an event identically (same record
+  ids, same entity resolution, same dead letters for unknown entities).
+* ``mapping``: the value and headers run through the pipeline with the adapter of the
+  ``mapping`` webhook source type (declarative rules).
 
-A topic's ``options`` are the webhook source's settings (``entity``, ``rules`` ...); ``name`` and
-``type`` are filled in, and no credentials are needed (Kafka authenticated the producer).
+A topic's ``options`` are that adapter's settings (``entity``, ``rules`` ...); ``name`` and
+``type`` are filled in. Credentials are not among them: Kafka authenticated the producer. An input
+the pipeline refuses is poison with the reason ``unmappable`` and the refusal's kind in the detail.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +35,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from bridge.records import Record
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.native import RecordErrors, parse_native
-from bridge.sources.registry import SOURCE_TYPES, build_sources
-from bridge.sources.webhooks.source import DeadLetters, Ignored, Rejected, WebhookSource
+from bridge.sources.pipeline import DeadLetters, Ignored, InputPipeline, Refused
 
 FormatName = Literal["native", "cloudevents", "mapping"]
 
-#: format -> the webhook source type whose pipeline maps it
-WEBHOOK_FORMATS: dict[str, str] = {"cloudevents": "cloudevents", "mapping": "mapping"}
+#: format -> the factory of the adapter that maps it (``module:function``, imported when used)
+ADAPTER_FORMATS: dict[str, str] = {
+    "cloudevents": "bridge.sources.webhooks.cloudevents:adapter",
+    "mapping": "bridge.sources.webhooks.mapping:adapter",
+}
 
 
 class KafkaMessage(Protocol):
@@ -91,7 +95,7 @@ def delivery_id(message: KafkaMessage) -> str:
     return f"{message.topic}/{message.partition}/{message.offset}"
 
 
-def header_map(message: KafkaMessage) -> dict[str, str]:
+def text_headers(message: KafkaMessage) -> dict[str, str]:
     """Headers as text, lower-cased names (the last of repeated names wins)."""
     out: dict[str, str] = {}
     for name, raw in message.headers or ():
@@ -122,54 +126,40 @@ def native_decoder(source: str) -> MessageDecoder:
     return decode
 
 
-# -- formats mapped by a webhook source type's pipeline -------------------------------------------
+# -- formats mapped by an adapter in the input pipeline ------------------------------------------
 
 
 def http_headers(message: KafkaMessage) -> CIMultiDictProxy[str]:
-    """The message headers as the HTTP request a webhook pipeline expects.
+    """The message headers as the HTTP request headers the adapters read.
 
     The CloudEvents Kafka binding names attributes ``ce_<name>`` where the HTTP binding says
     ``ce-<name>``; both put the data's media type in ``content-type``. Without one, the value is
     taken as JSON (CloudEvents' default, and what producers that omit the header send).
     """
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in header_map(message).items():
+    for name, value in text_headers(message).items():
         headers.add(f"ce-{name[3:]}" if name.startswith("ce_") else name, value)
     headers.setdefault("Content-Type", "application/json")
     return CIMultiDictProxy(headers)
 
 
-def webhook_pipeline(fmt: str, *, source: str, options: Mapping[str, Any], ctx: SourceContext) -> WebhookSource:
-    """The webhook source of ``fmt``'s type, configured from a topic's ``options``."""
-    kind = WEBHOOK_FORMATS[fmt]
-    if kind not in SOURCE_TYPES:
-        raise FormatUnavailable(f"format {fmt!r} needs the {kind!r} source type, which this build does not have")
-    config = {**options, "name": source, "type": kind, "allow_unauthenticated": True}
+def adapter_pipeline(fmt: str, *, source: str, options: Mapping[str, Any], ctx: SourceContext) -> InputPipeline:
+    """The input pipeline of ``fmt``'s adapter, configured from a topic's ``options``."""
+    module_name, _, factory_name = ADAPTER_FORMATS[fmt].partition(":")
     try:
-        built = build_sources([config], ctx)[0]
+        factory = getattr(importlib.import_module(module_name), factory_name)
     except ImportError as exc:
-        raise FormatUnavailable(f"format {fmt!r} needs {SOURCE_TYPES[kind]}, which this build lacks ({exc})") \
-            from None
+        raise FormatUnavailable(f"format {fmt!r} needs {module_name}, which this build lacks ({exc})") from None
+    try:
+        adapter = factory({**options, "name": source, "type": fmt}, ctx)
     except SourceConfigError as exc:
         raise FormatUnavailable(f"format {fmt!r}: invalid options: {exc}") from None
-    if not isinstance(built, WebhookSource):
-        raise FormatUnavailable(f"format {fmt!r}: the {kind!r} source type has no webhook pipeline")
-    return built
+    pipeline: InputPipeline = adapter.pipeline(ctx)
+    return pipeline
 
 
-async def _evaluate(pipeline: WebhookSource, headers: CIMultiDictProxy[str], body: bytes,
-                    received_at: datetime) -> Decoded:
-    """Run a webhook pipeline on one payload and translate its outcome."""
-    outcome = await pipeline.evaluate(headers, body, authenticate=False, received_at=received_at)
-    if isinstance(outcome, Ignored):
-        return Decoded([])
-    if isinstance(outcome, Rejected):
-        raise PoisonMessage("unmappable", f"{outcome.reason} (as a webhook: HTTP {outcome.status})")
-    return Decoded(list(outcome.records), list(outcome.dead))
-
-
-def pipeline_decoder(pipeline: WebhookSource) -> MessageDecoder:
-    """A format mapped by a webhook pipeline: the value is the body, the headers the headers.
+def pipeline_decoder(pipeline: InputPipeline) -> MessageDecoder:
+    """A format mapped in the input pipeline: the value is the body, the headers the headers.
 
     ``cloudevents``: structured mode (``content-type: application/cloudevents+json``), batches,
     binary mode (``ce_*`` headers, translated by :func:`http_headers`) and bare CDEvents
@@ -179,7 +169,12 @@ def pipeline_decoder(pipeline: WebhookSource) -> MessageDecoder:
     async def decode(message: KafkaMessage, received_at: datetime) -> Decoded:
         if message.value is None:
             raise PoisonMessage("empty_value", "message has no value (tombstone)")
-        return await _evaluate(pipeline, http_headers(message), message.value, received_at)
+        outcome = await pipeline.run(http_headers(message), message.value, received_at=received_at)
+        if isinstance(outcome, Ignored):
+            return Decoded([])
+        if isinstance(outcome, Refused):
+            raise PoisonMessage("unmappable", f"{outcome.kind}: {outcome.reason}")
+        return Decoded(list(outcome.records), list(outcome.dead))
 
     return decode
 
@@ -188,4 +183,4 @@ def build_decoder(fmt: FormatName, *, source: str, options: Mapping[str, Any], c
     """The decoder of a topic's configured format; raises :class:`FormatUnavailable`."""
     if fmt == "native":
         return native_decoder(source)
-    return pipeline_decoder(webhook_pipeline(fmt, source=source, options=options, ctx=ctx))
+    return pipeline_decoder(adapter_pipeline(fmt, source=source, options=options, ctx=ctx))

@@ -16,7 +16,8 @@ what is on disk. Per batch from ``getmany``:
 
 When the queue is full, all assigned partitions are paused and ``getmany`` keeps being called (it
 returns nothing) so the member stays in the group; they resume once the queue has drained.
-Offsets out of range are never skipped forward: the partition restarts at its earliest offset.
+Offsets out of range are never skipped forward: the partition restarts at its earliest offset
+(:mod:`bridge.sources.kafka.positions`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from bridge.sources.kafka.offsets import (
     membership,
     pin_commits_to_membership,
 )
+from bridge.sources.kafka.positions import partition_names, partitions_of, seek_out_of_range, seek_uncommitted
 from bridge.sources.kafka.settings import KafkaSourceSettings
 
 log = structlog.get_logger("bridge.kafka")
@@ -211,10 +213,11 @@ class KafkaSource:
                 batch = await consumer.getmany(timeout_ms=settings.poll_timeout_ms,
                                                max_records=settings.max_poll_records)
             except NoOffsetForPartitionError as exc:
-                await self._seek_new(consumer, _partitions_of(exc))
+                await seek_uncommitted(consumer, partitions_of(exc), tracker=self._tracker,
+                                       start_from=settings.start_from, source=self.name)
                 continue
             except OffsetOutOfRangeError as exc:
-                await self._seek_out_of_range(consumer, _partitions_of(exc))
+                await seek_out_of_range(consumer, partitions_of(exc), tracker=self._tracker, source=self.name)
                 continue
             except KafkaError as exc:
                 log.warning("kafka_fetch_failed", source=self.name, error=repr(exc))
@@ -226,31 +229,6 @@ class KafkaSource:
                     if hw is not None:
                         self._highwater[tp] = hw
                 self._dispatch(batch)
-
-    async def _seek_new(self, consumer: AIOKafkaConsumer, tps: set[TopicPartition]) -> None:
-        tps &= consumer.assignment()
-        if not tps:
-            return
-        log.info("kafka_no_committed_offset", source=self.name, start_from=self.settings.start_from,
-                 partitions=_names(tps))
-        for tp in tps:
-            self._tracker.reset(tp)
-        if self.settings.start_from == "earliest":
-            await consumer.seek_to_beginning(*tps)
-        else:
-            await consumer.seek_to_end(*tps)
-
-    async def _seek_out_of_range(self, consumer: AIOKafkaConsumer, tps: set[TopicPartition]) -> None:
-        tps &= consumer.assignment()
-        if not tps:
-            return
-        # The broker no longer has the offset (retention, or a broker that lost its data). Going
-        # to the end would skip whatever is there; the earliest offset skips nothing that exists.
-        log.warning("kafka_offset_out_of_range", source=self.name, partitions=_names(tps),
-                    action="seek_to_beginning")
-        for tp in tps:
-            self._tracker.reset(tp)
-        await consumer.seek_to_beginning(*tps)
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer, blocked: bool) -> None:
         if blocked:
@@ -385,35 +363,21 @@ class KafkaSource:
                 with contextlib.suppress(KeyError):
                     gauge.remove(self.name, tp.topic, str(tp.partition))
         if revoked and lost:
-            log.warning("kafka_partitions_lost", source=self.name, partitions=_names(revoked),
+            log.warning("kafka_partitions_lost", source=self.name, partitions=partition_names(revoked),
                         note="the group no longer knew this member: nothing committed for them")
         elif revoked:
-            log.info("kafka_partitions_revoked", source=self.name, partitions=_names(revoked))
+            log.info("kafka_partitions_revoked", source=self.name, partitions=partition_names(revoked))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._member = membership(self._consumer)
         metrics.KAFKA_ASSIGNED.labels(self.name).set(len(assigned))
-        log.info("kafka_partitions_assigned", source=self.name, partitions=_names(assigned))
+        log.info("kafka_partitions_assigned", source=self.name, partitions=partition_names(assigned))
         if assigned:
             self.assignments += 1
             self.assigned.set()
 
 
-def _partitions_of(exc: KafkaError) -> set[TopicPartition]:
-    """The partitions an offset error names (its first argument: a dict or one partition)."""
-    arg = exc.args[0] if exc.args else None
-    if isinstance(arg, dict):
-        return set(arg)
-    if isinstance(arg, TopicPartition):
-        return {arg}
-    return set()
-
-def _names(tps: Iterable[TopicPartition]) -> list[str]:
-    """``topic/partition`` of each partition, sorted (for logs)."""
-    return sorted(f"{tp.topic}/{tp.partition}" for tp in tps)
-
-
-def create_kafka_source(config: dict[str, Any], ctx: SourceContext) -> KafkaSource:
+def create(config: dict[str, Any], ctx: SourceContext) -> KafkaSource:
     """Source factory registered as ``type: kafka``."""
     settings = parse_settings(KafkaSourceSettings, config)
     return KafkaSource(settings, ctx)

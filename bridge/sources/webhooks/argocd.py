@@ -25,19 +25,11 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url, sha_from_revision
+from bridge.sources.payload import dig, first_timestamp, text
+from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, TokenScheme
-from bridge.sources.webhooks.source import (
-    Delivery,
-    Draft,
-    Ignore,
-    Reject,
-    WebhookAdapter,
-    WebhookSettings,
-    WebhookSource,
-    dig,
-    first_timestamp,
-    text,
-)
+from bridge.sources.webhooks.adapter import WebhookAdapter, WebhookSettings
+from bridge.sources.webhooks.source import WebhookSource
 
 EVENTS = ("sync-succeeded", "sync-failed", "health-degraded")
 
@@ -61,12 +53,12 @@ class ArgoCDAdapter(WebhookAdapter[ArgoCDSettings]):
     async def map(self, delivery: Delivery) -> list[Draft]:
         body = delivery.payload
         if not isinstance(body, dict):
-            raise Reject("payload must be a JSON object (see the documented notification template)")
+            raise UnusablePayload("payload must be a JSON object (see the documented notification template)")
         event, app = text(body.get("event")), text(body.get("app"))
         if event not in EVENTS:
-            raise Ignore(f"event-not-mapped: {event}")
+            raise MapsToNothing(f"event-not-mapped: {event}")
         if app is None:
-            raise Reject("payload has no app name (see the documented notification template)")
+            raise UnusablePayload("payload has no app name (see the documented notification template)")
         namespace = text(body.get("namespace")) or ""
         repo = repository_from_url(text(body.get("repoURL")))
         subject = Subject(keys=(f"{namespace}/{app}", app) if namespace else (app,), document=body,

@@ -24,7 +24,8 @@ from urllib.parse import unquote
 from bridge.queue import DurableQueue
 from bridge.records import record_id
 from bridge.sources.entity import Subject
-from bridge.sources.webhooks.source import Draft, Ignore, Reject, dig, first_timestamp, text
+from bridge.sources.payload import dig, first_timestamp, text
+from bridge.sources.pipeline import Draft, MapsToNothing, UnusablePayload
 
 _TYPE = re.compile(r"^dev\.cdevents\.([a-z]+)\.([a-z]+)\.[0-9][0-9A-Za-z.+-]*$")
 _OUTCOMES = {"success": "PIPELINE_SUCCEEDED", "failure": "PIPELINE_FAILED", "error": "PIPELINE_ERRORED",
@@ -40,25 +41,25 @@ class CDEventsMapper:
         self.duration_metric = duration_metric
 
     async def map(self, event: dict[str, Any], data: Any) -> list[Draft]:
-        """Drafts for ``event``; raises ``Ignore`` for types that map to nothing."""
+        """Drafts for ``event``; raises ``MapsToNothing`` for types that map to nothing."""
         ce_type = event["type"]
         match = _TYPE.match(ce_type)
         if match is None:
-            raise Ignore(f"type-not-mapped: {ce_type}")
+            raise MapsToNothing(f"type-not-mapped: {ce_type}")
         if not isinstance(dig(data, "subject"), dict):
-            raise Reject(f"{ce_type}: data must be a CDEvent document with a subject")
+            raise UnusablePayload(f"{ce_type}: data must be a CDEvent document with a subject")
         kind = f"{match.group(1)}.{match.group(2)}"
         base = (ce_type, event["source"], event["id"])
         if kind in ("service.deployed", "service.upgraded", "service.rolledback"):
             return [self._deploy(event, data, kind, base)]
         if kind == "pipelinerun.started":
             await self._remember_start(event, data)
-            raise Ignore("pipelinerun-started: start time kept for the duration metric")
+            raise MapsToNothing("pipelinerun-started: start time kept for the duration metric")
         if kind == "pipelinerun.finished":
             return await self._pipeline_finished(event, data, base)
         if kind == "incident.detected":
             return [self._incident(event, data, base)]
-        raise Ignore(f"type-not-mapped: {ce_type}")
+        raise MapsToNothing(f"type-not-mapped: {ce_type}")
 
     def _deploy(self, event: dict[str, Any], data: Any, kind: str, base: tuple[str, ...]) -> Draft:
         content = dig(data, "subject", "content")

@@ -27,21 +27,12 @@ from pydantic import Field
 
 from bridge.queue import DurableQueue
 from bridge.sources.base import SourceContext, parse_settings
+from bridge.sources.payload import Headers, media_type, text
+from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, RefusalKind, UnusablePayload
 from bridge.sources.signatures import AuthScheme, TokenScheme
+from bridge.sources.webhooks.adapter import MetricKey, WebhookAdapter, WebhookSettings
 from bridge.sources.webhooks.cdevents import CDEventsMapper
-from bridge.sources.webhooks.source import (
-    Delivery,
-    Draft,
-    Headers,
-    Ignore,
-    MetricKey,
-    Reject,
-    WebhookAdapter,
-    WebhookSettings,
-    WebhookSource,
-    media_type,
-    text,
-)
+from bridge.sources.webhooks.source import WebhookSource
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -81,9 +72,10 @@ class CloudEventsAdapter(WebhookAdapter[CloudEventsSettings]):
         document = json.loads(body)
         if media_type(headers) == BATCH or isinstance(document, list):
             if not isinstance(document, list):
-                raise Reject("a batch must be a JSON array of events")
+                raise UnusablePayload("a batch must be a JSON array of events")
             if len(document) > self.settings.max_batch:
-                raise Reject(f"a batch may hold at most {self.settings.max_batch} events", 413)
+                raise UnusablePayload(f"a batch may hold at most {self.settings.max_batch} events",
+                                      RefusalKind.TOO_LARGE)
             events = document
         elif isinstance(document, dict) and "specversion" not in document and _is_cdevent(document):
             events = [_wrap_cdevent(document)]
@@ -105,10 +97,10 @@ class CloudEventsAdapter(WebhookAdapter[CloudEventsSettings]):
         for event in delivery.payload:
             try:
                 drafts.extend(await self.mapper.map(event, _data(event)))
-            except Ignore as exc:
+            except MapsToNothing as exc:
                 reasons.append(str(exc))
         if not drafts:
-            raise Ignore("; ".join(dict.fromkeys(reasons)) or "no-records: empty batch")
+            raise MapsToNothing("; ".join(dict.fromkeys(reasons)) or "no-records: empty batch")
         return drafts
 
 
@@ -130,13 +122,13 @@ def _binary_event(headers: Headers, body: bytes) -> dict[str, Any]:
 
 def _validate(event: Any, index: int) -> None:
     if not isinstance(event, dict):
-        raise Reject(f"event {index}: must be a JSON object")
+        raise UnusablePayload(f"event {index}: must be a JSON object")
     version = text(event.get("specversion"))
     if version is None or not version.startswith("1."):
-        raise Reject(f"event {index}: specversion must be 1.x, got {event.get('specversion')!r}")
+        raise UnusablePayload(f"event {index}: specversion must be 1.x, got {event.get('specversion')!r}")
     for name in _REQUIRED:
         if not isinstance(event.get(name), str) or not event[name]:
-            raise Reject(f"event {index}: required attribute {name!r} is missing or empty")
+            raise UnusablePayload(f"event {index}: required attribute {name!r} is missing or empty")
 
 
 def _is_cdevent(document: dict[str, Any]) -> bool:
@@ -164,6 +156,11 @@ def _data(event: dict[str, Any]) -> Any:
         return None
 
 
+def adapter(config: dict[str, Any], ctx: SourceContext) -> CloudEventsAdapter:
+    """The adapter of ``config``; also what Kafka's ``cloudevents`` format runs."""
+    return CloudEventsAdapter(parse_settings(CloudEventsSettings, config), ctx.queue)
+
+
 def create(config: dict[str, Any], ctx: SourceContext) -> WebhookSource:
     """Source factory registered as ``cloudevents``."""
-    return WebhookSource(CloudEventsAdapter(parse_settings(CloudEventsSettings, config), ctx.queue), ctx)
+    return WebhookSource(adapter(config, ctx), ctx)

@@ -21,19 +21,11 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import sha_from_revision
+from bridge.sources.payload import dig, first_timestamp, text
+from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, HmacScheme, TokenScheme
-from bridge.sources.webhooks.source import (
-    Delivery,
-    Draft,
-    Ignore,
-    Reject,
-    WebhookAdapter,
-    WebhookSettings,
-    WebhookSource,
-    dig,
-    first_timestamp,
-    text,
-)
+from bridge.sources.webhooks.adapter import WebhookAdapter, WebhookSettings
+from bridge.sources.webhooks.source import WebhookSource
 
 SIGNATURE = HmacScheme(header="X-Signature", prefix="sha256=")
 
@@ -65,7 +57,7 @@ class FluxAdapter(WebhookAdapter[FluxSettings]):
         obj = dig(event, "involvedObject")
         kind, name = text(dig(obj, "kind")), text(dig(obj, "name"))
         if kind is None or name is None:
-            raise Reject("payload is not a Flux event (involvedObject.kind and .name are required)")
+            raise UnusablePayload("payload is not a Flux event (involvedObject.kind and .name are required)")
         namespace = text(dig(obj, "namespace")) or ""
         severity, reason = text(dig(event, "severity")), text(dig(event, "reason"))
         metadata = dig(event, "metadata") if isinstance(dig(event, "metadata"), dict) else {}
@@ -88,9 +80,9 @@ class FluxAdapter(WebhookAdapter[FluxSettings]):
             rid = record_id("flux", "error", cluster, kind, namespace, name, reason, text(dig(event, "timestamp")))
             return [Draft("event", rid, fields, subject)]
         if severity != "info" or kind not in self.settings.deploy_kinds or reason not in self.settings.deploy_reasons:
-            raise Ignore(f"event-not-mapped: {severity} {reason} from {kind}")
+            raise MapsToNothing(f"event-not-mapped: {severity} {reason} from {kind}")
         if revision is None:
-            raise Ignore(f"no-revision: {reason} from {target} carries no revision")
+            raise MapsToNothing(f"no-revision: {reason} from {target} carries no revision")
         fields = {
             "title": f"{target} reconciled {revision}", "timestamp": timestamp,
             "type": "ROLLBACK" if reason == "RollbackSucceeded" else "DEPLOY",

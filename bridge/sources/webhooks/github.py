@@ -27,21 +27,11 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.expressions import check_expression, search
+from bridge.sources.payload import Headers, dig, first_timestamp, text
+from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, HmacScheme
-from bridge.sources.webhooks.source import (
-    Delivery,
-    Draft,
-    Headers,
-    Ignore,
-    MetricKey,
-    Reject,
-    WebhookAdapter,
-    WebhookSettings,
-    WebhookSource,
-    dig,
-    first_timestamp,
-    text,
-)
+from bridge.sources.webhooks.adapter import MetricKey, WebhookAdapter, WebhookSettings
+from bridge.sources.webhooks.source import WebhookSource
 
 SIGNATURE = HmacScheme(header="X-Hub-Signature-256", prefix="sha256=")
 _RUN_FAILED = frozenset({"failure", "timed_out", "startup_failure"})
@@ -87,19 +77,19 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
     async def map(self, delivery: Delivery) -> list[Draft]:
         event = delivery.headers.get("X-GitHub-Event")
         if not event:
-            raise Reject("missing X-GitHub-Event header")
+            raise UnusablePayload("missing X-GitHub-Event header")
         payload = delivery.payload
         if event == "ping":
-            raise Ignore("ping: webhook is configured")
+            raise MapsToNothing("ping: webhook is configured")
         if not isinstance(payload, dict):
-            raise Reject("payload must be a JSON object")
+            raise UnusablePayload("payload must be a JSON object")
         if event == "deployment_status":
             return [self._deployment_status(payload)]
         if event == "workflow_run":
             return self._workflow_run(payload)
         if event == "release":
             return [self._release(payload)]
-        raise Ignore(f"event-not-mapped: {event}")
+        raise MapsToNothing(f"event-not-mapped: {event}")
 
     # -- deployment_status --------------------------------------------------------------------
 
@@ -110,9 +100,9 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
         environment = text(dig(status, "environment")) or text(dig(deployment, "environment"))
         deployment_id = dig(deployment, "id")
         if state not in ("success", "failure", "error"):
-            raise Ignore(f"state-not-mapped: deployment_status {state}")
+            raise MapsToNothing(f"state-not-mapped: deployment_status {state}")
         if deployment_id is None:
-            raise Reject("deployment_status payload has no deployment.id")
+            raise UnusablePayload("deployment_status payload has no deployment.id")
         key = _correlation(payload, deployment_id, environment)
         sha = text(dig(deployment, "sha"))
         url = (text(dig(status, "environment_url")) or text(dig(status, "target_url"))
@@ -143,12 +133,12 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
     def _workflow_run(self, payload: dict[str, Any]) -> list[Draft]:
         action = dig(payload, "action")
         if action != "completed":
-            raise Ignore(f"action-not-mapped: workflow_run {action}")
+            raise MapsToNothing(f"action-not-mapped: workflow_run {action}")
         repo, subject = _subject(payload)
         run = dig(payload, "workflow_run")
         run_id, attempt = dig(run, "id"), dig(run, "run_attempt") or 1
         if run_id is None:
-            raise Reject("workflow_run payload has no workflow_run.id")
+            raise UnusablePayload("workflow_run payload has no workflow_run.id")
         conclusion = text(dig(run, "conclusion"))
         name = text(dig(payload, "workflow", "name")) or text(dig(run, "name")) or "workflow"
         finished = first_timestamp(dig(run, "updated_at"))
@@ -164,7 +154,7 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
             drafts.append(Draft("metric", rid, fields, subject))
         if not drafts:
             why = "is not a deploy workflow" if target is None else f"concluded {conclusion}"
-            raise Ignore(f"workflow-not-mapped: workflow {name!r} {why}")
+            raise MapsToNothing(f"workflow-not-mapped: workflow {name!r} {why}")
         return drafts
 
     def _run_outcome(self, payload: dict[str, Any], repo: str, subject: Subject, target: DeployWorkflow,
@@ -213,13 +203,13 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
     def _release(self, payload: dict[str, Any]) -> Draft:
         action = dig(payload, "action")
         if action != "published":
-            raise Ignore(f"action-not-mapped: release {action}")
+            raise MapsToNothing(f"action-not-mapped: release {action}")
         repo, subject = _subject(payload)
         release = dig(payload, "release")
         tag = text(dig(release, "tag_name"))
         release_id = dig(release, "id")
         if release_id is None or tag is None:
-            raise Reject("release payload has no release.id or release.tag_name")
+            raise UnusablePayload("release payload has no release.id or release.tag_name")
         fields = {
             "type": "RELEASE",
             "title": f"Released {text(dig(release, 'name')) or tag}",
@@ -238,7 +228,7 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
 def _subject(payload: dict[str, Any]) -> tuple[str, Subject]:
     repo = text(dig(payload, "repository", "full_name"))
     if repo is None:
-        raise Reject("payload has no repository.full_name")
+        raise UnusablePayload("payload has no repository.full_name")
     return repo, Subject(keys=(repo,), document=payload, repository=repo)
 
 

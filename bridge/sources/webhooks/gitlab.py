@@ -24,21 +24,11 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url
+from bridge.sources.payload import Headers, dig, first_timestamp, text
+from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, TokenScheme
-from bridge.sources.webhooks.source import (
-    Delivery,
-    Draft,
-    Headers,
-    Ignore,
-    MetricKey,
-    Reject,
-    WebhookAdapter,
-    WebhookSettings,
-    WebhookSource,
-    dig,
-    first_timestamp,
-    text,
-)
+from bridge.sources.webhooks.adapter import MetricKey, WebhookAdapter, WebhookSettings
+from bridge.sources.webhooks.source import WebhookSource
 
 TOKEN = TokenScheme(header="X-Gitlab-Token")
 _FINISHED = frozenset({"success", "failed"})
@@ -67,11 +57,11 @@ class GitLabAdapter(WebhookAdapter[GitLabSettings]):
     async def map(self, delivery: Delivery) -> list[Draft]:
         payload = delivery.payload
         if not isinstance(payload, dict):
-            raise Reject("payload must be a JSON object")
+            raise UnusablePayload("payload must be a JSON object")
         event = delivery.headers.get("X-Gitlab-Event")
         kind = _KINDS.get(event) if event else text(payload.get("object_kind"))
         if kind not in _KINDS.values() or kind != payload.get("object_kind"):
-            raise Ignore(f"event-not-mapped: {event or payload.get('object_kind')}")
+            raise MapsToNothing(f"event-not-mapped: {event or payload.get('object_kind')}")
         if kind == "deployment":
             return [self._deployment(payload)]
         if kind == "pipeline":
@@ -83,11 +73,11 @@ class GitLabAdapter(WebhookAdapter[GitLabSettings]):
     def _deployment(self, payload: dict[str, Any]) -> Draft:
         status = text(payload.get("status"))
         if status not in ("success", "failed"):
-            raise Ignore(f"state-not-mapped: deployment {status}")
+            raise MapsToNothing(f"state-not-mapped: deployment {status}")
         project, subject = _project(payload)
         deployment_id, environment = payload.get("deployment_id"), text(payload.get("environment"))
         if deployment_id is None:
-            raise Reject("deployment payload has no deployment_id")
+            raise UnusablePayload("deployment payload has no deployment_id")
         sha = _full_sha(payload)
         key = (project, deployment_id, environment)
         custom = {"project": project, "deploymentId": deployment_id, "ref": text(payload.get("ref")),
@@ -115,9 +105,9 @@ class GitLabAdapter(WebhookAdapter[GitLabSettings]):
         attrs = dig(payload, "object_attributes")
         status, pipeline_id = text(dig(attrs, "status")), dig(attrs, "id")
         if status not in _FINISHED:
-            raise Ignore(f"state-not-mapped: pipeline {status}")
+            raise MapsToNothing(f"state-not-mapped: pipeline {status}")
         if pipeline_id is None:
-            raise Reject("pipeline payload has no object_attributes.id")
+            raise UnusablePayload("pipeline payload has no object_attributes.id")
         project, subject = _project(payload)
         finished = first_timestamp(dig(attrs, "finished_at"))
         drafts: list[Draft] = []
@@ -138,15 +128,15 @@ class GitLabAdapter(WebhookAdapter[GitLabSettings]):
             rid = record_id("gitlab", "pipeline-duration", metric, project, pipeline_id)
             drafts.append(Draft("metric", rid, fields, subject))
         if not drafts:
-            raise Ignore(f"state-not-mapped: pipeline {status} (no duration metric configured)")
+            raise MapsToNothing(f"state-not-mapped: pipeline {status} (no duration metric configured)")
         return drafts
 
     def _job(self, payload: dict[str, Any]) -> list[Draft]:
         status, job_id = text(payload.get("build_status")), payload.get("build_id")
         if status not in _FINISHED:
-            raise Ignore(f"state-not-mapped: job {status}")
+            raise MapsToNothing(f"state-not-mapped: job {status}")
         if job_id is None:
-            raise Reject("job payload has no build_id")
+            raise UnusablePayload("job payload has no build_id")
         project, subject = _project(payload)
         finished = first_timestamp(payload.get("build_finished_at"))
         name = text(payload.get("build_name")) or str(job_id)
@@ -166,17 +156,17 @@ class GitLabAdapter(WebhookAdapter[GitLabSettings]):
             drafts.append(Draft("metric", record_id("gitlab", "job-duration", metric, project, job_id), fields,
                                 subject))
         if not drafts:
-            raise Ignore(f"state-not-mapped: job {status} (no failure event or duration metric applies)")
+            raise MapsToNothing(f"state-not-mapped: job {status} (no failure event or duration metric applies)")
         return drafts
 
     def _release(self, payload: dict[str, Any]) -> Draft:
         action = text(payload.get("action"))
         if action != "create":
-            raise Ignore(f"action-not-mapped: release {action}")
+            raise MapsToNothing(f"action-not-mapped: release {action}")
         project, subject = _project(payload)
         tag = text(payload.get("tag"))
         if tag is None:
-            raise Reject("release payload has no tag")
+            raise UnusablePayload("release payload has no tag")
         fields = {
             "type": "RELEASE", "title": f"Released {text(payload.get('name')) or tag}",
             "description": text(payload.get("description")),
@@ -193,7 +183,7 @@ def _project(payload: dict[str, Any]) -> tuple[str, Subject]:
         text(dig(payload, "repository", "homepage")) or text(dig(payload, "repository", "git_http_url"))
     )
     if path is None:
-        raise Reject("payload names no project (project.path_with_namespace or repository.homepage)")
+        raise UnusablePayload("payload names no project (project.path_with_namespace or repository.homepage)")
     return path, Subject(keys=(path,), document=payload, repository=path)
 
 

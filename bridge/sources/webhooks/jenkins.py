@@ -23,20 +23,11 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url
+from bridge.sources.payload import dig, first_timestamp, text
+from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, TokenScheme
-from bridge.sources.webhooks.source import (
-    Delivery,
-    Draft,
-    Ignore,
-    MetricKey,
-    Reject,
-    WebhookAdapter,
-    WebhookSettings,
-    WebhookSource,
-    dig,
-    first_timestamp,
-    text,
-)
+from bridge.sources.webhooks.adapter import MetricKey, WebhookAdapter, WebhookSettings
+from bridge.sources.webhooks.source import WebhookSource
 
 _FINISHED_PHASES = frozenset({"COMPLETED", "FINALIZED"})
 
@@ -71,10 +62,10 @@ class JenkinsAdapter(WebhookAdapter[JenkinsSettings]):
         name, build = text(dig(payload, "name")), dig(payload, "build")
         number = dig(build, "number")
         if name is None or not isinstance(build, dict) or number is None:
-            raise Reject("payload must have name, build and build.number (Notification plugin JSON)")
+            raise UnusablePayload("payload must have name, build and build.number (Notification plugin JSON)")
         phase, status = text(build.get("phase")), text(build.get("status"))
         if phase not in _FINISHED_PHASES:
-            raise Ignore(f"phase-not-mapped: {phase}")
+            raise MapsToNothing(f"phase-not-mapped: {phase}")
         path = _job_path(text(dig(payload, "url")), name)
         repo = repository_from_url(text(dig(build, "scm", "url")))
         subject = Subject(keys=(path, name) if path != name else (name,), document=payload, repository=repo)
@@ -104,7 +95,7 @@ class JenkinsAdapter(WebhookAdapter[JenkinsSettings]):
             fields = {"key": metric, "timestamp": finished, "value": duration / 1000}
             drafts.append(Draft("metric", record_id("jenkins", "duration", metric, *key), fields, subject))
         if not drafts:
-            raise Ignore(f"build-not-mapped: {label} {status} (not a deploy job, no failure, no duration)")
+            raise MapsToNothing(f"build-not-mapped: {label} {status} (not a deploy job, no failure, no duration)")
         return drafts
 
     def _deploy_job(self, path: str, name: str) -> DeployJob | None:

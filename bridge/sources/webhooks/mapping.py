@@ -25,18 +25,12 @@ from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.expressions import check_expression, search
 from bridge.sources.gitrefs import repository_from_url
+from bridge.sources.payload import Headers, text
+from bridge.sources.pipeline import Delivery, Draft, MapsToNothing
 from bridge.sources.signatures import AuthScheme, HmacScheme, TokenScheme
 from bridge.sources.timestamps import parse_ci_timestamp
-from bridge.sources.webhooks.source import (
-    Delivery,
-    Draft,
-    Headers,
-    Ignore,
-    WebhookAdapter,
-    WebhookSettings,
-    WebhookSource,
-    text,
-)
+from bridge.sources.webhooks.adapter import WebhookAdapter, WebhookSettings
+from bridge.sources.webhooks.source import WebhookSource
 
 #: What a rule may set, per kind (id, entity and provenance are the pipeline's).
 _FIELDS: dict[str, frozenset[str]] = {
@@ -128,11 +122,12 @@ class MappingSettings(WebhookSettings):
     def _delivery_valid(cls, value: str | None) -> str | None:
         return None if value is None else check_expression(value)
 
-    @model_validator(mode="after")
-    def _auth_present(self) -> MappingSettings:
-        if self.auth is None and not self.allow_unauthenticated:
-            raise ValueError("auth: set `auth.hmac` or `auth.token` (or `allow_unauthenticated: true`)")
-        return self
+    def credentials_problem(self) -> str | None:
+        """Secrets are not enough: ``auth`` says how they are used."""
+        problem = super().credentials_problem()
+        if problem is None and self.auth is None and not self.allow_unauthenticated:
+            return "auth: set `auth.hmac` or `auth.token` (or `allow_unauthenticated: true`)"
+        return problem
 
 
 def truthy(value: Any) -> bool:
@@ -166,7 +161,7 @@ class MappingAdapter(WebhookAdapter[MappingSettings]):
             else:
                 skipped.append(f"rule {rule.name!r}: {problem}")
         if not drafts:
-            raise Ignore("; ".join(skipped) if skipped else "no-rule-matched: no rule matches this payload")
+            raise MapsToNothing("; ".join(skipped) if skipped else "no-rule-matched: no rule matches this payload")
         return drafts
 
     def _apply(self, rule: Rule, document: dict[str, Any], subject: Subject) -> tuple[Draft | None, str]:
@@ -218,6 +213,11 @@ def _invalid(kind: str, fields: dict[str, Any]) -> str | None:
     return None
 
 
+def adapter(config: dict[str, Any], ctx: SourceContext) -> MappingAdapter:
+    """The adapter of ``config``; also what Kafka's ``mapping`` format runs."""
+    return MappingAdapter(parse_settings(MappingSettings, config))
+
+
 def create(config: dict[str, Any], ctx: SourceContext) -> WebhookSource:
     """Source factory registered as ``mapping``."""
-    return WebhookSource(MappingAdapter(parse_settings(MappingSettings, config)), ctx)
+    return WebhookSource(adapter(config, ctx), ctx)

@@ -19,7 +19,7 @@ from bridge.records import DeployRecord, EventRecord
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.kafka.formats import PoisonMessage, build_decoder, http_headers
 from bridge.sources.kafka.settings import KafkaSourceSettings
-from bridge.sources.kafka.source import create_kafka_source
+from bridge.sources.kafka.source import create
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -113,7 +113,7 @@ async def test_mapping_format_applies_declarative_rules_to_value_and_headers(ctx
 async def test_invalid_format_options_fail_at_startup(ctx: SourceContext) -> None:
     config = base(topics=[{"name": "ce", "format": "cloudevents", "options": {"entity": {"bogus": 1}}}])
     with pytest.raises(SourceConfigError, match=r"'events', topic 'ce'.*entity"):
-        create_kafka_source(config, ctx)
+        create(config, ctx)
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ async def test_invalid_settings_name_the_source_and_the_problem(
     ctx: SourceContext, extra: dict[str, Any], problem: str
 ) -> None:
     with pytest.raises(SourceConfigError) as caught:
-        create_kafka_source(base(**extra), ctx)
+        create(base(**extra), ctx)
     assert "'events'" in str(caught.value) and problem in str(caught.value)
 
 

@@ -13,9 +13,10 @@ from bridge.queue import DurableQueue
 from bridge.sources.base import SourceContext
 from bridge.sources.entity import LOOKUP_FAILED, UNRESOLVED, EntityResolver, EntitySettings, Subject
 from bridge.sources.gitrefs import repository_from_url, sha_from_revision
+from bridge.sources.pipeline import Mapped
 from bridge.sources.timestamps import parse_ci_timestamp
 from bridge.sources.webhooks.github import create
-from bridge.sources.webhooks.source import Mapped, header_map
+from bridge.sources.webhooks.source import header_map
 from tests.support.webhooks import SECRET, fixture_bytes, fixture_json
 
 SUBJECT = Subject(keys=("Codertocat/Hello-World",), document=fixture_json("github/release.published.json"),

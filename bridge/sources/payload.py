@@ -1,0 +1,57 @@
+"""Reading what an input carries: its headers and a JSON payload of unknown shape.
+
+Adapters read payloads that nobody validated: every step may be missing or of another type.
+These functions answer ``None`` then instead of raising, so a mapping states what it wants and
+decides itself what a missing value means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from bridge.sources.timestamps import parse_ci_timestamp
+
+#: Headers of an input; case-insensitive where they come from HTTP (or are made to look like it).
+Headers = Mapping[str, str]
+
+
+def media_type(headers: Headers) -> str:
+    """The lowercase media type of ``Content-Type`` without parameters."""
+    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+def dig(value: Any, *path: str | int) -> Any:
+    """``value[path[0]][path[1]]...``, or ``None`` where a step is missing or of another type."""
+    for key in path:
+        if isinstance(key, int):
+            if not isinstance(value, list) or not -len(value) <= key < len(value):
+                return None
+        elif not isinstance(value, dict):
+            return None
+        value = value[key] if isinstance(key, int) else value.get(key)
+    return value
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string (numbers are rendered), else ``None``."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def first_timestamp(*values: Any) -> datetime | None:
+    """The first of ``values`` that parses as a timestamp (ISO-8601, CI styles, epoch)."""
+    for value in values:
+        if value is None or value == "":
+            continue
+        try:
+            return parse_ci_timestamp(value)
+        except (ValueError, OverflowError, OSError):
+            continue
+    return None
