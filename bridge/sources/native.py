@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from bridge.config import IngestSettings
 from bridge.queue import DurableQueue
 from bridge.records import RECORD_ADAPTER, Record, record_id, utc_now
+from bridge.secrets import SecretUnavailable
 from bridge.sources.admit import admit, error_response
 from bridge.sources.edge import BodyBudget, BodyRefused, read_body
-from bridge.sources.signatures import SecretUnavailable, TokenScheme
+from bridge.sources.signatures import TokenScheme
 
 log = structlog.get_logger("bridge.ingest")
 

@@ -23,36 +23,11 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
-
-
-class SecretUnavailable(Exception):
-    """A configured secret file cannot be read: the delivery cannot be authenticated."""
-
-
-@dataclass(frozen=True)
-class SecretSet:
-    """The active secrets of one source: inline values plus files (one secret per non-empty line)."""
-
-    inline: tuple[SecretStr, ...] = ()
-    files: tuple[Path, ...] = ()
-
-    def values(self) -> list[bytes]:
-        """All active secrets, files re-read now; raises :class:`SecretUnavailable`."""
-        found = [s.get_secret_value().encode() for s in self.inline if s.get_secret_value()]
-        for path in self.files:
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise SecretUnavailable(f"cannot read secret file {path}: {exc.strerror}") from exc
-            found.extend(line.strip().encode() for line in text.splitlines() if line.strip())
-        return found
 
 
 def _digest_equal(given: bytes, expected: bytes) -> bool:

@@ -19,11 +19,12 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from bridge.secrets import SecretSet
 from bridge.sources.base import SourceContext
 from bridge.sources.entity import EntityResolver, EntitySettings
 from bridge.sources.payload import Headers, media_type
 from bridge.sources.pipeline import Delivery, Draft, InputPipeline
-from bridge.sources.signatures import AuthScheme, SecretSet
+from bridge.sources.signatures import AuthScheme
 
 #: A Cortex custom metric key (what ``MetricRecord.key`` accepts).
 MetricKey = Annotated[str, Field(min_length=2, max_length=255, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")]

@@ -29,6 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.records import record_to_json
+from bridge.secrets import SecretSet, SecretUnavailable
 from bridge.sources.admit import (
     NotAdmitted,
     admitted_response,
@@ -42,7 +43,6 @@ from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.edge import BodyRefused, read_body
 from bridge.sources.payload import Headers
 from bridge.sources.pipeline import Ignored, Mapped, Outcome, RefusalKind, Refused
-from bridge.sources.signatures import SecretSet, SecretUnavailable
 from bridge.sources.webhooks.adapter import WebhookAdapter
 
 log = structlog.get_logger("bridge.webhooks")
