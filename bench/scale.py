@@ -39,6 +39,7 @@ from bridge.queue import DurableQueue
 from bridge.sender.sender import POLICY
 from bridge.sources.native import parse_native
 from tests.support.processes import BridgeProcess
+from tests.support.queue_file import queue_pragma
 
 BASE_TS = int(time.time()) - 10 * 86400
 
@@ -85,7 +86,7 @@ async def claim_times(path: Path, batches: int = 300, *, fsync: bool = True) -> 
     queue = await DurableQueue.open(path, max_records=100_000_000, max_bytes=1 << 40)
     try:
         if not fsync:
-            await queue.query("PRAGMA synchronous=OFF")
+            await queue_pragma(queue, "synchronous=OFF")
         times = []
         for _ in range(batches):
             started = time.perf_counter()

@@ -172,22 +172,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
-    import sqlite3
-
-    from bridge.queue import inspect
+    from bridge.queue import QueueError, files
 
     try:
-        conn = inspect.open_file(_queue_path(args), write=write)
-    except (inspect.QueueFileMissing, inspect.NotAQueue) as exc:
+        return files.with_file(_queue_path(args), fn, write=write)
+    except QueueError as exc:
         raise CliError(str(exc)) from None
-    except sqlite3.DatabaseError as exc:
-        raise CliError(f"cannot read queue database: {exc}") from None
-    try:
-        return fn(conn)
-    except sqlite3.DatabaseError as exc:
-        raise CliError(f"queue database error: {exc}") from None
-    finally:
-        conn.close()
 
 
 def cmd_queue_stats(args: argparse.Namespace) -> int:
@@ -198,7 +188,7 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from bridge.queue import inspect
+    from bridge.queue import dead_letters, inspect
 
     if args.dlq_command == "list":
         _print_json(_with_queue(args, lambda c: inspect.dlq_list(c, limit=args.limit, reason=args.reason)))
@@ -210,7 +200,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     else:
         if not args.ids and not args.reason and not args.all:
             raise CliError(f"dlq {args.dlq_command}: give record ids, --reason, or --all", 2)
-        fn = inspect.dlq_replay if args.dlq_command == "replay" else inspect.dlq_purge
+        fn = dead_letters.replay if args.dlq_command == "replay" else dead_letters.purge
         n = _with_queue(args, lambda c: fn(c, ids=args.ids or None, reason=args.reason), write=True)
         verb = "replayed" if args.dlq_command == "replay" else "purged"
         print(f"{verb} {n} dead letter(s)")

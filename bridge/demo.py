@@ -170,5 +170,4 @@ async def post_github_delivery(http: aiohttp.ClientSession, url: str) -> bool:
 
 
 async def _dead_by_kind(bridge: Bridge) -> list[tuple[str, int]]:
-    rows = await bridge.queue.query("SELECT kind, COUNT(*) FROM dead GROUP BY kind")
-    return [(str(k), int(n)) for k, n in rows]
+    return list((await bridge.queue.dead_counts_by_kind()).items())

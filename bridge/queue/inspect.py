@@ -1,8 +1,9 @@
-"""Operator access to a queue file from another process (``queue stats``, ``dlq``, ``trace``).
+"""Read-only inspection of a queue: stats, dead letters (list, show), where a record stands (trace).
 
-Read-only commands open the file with SQLite's ``mode=ro``; every command refuses a file that is
-not a bridge queue. Safe while the daemon runs: SQLite serializes writers, reads see committed data only, and
-nothing here touches records that are being sent (replay only moves dead letters back).
+Each function reads one connection and writes nothing: the running queue's own (``stats``,
+gauges) or an operator's, opened read-only by :func:`~bridge.queue.files.open_file` (re-exported
+here, since reading a file starts with it). Changing the dead-letter set (replay, purge) is
+:mod:`bridge.queue.dead_letters`.
 """
 
 from __future__ import annotations
@@ -10,46 +11,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
-from bridge.queue.schema import (
-    NotAQueue,
-    State,
-    check_is_queue,
-    connect,
-    connect_readonly,
-    totals,
-    transaction,
-)
+from bridge.queue.files import open_file
+from bridge.queue.schema import State, totals
 
-
-class QueueFileMissing(Exception):
-    """No queue database at the given path."""
-
-
-__all__ = ["NotAQueue", "QueueFileMissing", "open_file"]
-
-
-def open_file(path: Path, *, write: bool = False) -> sqlite3.Connection:
-    """Open a queue file for an operator command; raises :class:`QueueFileMissing`, :class:`NotAQueue`.
-
-    Read-only (SQLite ``mode=ro``) unless ``write``: inspecting never creates tables, changes the
-    journal mode or writes anything, and a file that is not a bridge queue is refused untouched
-    (a write command checks it read-only first, then opens it for writing).
-    """
-    if not path.is_file():
-        raise QueueFileMissing(f"no queue database at {path}")
-    conn = connect_readonly(str(path))
-    try:
-        check_is_queue(conn, str(path))
-    except BaseException:
-        conn.close()
-        raise
-    if not write:
-        return conn
-    conn.close()
-    return connect(str(path))
+__all__ = ["dlq_list", "dlq_show", "oldest_age", "open_file", "stats", "trace"]
 
 
 def _totals(conn: sqlite3.Connection) -> tuple[int, int, int]:
@@ -67,6 +34,7 @@ def oldest_age(conn: sqlite3.Connection) -> float:
 
 
 def stats(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Depth, bytes, oldest age, records by state and kind, dead letters by reason, history size."""
     count, size, dead = _totals(conn)
     by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
     by_kind = dict(conn.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
@@ -85,6 +53,7 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def dlq_list(conn: sqlite3.Connection, *, limit: int = 50, reason: str | None = None) -> list[dict[str, Any]]:
+    """The newest dead letters (optionally of one ``reason``), without their bodies."""
     sql = "SELECT id, kind, source, reason, status, detail, dead_at, attempts FROM dead"
     params: list[Any] = []
     if reason:
@@ -97,6 +66,7 @@ def dlq_list(conn: sqlite3.Connection, *, limit: int = 50, reason: str | None = 
 
 
 def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
+    """One dead letter with what it holds (``record``), or None."""
     row = conn.execute(
         "SELECT id, kind, source, reason, status, detail, dead_at, attempts, body FROM dead WHERE id = ?",
         (record_id,),
@@ -110,66 +80,6 @@ def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
     except ValueError:  # an ``unreadable`` dead letter: show what is stored as it is
         out["record"] = row[-1]
     return out
-
-
-def _select_dead(ids: list[str] | None, reason: str | None) -> tuple[str, list[Any]]:
-    where, params = [], []
-    if ids:
-        where.append(f"id IN ({','.join('?' * len(ids))})")
-        params.extend(ids)
-    if reason:
-        where.append("reason = ?")
-        params.append(reason)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
-
-
-#: Dead letters that are records; the others (e.g. Kafka poison messages, kind ``raw_input``)
-#: hold an input that never became a record and cannot be sent: re-publish it instead.
-REPLAYABLE_KINDS = ("deploy", "event", "metric", "custom_data")
-
-
-#: Rows moved or deleted per transaction by ``dlq replay``/``purge``: a running bridge waits for
-#: the write lock between them, not for the whole operation (its appends would time out).
-DLQ_CHUNK = 1000
-
-
-def dlq_replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None,
-               chunk: int = DLQ_CHUNK) -> int:
-    """Move dead letters back to the queue as fresh records (attempts reset); returns how many."""
-    where, params = _select_dead(ids, reason)
-    kinds = f"kind IN ({','.join('?' * len(REPLAYABLE_KINDS))})"
-    where = f"{where} AND {kinds}" if where else f" WHERE {kinds}"
-    params = [*params, *REPLAYABLE_KINDS]
-    moved = 0
-    while True:
-        now = time.time()
-        with transaction(conn):
-            rows = conn.execute(
-                f"SELECT id, kind, lane, source, body, size, received_at FROM dead{where} LIMIT ?", [*params, chunk]
-            ).fetchall()
-            conn.executemany(
-                "INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*row, now, now) for row in rows],
-            )
-            conn.executemany("DELETE FROM dead WHERE id = ?", [(row[0],) for row in rows])
-        moved += len(rows)
-        if len(rows) < chunk:
-            return moved
-
-
-def dlq_purge(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None,
-              chunk: int = DLQ_CHUNK) -> int:
-    """Delete dead letters for good; returns how many."""
-    where, params = _select_dead(ids, reason)
-    deleted = 0
-    while True:
-        with transaction(conn):
-            n = conn.execute(f"DELETE FROM dead WHERE id IN (SELECT id FROM dead{where} LIMIT ?)",
-                             [*params, chunk]).rowcount
-        deleted += n
-        if n < chunk:
-            return deleted
 
 
 def trace(conn: sqlite3.Connection, ident: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ dead-letter metrics cover it, as a synthetic entry:
 * ``reason`` says why (``invalid_json``, ``invalid_records``, ``invalid_cloudevent`` ...) and
   ``detail`` the parser's message.
 
+:meth:`bridge.queue.DurableQueue.dead_letter_raw` stores them (:mod:`bridge.queue.dead_letters`).
 Such an entry cannot be replayed into the queue as a record: there is no record. Fix the producer
 (or the mapping) and re-publish the payload shown by ``dlq show``.
 """
@@ -27,21 +28,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.queue.store import DurableQueue
 from bridge.records import record_id
 
 #: ``kind`` column of a dead-lettered raw input (not a record kind).
 RAW_INPUT_KIND = "raw_input"
 #: ``lane`` column of a dead-lettered raw input.
 POISON_LANE = "poison"
-#: Longest ``detail`` kept, as for dead-lettered records.
-MAX_DETAIL = 4000
 
 
 @dataclass(frozen=True)
@@ -73,28 +69,3 @@ class RawInput:
             except UnicodeDecodeError:
                 doc["payload_base64"] = base64.b64encode(self.payload).decode("ascii")
         return json.dumps(doc, separators=(",", ":"), default=str)
-
-
-async def dead_letter_raw(queue: DurableQueue, inputs: Sequence[RawInput]) -> list[str]:
-    """Store ``inputs`` in the dead-letter set durably (one transaction); return their entry ids.
-
-    An entry that is already there (the same input redelivered) is kept as it was.
-    Raises :class:`sqlite3.Error` when the database cannot be written.
-    """
-    now = time.time()
-    rows = []
-    for item in inputs:
-        body = item.body()
-        rows.append((item.id, RAW_INPUT_KIND, POISON_LANE, item.source, body, len(body), item.received_at, 0,
-                     item.reason, item.detail[:MAX_DETAIL], None, now))
-
-    def write(conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO dead (id, kind, lane, source, body, size, received_at, attempts,"
-            " reason, detail, status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-
-    if rows:
-        await queue.execute(write)
-    return [row[0] for row in rows]

@@ -12,6 +12,8 @@ import contextlib
 import sqlite3
 from enum import IntEnum
 
+from bridge.queue.errors import NotAQueue
+
 
 class State(IntEnum):
     """Where an undelivered record stands."""
@@ -180,10 +182,6 @@ def connect(path: str) -> sqlite3.Connection:
 
 #: Tables every bridge queue file has (a file without them is not one).
 REQUIRED_TABLES = frozenset({"records", "delivered", "dead", "deliveries", "meta"})
-
-
-class NotAQueue(Exception):
-    """The file is not a cortex-bridge queue database (the message says why)."""
 
 
 def connect_readonly(path: str) -> sqlite3.Connection:

@@ -16,38 +16,58 @@ few tens of microseconds instead of an fsync per request. The queue's own commit
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 
+from bridge.queue.core import QueueCore
 from bridge.queue.schema import transaction
-from bridge.queue.store import DurableQueue
 
 #: How often (at most) a record transaction also deletes expired rows.
 EXPIRE_EVERY = 30.0
 
 
-def insert_spends(conn: sqlite3.Connection, count: int, stamp: float) -> None:
-    """Record ``count`` requests sent at wall time ``stamp``; the caller holds the transaction."""
-    conn.executemany("INSERT INTO spend (sent_at) VALUES (?)", [(stamp,)] * count)
+class SpendRows(QueueCore):
+    """The ``spend`` table as queue operations; :class:`QueueSpendLog` batches calls to them."""
 
+    async def load_spends(self, since: float) -> list[float]:
+        """Send stamps (wall clock) recorded at or after ``since``, by any process, oldest first."""
+        return await self._run(self._load_spends_sync, since)
 
-def expire_spends(conn: sqlite3.Connection, before: float) -> int:
-    """Forget requests sent before ``before``; the caller holds the transaction."""
-    return int(conn.execute("DELETE FROM spend WHERE sent_at < ?", (before,)).rowcount)
+    def _load_spends_sync(self, since: float) -> list[float]:
+        rows = self.conn.execute("SELECT sent_at FROM spend WHERE sent_at >= ? ORDER BY sent_at", (since,))
+        return [float(r[0]) for r in rows]
 
+    async def record_spends(
+        self, count: int, *, clock: Callable[[], float], expiry: Callable[[float], float | None]
+    ) -> None:
+        """Durably note ``count`` requests sent at ``clock()``, read just before the commit.
 
-def load_spends(conn: sqlite3.Connection, since: float) -> list[float]:
-    """Send stamps at or after ``since``, oldest first."""
-    rows = conn.execute("SELECT sent_at FROM spend WHERE sent_at >= ? ORDER BY sent_at", (since,))
-    return [float(r[0]) for r in rows]
+        ``expiry(stamp)`` says before when sends are forgotten in the same transaction (``None``:
+        not this time). Committed with ``synchronous=NORMAL`` (see the module docstring).
+        """
+        await self._run(self._record_spends_sync, count, clock, expiry)
+
+    def _record_spends_sync(
+        self, count: int, clock: Callable[[], float], expiry: Callable[[float], float | None]
+    ) -> None:
+        conn = self.conn
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            stamp = clock()  # on the database thread, just before the commit: as late as possible
+            with transaction(conn):
+                conn.executemany("INSERT INTO spend (sent_at) VALUES (?)", [(stamp,)] * count)
+                before = expiry(stamp)
+                if before is not None:
+                    conn.execute("DELETE FROM spend WHERE sent_at < ?", (before,))
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
 
 
 class QueueSpendLog:
     """:class:`~bridge.cortex.budget.SpendLog` kept in ``queue``'s database."""
 
     def __init__(
-        self, queue: DurableQueue, *, keep_seconds: float = 300.0, clock: Callable[[], float] = time.time
+        self, queue: SpendRows, *, keep_seconds: float = 300.0, clock: Callable[[], float] = time.time
     ) -> None:
         self.queue = queue
         self.keep_seconds = keep_seconds
@@ -58,7 +78,7 @@ class QueueSpendLog:
 
     async def load(self, since: float) -> list[float]:
         """Send stamps (wall clock) recorded at or after ``since``, by any process."""
-        return await self.queue._run(lambda: load_spends(self.queue.conn, since))
+        return await self.queue.load_spends(since)
 
     async def record(self) -> None:
         """Durably note one request about to be sent; returns when committed."""
@@ -73,7 +93,7 @@ class QueueSpendLog:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                await self.queue._run(self._write_sync, len(batch))
+                await self.queue.record_spends(len(batch), clock=self._clock, expiry=self._expiry)
             except Exception as exc:
                 for future in batch:
                     if not future.done():
@@ -84,15 +104,9 @@ class QueueSpendLog:
                 if not future.done():
                     future.set_result(None)
 
-    def _write_sync(self, count: int) -> None:
-        conn = self.queue.conn
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            stamp = self._clock()  # on the database thread, just before the commit: as late as possible
-            with transaction(conn):
-                insert_spends(conn, count, stamp)
-                if stamp - self._expired_at >= EXPIRE_EVERY:
-                    expire_spends(conn, stamp - self.keep_seconds)
-                    self._expired_at = stamp
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")
+    def _expiry(self, stamp: float) -> float | None:
+        # Expired rows go at most every EXPIRE_EVERY seconds, not with every commit.
+        if stamp - self._expired_at < EXPIRE_EVERY:
+            return None
+        self._expired_at = stamp
+        return stamp - self.keep_seconds

@@ -27,6 +27,7 @@ from bridge.app import Bridge
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
 from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
 from tests.support.ledger import Ledger, integrity
+from tests.support.queue_file import queue_pragma
 
 FAST = {"rate_limit_per_minute": 60_000, "burst": 200}
 
@@ -55,17 +56,15 @@ class SmallDisk:
                 while True:
                     f.write(b"\0" * 65536)
         else:
-            await bridge.queue.execute(lambda c: c.execute(
-                "PRAGMA max_page_count = " + str(c.execute("PRAGMA page_count").fetchone()[0])))
+            pages = (await queue_pragma(bridge.queue, "page_count"))[0][0]
+            await queue_pragma(bridge.queue, f"max_page_count = {pages}")
 
     async def free(self) -> None:
         """Space returns."""
         if self.mounted:
             self.ballast.unlink()
         elif self._bridge is not None:
-            conn = self._bridge.queue.conn
-            await asyncio.get_running_loop().run_in_executor(
-                self._bridge.queue._executor, conn.execute, "PRAGMA max_page_count = 1073741823")
+            await queue_pragma(self._bridge.queue, "max_page_count = 1073741823")
 
     def unmount(self) -> None:
         if self.mounted:

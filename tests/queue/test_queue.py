@@ -8,11 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from bridge.queue import BatchPolicy, DurableQueue, QueueFull, QueueUnavailable, inspect
-from bridge.queue.poison import RawInput, dead_letter_raw
+from bridge.queue import (
+    BatchPolicy,
+    DurableQueue,
+    QueueFull,
+    QueueUnavailable,
+    RawInput,
+    dead_letters,
+    files,
+    inspect,
+)
 from bridge.queue.schema import SCHEMA_VERSION, State
 from bridge.records import Record
 from bridge.sources.native import parse_native
+from tests.support.queue_file import stored_rows
 
 POLICY = BatchPolicy(max_items={"metric": 100, "event": 1, "custom_data": 1000},
                      ambiguous_kinds=frozenset({"event", "metric"}))
@@ -126,11 +135,11 @@ async def test_dead_letters_keep_reason_and_can_be_replayed(tmp_path: Path) -> N
     batch = await queue.claim(POLICY)
     await queue.dead_letter([batch[0].seq], reason="rejected", detail="Cortex 400: bad title", status=400)
     assert queue.depth == 0
-    conn = inspect.open_file(tmp_path / "q.db", write=True)
+    conn = files.open_file(tmp_path / "q.db", write=True)
     listed = inspect.dlq_list(conn)
     assert listed[0]["reason"] == "rejected" and listed[0]["status"] == 400
     assert inspect.dlq_show(conn, batch[0].record.id)["record"]["title"] == "e1"  # type: ignore[index]
-    assert inspect.dlq_replay(conn, reason="rejected") == 1
+    assert dead_letters.replay(conn, reason="rejected") == 1
     assert (await queue.stats())["undelivered"] == 1  # the daemon recounts what the operator replayed
     assert inspect.trace(conn, batch[0].record.id)[0]["status"] == "queued"
     conn.close()
@@ -182,11 +191,11 @@ async def test_replay_skips_dead_inputs_that_are_not_records(tmp_path: Path) -> 
     await queue.append([event(1)])
     batch = await queue.claim(POLICY)
     await queue.dead_letter([batch[0].seq], reason="rejected", detail="400", status=400)
-    await dead_letter_raw(queue, [RawInput(source="events", input_id="t/0/7", reason="invalid_json",
+    await queue.dead_letter_raw([RawInput(source="events", input_id="t/0/7", reason="invalid_json",
                                            detail="Expecting value", payload=b"{oops")])
-    conn = inspect.open_file(tmp_path / "q.db", write=True)
+    conn = files.open_file(tmp_path / "q.db", write=True)
     assert inspect.stats(conn)["dead_letters"] == 2
-    assert inspect.dlq_replay(conn) == 1  # the poison message has no record to send
+    assert dead_letters.replay(conn) == 1  # the poison message has no record to send
     assert inspect.stats(conn)["dead_letters"] == 1
     claimed = await queue.claim(POLICY)
     assert [q.record.id for q in claimed] == [batch[0].record.id]
@@ -223,14 +232,14 @@ async def test_totals_stay_exact_through_every_change(tmp_path: Path) -> None:
     await queue.dead_letter([q.seq for q in metrics[4:6]], reason="rejected", detail="400", status=400)
     await check()
     await queue.dead_letter_input([event(99)], reason="unresolved_entity", detail="no entity")
-    await dead_letter_raw(queue, [RawInput(source="t", input_id="t/0/1", reason="invalid_json",
+    await queue.dead_letter_raw([RawInput(source="t", input_id="t/0/1", reason="invalid_json",
                                            detail="x", payload=b"{")])
     await check()
     assert counted(db)[2] == 4
 
-    conn = inspect.open_file(db, write=True)  # an operator's CLI, another connection
-    assert inspect.dlq_replay(conn, reason="rejected") == 2
-    assert inspect.dlq_purge(conn, reason="invalid_json") == 1
+    conn = files.open_file(db, write=True)  # an operator's CLI, another connection
+    assert dead_letters.replay(conn, reason="rejected") == 2
+    assert dead_letters.purge(conn, reason="invalid_json") == 1
     conn.close()
     await check()
     assert queue.depth == 9 and counted(db)[2] == 1
@@ -253,7 +262,7 @@ async def test_totals_are_computed_once_for_a_queue_file_from_before_them(tmp_pa
     reopened = await open_queue(tmp_path)
     assert reopened.depth == 4 == counted(db)[0]
     assert (await reopened.stats())["dead_letters"] == 1
-    assert (await reopened.query("SELECT value FROM meta WHERE key = 'schema_version'")) == [(str(SCHEMA_VERSION),)]
+    assert stored_rows(reopened, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     await reopened.append([metric(10)])
     assert reopened.depth == 5 == counted(db)[0]
     await reopened.close()
@@ -307,13 +316,13 @@ async def test_dlq_replay_and_purge_move_in_small_transactions(tmp_path: Path) -
     queue = await open_queue(tmp_path)
     await queue.dead_letter_input([event(i) for i in range(5)], reason="unresolved_entity", detail="x")
     await queue.dead_letter_input([event(i) for i in range(10, 13)], reason="rejected", detail="x")
-    conn = inspect.open_file(tmp_path / "q.db", write=True)
+    conn = files.open_file(tmp_path / "q.db", write=True)
     commits: list[str] = []
     conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
-    assert inspect.dlq_replay(conn, reason="unresolved_entity", chunk=2) == 5
+    assert dead_letters.replay(conn, reason="unresolved_entity", chunk=2) == 5
     assert len(commits) == 3
     commits.clear()
-    assert inspect.dlq_purge(conn, chunk=2) == 3
+    assert dead_letters.purge(conn, chunk=2) == 3
     assert len(commits) == 2
     assert inspect.stats(conn)["dead_letters"] == 0
     conn.close()

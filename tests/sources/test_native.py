@@ -10,6 +10,7 @@ import aiohttp
 
 from bridge.cortex.simulator.server import SimulatorServer
 from tests.support.cortex import BridgeFactory, post_records
+from tests.support.queue_file import queue_pragma
 from tests.support.records import event
 
 
@@ -121,14 +122,14 @@ async def test_not_ready_at_start_when_the_queue_cannot_write(sim: SimulatorServ
                              ingest={"allow_unauthenticated": True}, log={"level": "warning"})
     bridge = await Bridge.create(settings)
     # Every write now fails inside SQLite, as on a full volume (reads still work).
-    await bridge.queue.execute(lambda c: c.execute("PRAGMA query_only = ON"))
+    await queue_pragma(bridge.queue, "query_only = ON")
     await bridge.start()
     try:
         async with aiohttp.ClientSession() as http, \
                 http.get(f"http://127.0.0.1:{bridge.ingest_port}/readyz") as resp:
             assert resp.status == 503
             assert "queue cannot write to disk" in (await resp.json())["reasons"]
-        await bridge.queue.query("PRAGMA query_only = OFF")  # space is back
+        await queue_pragma(bridge.queue, "query_only = OFF")  # space is back
         assert await bridge.queue.probe_writable()
         assert bridge.readiness() == (True, [])
     finally:

@@ -19,6 +19,7 @@ from bridge.cortex.simulator.server import SimulatorServer
 from bridge.sources.webhooks.source import WebhookSource, describe, header_map
 from tests.support.paths import EXAMPLES as EXAMPLES
 from tests.support.paths import FIXTURES as ALL_FIXTURES
+from tests.support.queue_file import stored_rows
 
 FIXTURES = ALL_FIXTURES / "webhooks"
 SIM_TOKEN = "sim-token"
@@ -110,18 +111,18 @@ class Running:
 
     async def dead_letters(self) -> list[tuple[str, str]]:
         """(kind, reason) of every dead letter, in id order."""
-        rows = await self.bridge.queue.query("SELECT kind, reason FROM dead ORDER BY id")
+        rows = stored_rows(self.bridge.queue, "SELECT kind, reason FROM dead ORDER BY id")
         return [(r[0], r[1]) for r in rows]
 
     async def dead_records(self) -> list[dict[str, Any]]:
         """The records in the dead-letter set, as queued."""
-        rows = await self.bridge.queue.query("SELECT body FROM dead ORDER BY id")
+        rows = stored_rows(self.bridge.queue, "SELECT body FROM dead ORDER BY id")
         return [json.loads(r[0]) for r in rows]
 
     async def queued_ids(self) -> set[str]:
         """Ids the queue knows: undelivered, delivered or dead."""
-        rows = await self.bridge.queue.query(
-            "SELECT id FROM records UNION SELECT id FROM delivered UNION SELECT id FROM dead")
+        rows = stored_rows(
+            self.bridge.queue, "SELECT id FROM records UNION SELECT id FROM delivered UNION SELECT id FROM dead")
         return {r[0] for r in rows}
 
 

@@ -11,7 +11,6 @@ committing those offsets is the source's business.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,8 +19,7 @@ import structlog
 from aiokafka import TopicPartition
 
 from bridge import metrics
-from bridge.queue import DurableQueue, QueueFull, QueueUnavailable
-from bridge.queue.poison import RawInput, dead_letter_raw
+from bridge.queue import DurableQueue, QueueFull, QueueUnavailable, RawInput
 from bridge.records import Record, UnstorableRecord, record_to_json
 from bridge.sources.admit import count_appended
 from bridge.sources.base import SourceConfigError, SourceContext
@@ -211,7 +209,7 @@ class BatchWriter:
             except QueueFull:
                 await self._wait_for_room(len(group.records))
                 continue
-            except (QueueUnavailable, sqlite3.Error) as exc:
+            except QueueUnavailable as exc:
                 log.error("kafka_dead_letter_failed", source=self.name, error=str(exc))
                 await self._blocked_sleep(1.0)
                 continue
@@ -228,9 +226,9 @@ class BatchWriter:
         inputs = [item.poison for item in items if item.poison is not None]
         while True:
             try:
-                await dead_letter_raw(self.queue, inputs)
+                await self.queue.dead_letter_raw(inputs)
                 break
-            except sqlite3.Error as exc:
+            except QueueUnavailable as exc:
                 log.error("kafka_dead_letter_failed", source=self.name, error=str(exc))
                 await self._blocked_sleep(1.0)
         for item in items:

@@ -130,9 +130,4 @@ class SourceMemory:
         if not self._tombstones:
             return
         self._tombstones = False
-        low, high = self.prefix, self.prefix + "\U0010ffff"
-        await self.queue.execute(
-            lambda conn: conn.execute(
-                "DELETE FROM source_state WHERE key >= ? AND key < ? AND value = ''", (low, high)
-            ).rowcount
-        )
+        await self.queue.purge_empty_states(self.prefix)

@@ -17,7 +17,6 @@ CloudEvent (attributes and ``data``).
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 from urllib.parse import unquote
 
@@ -131,10 +130,7 @@ class CDEventsMapper:
     async def _forget(self, key: str) -> None:
         # The start is only needed until the run finished; without this the state table grows
         # by one row per pipeline run forever.
-        def delete(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM source_state WHERE key = ?", (key,))
-
-        await self.queue.execute(delete)
+        await self.queue.forget_state([key])
 
 
 def _time(event: dict[str, Any], data: Any) -> Any:

@@ -23,6 +23,7 @@ from tests.support.kafka import (
     unique,
 )
 from tests.support.paths import FIXTURES as ALL_FIXTURES
+from tests.support.queue_file import stored_rows
 
 FIXTURES = ALL_FIXTURES / "kafka"
 CDEVENTS = ["service_deployed", "incident_detected", "pipelinerun_finished"]
@@ -113,7 +114,7 @@ async def test_cdevents_fixtures_become_the_expected_records(
     assert pipeline_tag == "payments-api" and pipeline["title"] == "Pipeline myPipeline: failure"
     labels = {"source": "events", "topic": topic}
     assert metrics.sample("cortex_bridge_kafka_messages_ignored_total", labels) == 1
-    assert (await bridge.queue.query("SELECT COUNT(*) FROM dead"))[0][0] == 0
+    assert (stored_rows(bridge.queue, "SELECT COUNT(*) FROM dead"))[0][0] == 0
 
 
 async def test_undecodable_cloudevent_is_poison_and_unknown_entity_is_a_dead_letter(
@@ -136,7 +137,7 @@ async def test_undecodable_cloudevent_is_poison_and_unknown_entity_is_a_dead_let
         return (await committed_offsets(broker.bootstrap, group, [tp]))[0] == 2
 
     await wait_until(committed_all, timeout=20)
-    rows = await bridge.queue.query("SELECT kind, reason, body FROM dead ORDER BY kind")
+    rows = stored_rows(bridge.queue, "SELECT kind, reason, body FROM dead ORDER BY kind")
     assert [(kind, reason) for kind, reason, _ in rows] == [("deploy", "entity-unresolved"),
                                                           ("raw_input", "unmappable")]
     poison = json.loads(rows[1][2])

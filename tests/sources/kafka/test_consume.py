@@ -13,8 +13,7 @@ from aiokafka import TopicPartition
 
 from bridge import metrics
 from bridge.cortex.simulator.server import SimFaults, SimulatorServer
-from bridge.queue import inspect, poison
-from bridge.sources.kafka import batches as kafka_module
+from bridge.queue import DurableQueue, inspect
 from bridge.sources.kafka.source import KafkaSource
 from tests.support.cortex import BridgeFactory, sim_state, wait_until
 from tests.support.kafka import (
@@ -28,6 +27,7 @@ from tests.support.kafka import (
     unique,
 )
 from tests.support.processes import free_port
+from tests.support.queue_file import stored_rows
 
 ENTITIES = ["checkout-service", "payments-api", "inventory"]
 
@@ -89,13 +89,13 @@ async def test_poison_message_is_dead_lettered_and_commit_waits_for_it(
     topic, group = unique("poison"), unique("g")
     await create_topic(broker.bootstrap, topic, 1)
     release = asyncio.Event()
-    original = poison.dead_letter_raw
+    original = DurableQueue.dead_letter_raw
 
     async def held_dead_letter(queue: Any, inputs: Any) -> list[str]:
         await release.wait()
         return await original(queue, inputs)
 
-    monkeypatch.setattr(kafka_module, "dead_letter_raw", held_dead_letter)
+    monkeypatch.setattr(DurableQueue, "dead_letter_raw", held_dead_letter)
     messages: list[Any] = [(0, f"k{i}".encode(), deploy(i), []) for i in range(10)]
     messages[4] = (0, b"bad-key", b"{not json", [("origin", b"test")])
     await produce(broker.bootstrap, topic, messages)
@@ -119,7 +119,7 @@ async def test_poison_message_is_dead_lettered_and_commit_waits_for_it(
         return (await committed_offsets(broker.bootstrap, group, [tp]))[0] == 10
 
     await wait_until(committed_past, timeout=10)
-    entries = await bridge.queue.query("SELECT id, kind, source, reason, body FROM dead")
+    entries = stored_rows(bridge.queue, "SELECT id, kind, source, reason, body FROM dead")
     assert len(entries) == 1
     entry_id, kind, source, reason, body = entries[0]
     assert (kind, source, reason) == ("raw_input", "events", "invalid_json")
@@ -299,7 +299,7 @@ async def test_full_queue_pauses_partitions_keeps_membership_and_loses_nothing(
     # A member that had left the group would only rejoin (a second assignment) around here.
     await wait_until(committed_to_end, timeout=10)
     assert kafka.assignments == 1, "pausing must not cost the group membership"
-    assert (await bridge.queue.query("SELECT COUNT(*) FROM dead"))[0][0] == 0
+    assert (stored_rows(bridge.queue, "SELECT COUNT(*) FROM dead"))[0][0] == 0
 
 
 async def test_bridge_killed_mid_stream_resumes_without_loss_or_duplicates(

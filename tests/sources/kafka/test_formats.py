@@ -14,12 +14,13 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.queue import DurableQueue
-from bridge.queue.poison import RAW_INPUT_KIND, RawInput, dead_letter_raw
+from bridge.queue.poison import RAW_INPUT_KIND, RawInput
 from bridge.records import DeployRecord, EventRecord
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.kafka.formats import PoisonMessage, build_decoder, http_headers
 from bridge.sources.kafka.settings import KafkaSourceSettings
 from bridge.sources.kafka.source import create
+from tests.support.queue_file import stored_rows
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -180,10 +181,10 @@ def test_sasl_scram_over_tls_with_password_file_and_ca(tmp_path: Path) -> None:
 async def test_poison_entries_are_idempotent_and_keep_binary_payloads(ctx: SourceContext) -> None:
     item = RawInput("events", "deploys/3/42", "invalid_json", "bad", b"\xff\x00binary",
                     {"topic": "deploys", "partition": 3, "offset": 42, "key": None})
-    ids = await dead_letter_raw(ctx.queue, [item])
+    ids = await ctx.queue.dead_letter_raw([item])
     assert ids == [item.id]
-    assert await dead_letter_raw(ctx.queue, [item]) == ids  # redelivered: the same entry
-    rows = await ctx.queue.query("SELECT id, kind, lane, reason, detail, body FROM dead")
+    assert await ctx.queue.dead_letter_raw([item]) == ids  # redelivered: the same entry
+    rows = stored_rows(ctx.queue, "SELECT id, kind, lane, reason, detail, body FROM dead")
     assert len(rows) == 1
     rid, kind, lane, reason, detail, body = rows[0]
     assert (rid, kind, lane, reason, detail) == (item.id, RAW_INPUT_KIND, "poison", "invalid_json", "bad")

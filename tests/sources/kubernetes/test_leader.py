@@ -10,6 +10,7 @@ from tests.support.apiserver import FakeApiServer
 from tests.support.cluster import Cluster
 from tests.support.cortex import sim_state, wait_until
 from tests.support.kubernetes import StartBridge
+from tests.support.queue_file import stored_rows
 
 #: Short terms so that a test sees an expiry: renew every 0.2 s, give up after 1.5 s, expire after 2 s.
 ELECTION = {"enabled": True, "lease_namespace": "kube-system", "lease_duration_seconds": 2,
@@ -41,7 +42,7 @@ async def test_only_the_holder_emits_and_the_other_takes_over_on_graceful_stop(
     assert lease is not None
     assert lease["spec"]["holderIdentity"].endswith(first.source._instance[:8])
     assert json.loads(lease["metadata"]["annotations"]["cortex-bridge.io/processed"])["by"] == first.source._instance
-    stored = await second.bridge.queue.query("SELECT (SELECT COUNT(*) FROM records) + (SELECT COUNT(*) FROM delivered)")
+    stored = stored_rows(second.bridge.queue, "SELECT (SELECT COUNT(*) FROM records) + (SELECT COUNT(*) FROM delivered)")
     assert stored == [(0,)], "the follower produced no record at all"
 
     await first.bridge.stop(deadline=3)  # releases the Lease: no waiting for its expiry

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from bridge.queue import inspect
+from tests.support.queue_file import stored_rows
 from tests.support.webhooks import SECRET, Running, StartBridge, fixture_bytes, github_signature, only
 
 GITHUB: dict[str, Any] = {"name": "github", "type": "github", "secrets": [SECRET]}
@@ -81,7 +82,7 @@ async def test_template_wins_over_catalog(start_bridge: StartBridge) -> None:
     status, answer = await deliver(running, fixture_bytes(RELEASE))
     assert status == 202
     # No such entity in Cortex: the record waits for it (404s are retried), it is not lost.
-    records = await running.bridge.queue.query("SELECT body FROM records")
+    records = stored_rows(running.bridge.queue, "SELECT body FROM records")
     assert [json.loads(r[0])["entity"] for r in records] == ["Codertocat-186853002"]
 
 
@@ -111,7 +112,7 @@ async def test_repository_unknown_to_the_catalog_is_a_dead_letter(start_bridge: 
     body = fixture_bytes("github/release.published.json").replace(b"Codertocat/Hello-World", b"Codertocat/Unknown")
     status, answer = await deliver(running, body)
     assert status == 202 and answer["reasons"] == ["entity-unresolved"]
-    dead = await running.bridge.queue.query("SELECT reason, detail FROM dead")
+    dead = stored_rows(running.bridge.queue, "SELECT reason, detail FROM dead")
     assert dead == [("entity-unresolved", "no static entry for Codertocat/Unknown; no template; "
                                           "no catalog entity has git repository Codertocat/Unknown")]
 
@@ -124,7 +125,7 @@ async def test_failed_catalog_lookup_is_a_dead_letter(start_bridge: StartBridge)
     finally:
         await running.cortex.resume()
     assert status == 202 and answer["reasons"] == ["entity-lookup-failed"]
-    [(reason, detail)] = await running.bridge.queue.query("SELECT reason, detail FROM dead")
+    [(reason, detail)] = stored_rows(running.bridge.queue, "SELECT reason, detail FROM dead")
     assert reason == "entity-lookup-failed" and detail.startswith("catalog lookup of Codertocat/Hello-World failed")
 
 

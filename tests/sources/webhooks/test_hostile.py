@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bridge.records import record_from_json
 from tests.support.cortex import hostile_json
+from tests.support.queue_file import stored_rows
 from tests.support.webhooks import (
     FIXTURES_BY_SOURCE,
     SOURCES,
@@ -105,6 +106,6 @@ async def test_signed_hostile_payloads_get_2xx_or_4xx_and_what_is_accepted_reads
     assert status in (202, 400, 422), (status, answer)
     if status >= 400:
         assert isinstance(answer, dict) and answer.get("error"), answer
-    rows = await target.bridge.queue.query("SELECT body FROM records UNION ALL SELECT body FROM dead")
+    rows = stored_rows(target.bridge.queue, "SELECT body FROM records UNION ALL SELECT body FROM dead")
     for (stored,) in rows:
         record_from_json(stored)  # raises if the sender could not read it back

@@ -1,0 +1,112 @@
+"""Settling outcomes: what Cortex stored is history, what failed goes back, what is unknown waits.
+
+A delivered record leaves ``records`` for ``delivered`` (and, for a metric, ``delivered_points``,
+which reconciliation counts); a failed one is put back READY with its attempt counted; one whose
+request may or may not have reached Cortex becomes AMBIGUOUS until it is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bridge.queue.core import QueueCore
+from bridge.queue.schema import State, transaction
+from bridge.records import parse_timestamp
+
+
+class Outcomes(QueueCore):
+    """Settling claimed records: delivered, rescheduled or ambiguous."""
+
+    async def mark_delivered(self, items: Iterable[tuple[int, str | None]], *, how: str = "sent") -> None:
+        """Records (by seq) that Cortex stored, with the uuid it returned where there is one."""
+        await self._run(self._delivered_sync, list(items), how)
+
+    def _delivered_sync(self, items: list[tuple[int, str | None]], how: str) -> None:
+        conn = self.conn
+        now = time.time()
+        with transaction(conn):
+            for seq, cortex_uuid in items:
+                row = conn.execute(
+                    "SELECT id, kind, lane, body, source, received_at FROM records WHERE seq = ?", (seq,)
+                ).fetchone()
+                if row is None:
+                    continue
+                rid, kind, lane, body, source, received_at = row
+                doc = json.loads(body)
+                conn.execute(
+                    "INSERT OR REPLACE INTO delivered (id, kind, entity, source, cortex_uuid, received_at,"
+                    " delivered_at, how) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rid, kind, doc["entity"], source, cortex_uuid, received_at, now, how),
+                )
+                if kind == "metric":
+                    # A point is only its (timestamp, value): reconciliation must know how many equal
+                    # points of this lane Cortex already holds from the bridge.
+                    conn.execute(
+                        "INSERT OR REPLACE INTO delivered_points (id, lane, point, delivered_at) VALUES (?, ?, ?, ?)",
+                        (rid, lane, point_key(doc["timestamp"], doc["value"]), now),
+                    )
+                conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+        self._recount_sync()
+
+    async def delivered_points(self, lane: str, since: float) -> tuple[Counter[str], bool]:
+        """How many points of each :func:`point_key` the bridge delivered on ``lane``.
+
+        The flag says whether the lane has a request in flight or delivered anything at or
+        after ``since`` (wall-clock): then a read-back taken since may be incomplete.
+        """
+        return await self._run(self._delivered_points_sync, lane, since)
+
+    def _delivered_points_sync(self, lane: str, since: float) -> tuple[Counter[str], bool]:
+        conn = self.conn
+        counts: Counter[str] = Counter()
+        moving = False
+        for point, delivered_at in conn.execute(
+            "SELECT point, delivered_at FROM delivered_points WHERE lane = ?", (lane,)
+        ):
+            counts[point] += 1
+            moving = moving or delivered_at >= since
+        in_flight = conn.execute(
+            "SELECT 1 FROM records WHERE lane = ? AND state IN (?, ?) LIMIT 1", (lane, State.SENDING, State.CLAIMED)
+        ).fetchone()
+        return counts, moving or in_flight is not None
+
+    async def reschedule(
+        self, seqs: Sequence[int], *, next_attempt_at: float, error: str, count_attempt: bool
+    ) -> None:
+        """Put records back to READY, due at ``next_attempt_at``; an idle worker is woken for them."""
+        await self._run(self._reschedule_sync, list(seqs), next_attempt_at, error, count_attempt)
+        self._notify_ready()
+
+    def _reschedule_sync(self, seqs: list[int], due: float, error: str, count_attempt: bool) -> None:
+        now = time.time()
+        with transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ?,"
+                " attempts = attempts + ?, first_failure_at = COALESCE(first_failure_at, ?) WHERE seq = ?",
+                [(State.READY, due, error[:1000], 1 if count_attempt else 0, now if count_attempt else None, s)
+                 for s in seqs],
+            )
+
+    async def mark_ambiguous(self, seqs: Sequence[int], error: str) -> None:
+        """The request for these records may or may not have been stored by Cortex.
+
+        They are read back only after ``settle_seconds``: until then the request may still be
+        alive at Cortex, and a read-back could miss what it is about to store.
+        """
+        await self._run(self._ambiguous_mark_sync, list(seqs), time.time() + self.settle_seconds, error)
+
+    def _ambiguous_mark_sync(self, seqs: list[int], settle_until: float, error: str) -> None:
+        with transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ? WHERE seq = ?",
+                [(State.AMBIGUOUS, settle_until, error[:1000], s) for s in seqs],
+            )
+
+
+def point_key(timestamp: Any, value: Any) -> str:
+    """A metric point as Cortex keeps it: epoch milliseconds and value (what a read-back can match)."""
+    return f"{round(parse_timestamp(timestamp).timestamp() * 1000)}|{float(value)!r}"

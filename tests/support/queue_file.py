@@ -1,0 +1,22 @@
+"""Looking into a running queue's file from a test, as another reader (or a failing disk) would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.queue import DurableQueue, inspect
+
+
+def stored_rows(queue: DurableQueue, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The rows ``sql`` selects from ``queue``'s file, read on a read-only connection of its own."""
+    conn = inspect.open_file(queue.path)
+    try:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+    finally:
+        conn.close()
+
+
+async def queue_pragma(queue: DurableQueue, pragma: str) -> list[tuple[Any, ...]]:
+    """Run ``PRAGMA pragma`` on the queue's own connection, on its database thread (e.g. to make writes fail)."""
+    conn = queue.conn
+    return await queue._run(lambda: [tuple(row) for row in conn.execute(f"PRAGMA {pragma}").fetchall()])
