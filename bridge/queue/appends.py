@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from bridge import metrics
 from bridge.queue.core import QueueCore
 from bridge.queue.errors import QueueFull, QueueUnavailable
-from bridge.queue.schema import transaction
+from bridge.queue.schema import state_key, transaction
 from bridge.records import Record, encode_record, lane_of
 
 
@@ -163,7 +163,7 @@ class Appends(QueueCore):
                         known.add(row[0])
                         new_ids.append(row[0])
                         fresh.append((*row, now, now))
-                states.extend((key, value, now) for key, value in sub.state_updates.items())
+                states.extend((state_key(key), state_key(value), now) for key, value in sub.state_updates.items())
                 results[i] = AppendResult(new_ids, dup_ids)
             if deliveries:
                 conn.executemany(

@@ -19,7 +19,7 @@ from bridge import metrics
 from bridge.queue.appends import known_ids
 from bridge.queue.core import QueueCore
 from bridge.queue.poison import POISON_LANE, RAW_INPUT_KIND, RawInput
-from bridge.queue.schema import transaction
+from bridge.queue.schema import column_text, transaction
 from bridge.records import Record, encode_record, lane_of
 
 #: Dead-letter reason of a stored row that does not read back as a record.
@@ -82,7 +82,8 @@ class DeadLetters(QueueCore):
                     "INSERT INTO dead (id, kind, lane, source, body, size, received_at, attempts, reason, detail,"
                     " status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?)",
                     (record.id, record.kind, lane_of(record), record.provenance.source, body, len(body),
-                     record.provenance.received_at.timestamp(), reason, detail[:MAX_DETAIL], now),
+                     record.provenance.received_at.timestamp(), column_text(reason, MAX_DETAIL),
+                     column_text(detail, MAX_DETAIL), now),
                 )
                 known.add(record.id)
                 stored.append(record)
@@ -99,7 +100,7 @@ class DeadLetters(QueueCore):
         for item in inputs:
             body = item.body()
             rows.append((item.id, RAW_INPUT_KIND, POISON_LANE, item.source, body, len(body), item.received_at, 0,
-                         item.reason, item.detail[:MAX_DETAIL], None, now))
+                         column_text(item.reason, MAX_DETAIL), column_text(item.detail, MAX_DETAIL), None, now))
         if rows:
             await self._run(self._dead_raw_sync, rows)
         return [row[0] for row in rows]
@@ -138,7 +139,7 @@ def move_to_dead(
         conn.execute(
             "INSERT OR REPLACE INTO dead (id, kind, lane, source, body, size, received_at, attempts,"
             " reason, detail, status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*row, reason, detail[:MAX_DETAIL], status, now),
+            (*row, column_text(reason, MAX_DETAIL), column_text(detail, MAX_DETAIL), status, now),
         )
         conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
         moved.append((str(row[0]), str(row[1]), str(row[3])))

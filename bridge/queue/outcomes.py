@@ -14,8 +14,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bridge.queue.core import QueueCore
-from bridge.queue.schema import State, transaction
+from bridge.queue.schema import State, column_text, transaction
 from bridge.records import parse_timestamp
+
+#: Longest ``last_error`` kept with a record.
+MAX_ERROR = 1000
 
 
 class Outcomes(QueueCore):
@@ -87,7 +90,8 @@ class Outcomes(QueueCore):
             self.conn.executemany(
                 "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ?,"
                 " attempts = attempts + ?, first_failure_at = COALESCE(first_failure_at, ?) WHERE seq = ?",
-                [(State.READY, due, error[:1000], 1 if count_attempt else 0, now if count_attempt else None, s)
+                [(State.READY, due, column_text(error, MAX_ERROR), 1 if count_attempt else 0,
+                  now if count_attempt else None, s)
                  for s in seqs],
             )
 
@@ -103,7 +107,7 @@ class Outcomes(QueueCore):
         with transaction(self.conn):
             self.conn.executemany(
                 "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ? WHERE seq = ?",
-                [(State.AMBIGUOUS, settle_until, error[:1000], s) for s in seqs],
+                [(State.AMBIGUOUS, settle_until, column_text(error, MAX_ERROR), s) for s in seqs],
             )
 
 

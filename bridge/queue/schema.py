@@ -155,6 +155,26 @@ COMMIT;
 """
 
 
+def column_text(value: str, limit: int) -> str:
+    """Free text (a reason, an error, a detail) as it can be stored: at most ``limit`` characters,
+    lone surrogates written as ``\\udXXX`` escapes.
+
+    Details quote input and answers (an entity name from a payload, Cortex's message), and JSON
+    lets a sender put a lone surrogate in them, which SQLite's UTF-8 cannot hold: storing it raw
+    would fail the whole transaction, and with it the records it was to keep.
+    """
+    return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def state_key(key: str) -> str:
+    """A source-state key as stored (lone surrogates escaped, as :func:`column_text` does).
+
+    Keys quote input (a CDEvents subject id); every operation maps a key through this, so the
+    same key always finds the same row.
+    """
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def connect(path: str) -> sqlite3.Connection:
     """Open the queue database with the settings durability depends on."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bridge.queue.appends import Appends
-from bridge.queue.schema import transaction
+from bridge.queue.schema import state_key, transaction
 
 #: Above every character a key can hold: ``[prefix, prefix + END)`` is the range of keys under it.
 _KEY_RANGE_END = "\U0010ffff"
@@ -24,7 +24,7 @@ class SourceState(Appends):
         return await self._run(self._get_state_sync, key)
 
     def _get_state_sync(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM source_state WHERE key = ?", (key,)).fetchone()
+        row = self.conn.execute("SELECT value FROM source_state WHERE key = ?", (state_key(key),)).fetchone()
         return None if row is None else str(row[0])
 
     async def get_states(self, prefix: str) -> dict[str, str]:
@@ -33,7 +33,7 @@ class SourceState(Appends):
 
     def _get_states_sync(self, prefix: str) -> dict[str, str]:
         rows = self.conn.execute(
-            "SELECT key, value FROM source_state WHERE key >= ? AND key < ?", (prefix, prefix + _KEY_RANGE_END)
+            "SELECT key, value FROM source_state WHERE key >= ? AND key < ?", (state_key(prefix), state_key(prefix) + _KEY_RANGE_END)
         )
         return {k: v for k, v in rows}
 
@@ -48,7 +48,7 @@ class SourceState(Appends):
     def _forget_sync(self, keys: list[str]) -> int:
         with transaction(self.conn):
             return sum(
-                self.conn.execute("DELETE FROM source_state WHERE key = ?", (key,)).rowcount for key in keys
+                self.conn.execute("DELETE FROM source_state WHERE key = ?", (state_key(key),)).rowcount for key in keys
             )
 
     async def purge_empty_states(self, prefix: str) -> int:
@@ -58,5 +58,5 @@ class SourceState(Appends):
     def _purge_empty_sync(self, prefix: str) -> int:
         with transaction(self.conn):
             return int(self.conn.execute(
-                "DELETE FROM source_state WHERE key >= ? AND key < ? AND value = ''", (prefix, prefix + _KEY_RANGE_END)
+                "DELETE FROM source_state WHERE key >= ? AND key < ? AND value = ''", (state_key(prefix), state_key(prefix) + _KEY_RANGE_END)
             ).rowcount)
