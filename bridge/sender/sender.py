@@ -22,10 +22,11 @@ from bridge import metrics
 from bridge.config import CortexSettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
+from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST
 from bridge.queue import BatchPolicy, DurableQueue, QueuedRecord
 from bridge.records import MetricRecord, utc_now
 from bridge.sender.reconcile import reconcile_ambiguous
-from bridge.sender.requests import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST, build_request
+from bridge.sender.requests import build_request
 
 log = structlog.get_logger("bridge.sender")
 
@@ -232,9 +233,7 @@ class Sender:
         request = build_request(batch)
         kind = batch[0].record.kind
         try:
-            response = await self.client.request(
-                request.method, request.path, endpoint=request.endpoint, body=request.body, permit=permit
-            )
+            response = await self.client.write(request.write, permit=permit)
         except NotSent as exc:
             await self._retry_later(batch, str(exc))
             return
@@ -287,8 +286,7 @@ class Sender:
         for q in batch:
             request = build_request([q])
             try:
-                resp = await self.client.request(
-                    request.method, request.path, endpoint=request.endpoint, body=request.body)
+                resp = await self.client.write(request.write)
             except NotSent as exc:
                 await self._retry_later([q], str(exc))
                 continue
