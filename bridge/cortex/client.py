@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from bridge import metrics
+from bridge.config import CortexSettings
 from bridge.cortex.budget import Permit, TokenBucket
 from bridge.cortex.circuit import CircuitBreaker
 from bridge.cortex.endpoints import TOKEN_CHECK, ListRequest, WriteRequest, list_entities_of_repository
@@ -215,6 +216,25 @@ class CortexClient:
         """Tags of catalog entities linked to git repository ``org/repo``."""
         items = await self.list_all(list_entities_of_repository(repository))
         return [str(e["tag"]) for e in items if e.get("tag")]
+
+
+def client_from_settings(
+    cortex: CortexSettings, bucket: TokenBucket, *, timeout_seconds: float | None = None
+) -> CortexClient:
+    """The client the configuration describes, spending from ``bucket``.
+
+    ``timeout_seconds`` overrides ``cortex.request_timeout_seconds`` (a one-off check waits less).
+    """
+    circuit = CircuitBreaker(cortex.circuit_failure_threshold, cortex.circuit_open_seconds,
+                             cortex.circuit_max_open_seconds)
+    return CortexClient(
+        cortex.url,
+        cortex.token_value,
+        bucket,
+        timeout_seconds=cortex.request_timeout_seconds if timeout_seconds is None else timeout_seconds,
+        max_connections=cortex.max_concurrency + 2,
+        circuit=circuit,
+    )
 
 
 class ReadFailed(Exception):
