@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import tempfile
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,10 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from bridge import metrics
 from bridge.config import Settings, redact_url
-from bridge.cortex.budget import WINDOW_SECONDS, TokenBucket
+from bridge.cortex.budget import WINDOW_SECONDS, budget_from_settings
 from bridge.cortex.catalog import RepositoryCatalog
-from bridge.cortex.circuit import CircuitBreaker
-from bridge.cortex.client import CortexClient
+from bridge.cortex.client import CortexClient, client_from_settings
 from bridge.cortex.token import token_expiry
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
@@ -69,20 +71,9 @@ class Bridge:
         )
         cortex = settings.cortex
         # What earlier processes sent in the current window is in the queue database: a
-        # restart inside a minute must not start with a fresh budget (bucket.py).
+        # restart inside a minute must not start with a fresh budget (bridge/cortex/budget.py).
         spend_log = QueueSpendLog(queue, keep_seconds=WINDOW_SECONDS + cortex.request_timeout_seconds + 60)
-        bucket = TokenBucket(cortex.rate_limit_per_minute, cortex.burst, spend_log=spend_log,
-                             request_timeout_seconds=cortex.request_timeout_seconds)
-        circuit = CircuitBreaker(cortex.circuit_failure_threshold, cortex.circuit_open_seconds,
-                                 cortex.circuit_max_open_seconds)
-        client = CortexClient(
-            cortex.url,
-            cortex.token_value,
-            bucket,
-            timeout_seconds=cortex.request_timeout_seconds,
-            max_connections=cortex.max_concurrency + 2,
-            circuit=circuit,
-        )
+        client = client_from_settings(cortex, budget_from_settings(cortex, spend_log))
         sender = Sender(queue, client, settings.cortex, settings.retry)
         bridge = cls(settings, queue, client, sender, [],
                      body_budget=BodyBudget(settings.http.unauthenticated_body_bytes))
@@ -261,6 +252,21 @@ class Bridge:
         await self.client.close()
         await self.queue.close()
         log.info("drain_finished")
+
+
+@contextlib.asynccontextmanager
+async def sources_on_throwaway_queue(settings: Settings, configs: Sequence[dict[str, Any]]) -> AsyncIterator[list[Source]]:
+    """The sources ``configs`` describe, built against a temporary queue that is deleted after.
+
+    For commands that validate or try out sources without ever storing a real record.
+    Raises :class:`~bridge.sources.base.SourceConfigError` for an invalid source.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        queue = await DurableQueue.open(Path(tmp) / "throwaway.db")
+        try:
+            yield build_sources(list(configs), SourceContext(settings=settings, queue=queue))
+        finally:
+            await queue.close()
 
 
 async def run_until_signal(settings: Settings) -> None:

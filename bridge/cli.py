@@ -65,10 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from bridge.app import sources_on_throwaway_queue
     from bridge.config import ConfigError as _ConfigError
-    from bridge.queue import DurableQueue
-    from bridge.sources.base import SourceConfigError, SourceContext
-    from bridge.sources.registry import build_sources
+    from bridge.sources.base import SourceConfigError
 
     settings = _settings(args)
     try:
@@ -78,15 +77,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 2) from None
 
     async def check_sources() -> None:
-        # Sources are built against a throwaway queue so their settings are fully validated.
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            queue = await DurableQueue.open(Path(tmp) / "check.db")
-            try:
-                build_sources(settings.sources, SourceContext(settings=settings, queue=queue))
-            finally:
-                await queue.close()
+        # Building the sources validates their settings fully.
+        async with sources_on_throwaway_queue(settings, settings.sources):
+            pass
 
     try:
         asyncio.run(check_sources())
@@ -107,13 +100,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _verify_token(settings: Settings) -> int:
-    from bridge.cortex.budget import TokenBucket
-    from bridge.cortex.client import CortexClient, NotSent
+    from bridge.cortex.budget import budget_from_settings
+    from bridge.cortex.client import NotSent, client_from_settings
 
     async def verify() -> int:
-        bucket = TokenBucket(settings.cortex.rate_limit_per_minute, settings.cortex.burst)
-        async with CortexClient(settings.cortex.url, settings.cortex.token_value, bucket,
-                                timeout_seconds=10) as client:
+        # The app's builder, without the spend log: that lives in the queue database, and opening
+        # it runs crash recovery, which must not happen under a running bridge. So this one
+        # request is not counted in a running bridge's window.
+        bucket = budget_from_settings(settings.cortex)
+        async with client_from_settings(settings.cortex, bucket, timeout_seconds=10) as client:
             try:
                 resp = await client.verify_token()
             except Exception as exc:
@@ -216,11 +211,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from bridge.queue import DurableQueue
-    from bridge.sources.base import SourceConfigError, SourceContext
-    from bridge.sources.registry import build_sources
+    from bridge.app import sources_on_throwaway_queue
+    from bridge.sources.base import SourceConfigError
     from bridge.sources.webhooks.source import WebhookSource, describe, header_map
 
     settings = _settings(args)
@@ -241,17 +233,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
         headers.append(("Content-Type", "application/json"))
 
     async def evaluate() -> dict[str, Any]:
-        # The source is built against a throwaway queue: a preview never stores anything real.
-        with tempfile.TemporaryDirectory() as tmp:
-            queue = await DurableQueue.open(Path(tmp) / "preview.db")
-            try:
-                source = build_sources([config], SourceContext(settings=settings, queue=queue))[0]
-                if not isinstance(source, WebhookSource):
-                    raise CliError(f"source {args.source!r} is not a webhook source", 2)
-                outcome = await source.evaluate(header_map(headers), body, authenticate=args.verify_signature)
-                return describe(outcome)
-            finally:
-                await queue.close()
+        # A preview never stores anything real.
+        async with sources_on_throwaway_queue(settings, [config]) as (source,):
+            if not isinstance(source, WebhookSource):
+                raise CliError(f"source {args.source!r} is not a webhook source", 2)
+            outcome = await source.evaluate(header_map(headers), body, authenticate=args.verify_signature)
+            return describe(outcome)
 
     try:
         result = asyncio.run(evaluate())

@@ -1,11 +1,7 @@
 """The normalized record model: the only thing that crosses from sources to the sender.
 
-Four kinds map one-to-one onto Cortex write endpoints (see CONTRACT.md):
-
-* ``deploy``      -> ``POST /api/v1/catalog/{entity}/deploys``
-* ``event``       -> ``POST /api/v1/catalog/{entity}/custom-events``
-* ``metric``      -> ``POST /api/v1/eng-intel/custom-metrics/{key}/entity/{entity}/bulk`` (one point)
-* ``custom_data`` -> ``PUT /api/v1/catalog/custom-data`` (one key of one entity)
+Four kinds, each what one Cortex write endpoint takes (:mod:`bridge.cortex.endpoints` builds the
+requests): a deploy, a custom event, one metric point, one custom-data key of one entity.
 
 Every record has a deterministic ``id``: a source derives it from what identifies the input
 (delivery id, run id, event uid ...) so that a redelivered or replayed input maps to the same id
@@ -37,8 +33,9 @@ from pydantic_core import PydanticSerializationError
 #: Namespace for record ids (uuid5), fixed forever so ids stay stable across versions.
 RECORD_ID_NAMESPACE = uuid.UUID("6f1c7a52-3a0e-4c55-9a43-1f0d2a8c9b11")
 
-#: Key under which the bridge stores a record's id inside ``customData`` of deploys and events,
-#: so that an ambiguous delivery can be matched exactly when it is read back from Cortex.
+#: Key under which a deploy's or event's record id is stored inside its ``customData`` in Cortex,
+#: so that an ambiguous delivery can be matched exactly when it is read back, and a stored deploy
+#: traced to its record. It is how a record is identified once delivered, so it stays with the id.
 BRIDGE_ID_KEY = "cortexBridgeId"
 
 #: Deepest nesting accepted inside a record (``customData``, custom-data values). The queue reads
@@ -62,6 +59,7 @@ def record_id(*parts: object) -> str:
 
 
 def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
 
 
@@ -310,39 +308,3 @@ def lane_of(record: Record) -> str:
     if isinstance(record, CustomDataRecord):
         return "custom_data"
     return f"{record.kind}\x1f{record.entity}"
-
-
-def cortex_body(record: DeployRecord | EventRecord) -> dict[str, Any]:
-    """Request body for a deploy or custom event, with the bridge id in ``customData``."""
-    custom = dict(record.custom_data or {})
-    custom[BRIDGE_ID_KEY] = record.id
-    body: dict[str, Any] = {
-        "title": record.title,
-        "timestamp": format_timestamp(record.timestamp),
-        "type": record.type,
-    }
-    if isinstance(record, DeployRecord):
-        for field in ("sha", "environment", "url"):
-            value = getattr(record, field)
-            if value is not None:
-                body[field] = value
-        if record.deployer is not None:
-            body["deployer"] = record.deployer.model_dump(exclude_none=True)
-    else:
-        if record.description is not None:
-            body["description"] = record.description
-        if record.url is not None:
-            body["url"] = record.url
-    body["customData"] = custom
-    return body
-
-
-def metric_point(record: MetricRecord) -> dict[str, Any]:
-    return {"timestamp": format_timestamp(record.timestamp), "value": record.value}
-
-
-def custom_data_item(record: CustomDataRecord) -> dict[str, Any]:
-    item: dict[str, Any] = {"key": record.key, "value": record.value}
-    if record.description is not None:
-        item["description"] = record.description
-    return item

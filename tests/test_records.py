@@ -1,4 +1,4 @@
-"""The normalized model: validation, timestamps, deterministic ids, request bodies."""
+"""The normalized model: validation, timestamps, deterministic ids; and what bodies carry of it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
+from bridge.cortex.endpoints import deploy_or_event_body
 from bridge.records import (
     BRIDGE_ID_KEY,
     RECORD_ADAPTER,
     DeployRecord,
-    cortex_body,
     format_timestamp,
     lane_of,
     parse_timestamp,
@@ -27,7 +27,7 @@ def test_timestamps_are_sent_as_utc_with_z() -> None:
     ts = datetime(2026, 7, 13, 20, 26, 52, 123456, tzinfo=timezone(timedelta(hours=2)))
     assert format_timestamp(ts) == "2026-07-13T18:26:52.123Z"
     rec = DeployRecord(id="a", entity="svc", provenance=PROV, title="t", timestamp="2026-07-13T18:26:52+02:00")
-    assert cortex_body(rec)["timestamp"] == "2026-07-13T16:26:52.000Z"
+    assert deploy_or_event_body(rec)["timestamp"] == "2026-07-13T16:26:52.000Z"
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_json_round_trip_keeps_every_field() -> None:
 def test_deploy_body_carries_bridge_id_without_touching_user_custom_data() -> None:
     rec = DeployRecord(id="r2", entity="svc", provenance=PROV, title="t", timestamp="2026-01-01T00:00:00Z",
                        custom_data={"branch": "main"})
-    body = cortex_body(rec)
+    body = deploy_or_event_body(rec)
     assert body["customData"] == {"branch": "main", BRIDGE_ID_KEY: "r2"}
     assert rec.custom_data == {"branch": "main"}
 

@@ -42,6 +42,7 @@ from typing import Protocol
 import structlog
 
 from bridge import metrics
+from bridge.config import CortexSettings
 
 log = structlog.get_logger("bridge.cortex.budget")
 
@@ -252,3 +253,9 @@ class TokenBucket:
         metrics.RATE_LIMIT_PAUSES.inc()
         self._tokens = 0.0
         metrics.RATE_LIMIT_TOKENS.set(0)
+
+
+def budget_from_settings(cortex: CortexSettings, spend_log: SpendLog | None = None) -> TokenBucket:
+    """The request budget the configuration describes; with ``spend_log``, restored across restarts."""
+    return TokenBucket(cortex.rate_limit_per_minute, cortex.burst, spend_log=spend_log,
+                       request_timeout_seconds=cortex.request_timeout_seconds)

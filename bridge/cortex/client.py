@@ -22,8 +22,10 @@ from typing import Any
 import aiohttp
 
 from bridge import metrics
+from bridge.config import CortexSettings
 from bridge.cortex.budget import Permit, TokenBucket
 from bridge.cortex.circuit import CircuitBreaker
+from bridge.cortex.endpoints import TOKEN_CHECK, ListRequest, WriteRequest, list_entities_of_repository
 
 USER_AGENT = "cortex-bridge/0.1"
 
@@ -183,20 +185,23 @@ class CortexClient:
             metrics.CORTEX_REQUESTS.labels(endpoint, status_label).inc()
             metrics.CORTEX_REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 
-    async def list_all(
-        self, path: str, key: str, *, endpoint: str, params: dict[str, str] | None = None, page_size: int = 1000
-    ) -> list[dict[str, Any]]:
+    async def write(self, request: WriteRequest, *, permit: Permit | None = None) -> CortexResponse:
+        """Send one write (see :meth:`request`)."""
+        return await self.request(request.method, request.path, endpoint=request.endpoint, body=request.body,
+                                  permit=permit)
+
+    async def list_all(self, query: ListRequest, *, page_size: int = 1000) -> list[dict[str, Any]]:
         """Every item of a paginated list endpoint (``page`` from 0 until ``totalPages``)."""
         items: list[dict[str, Any]] = []
         page = 0
         while True:
-            query = {**(params or {}), "page": str(page), "pageSize": str(page_size)}
-            resp = await self.request("GET", path, endpoint=endpoint, params=query)
+            params = {**query.params, "page": str(page), "pageSize": str(page_size)}
+            resp = await self.request("GET", query.path, endpoint=query.endpoint, params=params)
             if resp.status == 429:
                 continue  # the bucket is paused for Retry-After; the next acquire waits it out
             if not resp.ok:
                 raise ReadFailed(resp)
-            batch = resp.body.get(key) or [] if isinstance(resp.body, dict) else []
+            batch = resp.body.get(query.key) or [] if isinstance(resp.body, dict) else []
             items.extend(batch)
             total_pages = resp.body.get("totalPages") if isinstance(resp.body, dict) else None
             page += 1
@@ -205,14 +210,31 @@ class CortexClient:
 
     async def verify_token(self) -> CortexResponse:
         """The official CLI's auth check: ``GET /api/v1/catalog?pageSize=1``."""
-        return await self.request("GET", "/api/v1/catalog", endpoint="catalog.list", params={"pageSize": "1"})
+        return await self.request("GET", TOKEN_CHECK.path, endpoint=TOKEN_CHECK.endpoint, params=TOKEN_CHECK.params)
 
     async def find_entities_by_repository(self, repository: str) -> list[str]:
         """Tags of catalog entities linked to git repository ``org/repo``."""
-        items = await self.list_all(
-            "/api/v1/catalog", "entities", endpoint="catalog.list", params={"gitRepositories": repository}
-        )
+        items = await self.list_all(list_entities_of_repository(repository))
         return [str(e["tag"]) for e in items if e.get("tag")]
+
+
+def client_from_settings(
+    cortex: CortexSettings, bucket: TokenBucket, *, timeout_seconds: float | None = None
+) -> CortexClient:
+    """The client the configuration describes, spending from ``bucket``.
+
+    ``timeout_seconds`` overrides ``cortex.request_timeout_seconds`` (a one-off check waits less).
+    """
+    circuit = CircuitBreaker(cortex.circuit_failure_threshold, cortex.circuit_open_seconds,
+                             cortex.circuit_max_open_seconds)
+    return CortexClient(
+        cortex.url,
+        cortex.token_value,
+        bucket,
+        timeout_seconds=cortex.request_timeout_seconds if timeout_seconds is None else timeout_seconds,
+        max_connections=cortex.max_concurrency + 2,
+        circuit=circuit,
+    )
 
 
 class ReadFailed(Exception):

@@ -1,4 +1,4 @@
-"""Read a Cortex token's expiry offline, as ``cortex whoami`` does (CONTRACT.md §7)."""
+"""Read a Cortex token's expiry offline, as ``cortex whoami`` does (docs/cortex-api.md)."""
 
 from __future__ import annotations
 

@@ -23,22 +23,16 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
-from urllib.parse import quote
 
 import structlog
 
 from bridge import metrics
 from bridge.cortex.client import CortexClient
+from bridge.cortex.endpoints import bridge_id_of, list_custom_events, list_deploys, list_metric_points
 from bridge.queue import DurableQueue, QueuedRecord, point_key
-from bridge.records import BRIDGE_ID_KEY, DeployRecord, EventRecord, MetricRecord, lane_of, parse_timestamp
+from bridge.records import DeployRecord, EventRecord, MetricRecord, lane_of
 
 log = structlog.get_logger("bridge.reconcile")
-
-
-def _naive_utc(ts: Any) -> str:
-    """Cortex documents list time filters as date-times without a zone (UTC)."""
-    return str(parse_timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3])
 
 
 async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> tuple[int, int]:
@@ -92,12 +86,8 @@ async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> tupl
 async def _deploys_present(
     client: CortexClient, entity: str, items: Sequence[QueuedRecord]
 ) -> dict[int, str | None]:
-    deploys = await client.list_all(
-        f"/api/v1/catalog/{quote(entity, safe='')}/deploys", "deployments", endpoint="deploys.list"
-    )
-    by_bridge_id = {
-        (d.get("customData") or {}).get(BRIDGE_ID_KEY): d.get("uuid") for d in deploys if isinstance(d, dict)
-    }
+    deploys = await client.list_all(list_deploys(entity))
+    by_bridge_id = {bridge_id_of(d): d.get("uuid") for d in deploys if isinstance(d, dict)}
     return {q.seq: by_bridge_id[q.record.id] for q in items if q.record.id in by_bridge_id}
 
 
@@ -108,17 +98,10 @@ async def _events_present(
     for q in items:
         rec = q.record
         assert isinstance(rec, EventRecord | DeployRecord)
-        params = {
-            "type": rec.type,
-            "startTime": _naive_utc(rec.timestamp - timedelta(seconds=1)),
-            "endTime": _naive_utc(rec.timestamp + timedelta(seconds=1)),
-        }
-        events = await client.list_all(
-            f"/api/v1/catalog/{quote(entity, safe='')}/custom-events", "events",
-            endpoint="custom_events.list", params=params,
-        )
+        events = await client.list_all(list_custom_events(
+            entity, rec.type, rec.timestamp - timedelta(seconds=1), rec.timestamp + timedelta(seconds=1)))
         for event in events:
-            if (event.get("customData") or {}).get(BRIDGE_ID_KEY) == rec.id:
+            if bridge_id_of(event) == rec.id:
                 found[q.seq] = event.get("uuid")
                 break
     return found
@@ -132,11 +115,7 @@ async def _points_present(
     started = time.time()
     start = min(r.timestamp for r in records) - timedelta(seconds=1)
     end = max(r.timestamp for r in records) + timedelta(seconds=1)
-    data = await client.list_all(
-        f"/api/v1/eng-intel/custom-metrics/{quote(key, safe='')}/entity/{quote(entity, safe='')}",
-        "data", endpoint="custom_metrics.list",
-        params={"startDate": _naive_utc(start), "endDate": _naive_utc(end)},
-    )
+    data = await client.list_all(list_metric_points(key, entity, start, end))
     delivered, moved = await queue.delivered_points(lane_of(records[0]), since=started)
     if moved:
         log.info("reconcile_lane_moved", entity=entity, key=key)

@@ -2,8 +2,9 @@
 
 Workers take a permit from the bucket *first*, then claim whatever is ready: under backlog a
 claim fills a whole bulk request (100 metric points of one entity × key, custom data up to
-~2 MB), and when idle a short linger lets a burst coalesce. Each outcome is handled per record
-(see :meth:`Sender._handle`); nothing leaves the queue except as delivered or dead-lettered.
+~2 MB), and when idle a short linger lets a burst coalesce. Each answer is classified once
+(:mod:`bridge.sender.outcomes`) and its outcome applied per record (:meth:`Sender._apply`);
+nothing leaves the queue except as delivered or dead-lettered.
 """
 
 from __future__ import annotations
@@ -11,27 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
-import backoff
 import structlog
 
 from bridge import metrics
 from bridge.config import CortexSettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
+from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST
 from bridge.queue import BatchPolicy, DurableQueue, QueuedRecord
-from bridge.records import MetricRecord, utc_now
+from bridge.sender.dispositions import Dispositions
+from bridge.sender.outcomes import Outcome, Verdict, classify_failure, classify_response
 from bridge.sender.reconcile import reconcile_ambiguous
-from bridge.sender.requests import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST, build_request
+from bridge.sender.requests import BatchRequest, build_request
 
 log = structlog.get_logger("bridge.sender")
-
-#: Cortex silently discards metric points older than 6 months (CONTRACT.md §3.2); a few days'
-#: margin keeps a point that is just inside the window from being lost in transit.
-METRIC_MAX_AGE = timedelta(days=180)
 
 POLICY = BatchPolicy(
     max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000},
@@ -39,16 +35,6 @@ POLICY = BatchPolicy(
     ambiguous_kinds=frozenset({"deploy", "event", "metric"}),
     hold_ambiguous_lanes=frozenset({"metric"}),
 )
-
-
-def backoff_delay(attempt: int, initial: float, cap: float) -> float:
-    """Full-jitter exponential backoff for the ``attempt``-th retry (1-based)."""
-    schedule = backoff.expo(base=2, factor=initial, max_value=cap)
-    next(schedule)  # the generator's first value is a priming None
-    value = initial
-    for _ in range(max(1, attempt)):
-        value = float(next(schedule))
-    return max(0.05, backoff.full_jitter(value))
 
 
 @dataclass
@@ -61,7 +47,7 @@ class AuthState:
 
 
 class Sender:
-    """Delivers queued records to Cortex; run with :meth:`run`, stop with :meth:`stop`."""
+    """Delivers queued records to Cortex; start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(
         self, queue: DurableQueue, client: CortexClient, cortex: CortexSettings, retry: RetrySettings
@@ -70,6 +56,7 @@ class Sender:
         self.client = client
         self.cortex = cortex
         self.retry = retry
+        self.dispositions = Dispositions(queue, retry)
         self.auth = AuthState()
         self._auth_ok = asyncio.Event()
         self._auth_ok.set()
@@ -198,10 +185,9 @@ class Sender:
 
     async def _record_unknown_outcome(self, batch: list[QueuedRecord], error: str) -> None:
         if batch[0].record.kind in POLICY.ambiguous_kinds:
-            await self.queue.mark_ambiguous([q.seq for q in batch], error)
-            self._ambiguous_pending.set()
+            await self._read_back_before_resend(batch, error)
         else:
-            await self._reschedule(batch, error, count_attempt=True)
+            await self.dispositions.reschedule(batch, error, count_attempt=True)
 
     async def _unrecorded_loop(self) -> None:
         while not self._stopping:
@@ -225,138 +211,70 @@ class Sender:
     # -- one request ---------------------------------------------------------------------------
 
     async def _send(self, batch: list[QueuedRecord], permit: Permit) -> None:
-        batch = await self._drop_too_old(batch)
+        batch = await self.dispositions.drop_too_old(batch)
         if not batch:
             permit.cancel()
             return
         request = build_request(batch)
         kind = batch[0].record.kind
         try:
-            response = await self.client.request(
-                request.method, request.path, endpoint=request.endpoint, body=request.body, permit=permit
-            )
-        except NotSent as exc:
-            await self._retry_later(batch, str(exc))
-            return
-        except Ambiguous as exc:
-            if kind == "custom_data":  # a bulk PUT overwrites: resending is harmless
-                await self._retry_later(batch, str(exc))
-            else:
-                log.warning("delivery_ambiguous", kind=kind, records=len(batch), error=str(exc))
-                await self.queue.mark_ambiguous([q.seq for q in batch], str(exc))
-                self._ambiguous_pending.set()
-            return
-        await self._handle(request.entities, request.superseded, response)
+            response = await self.client.write(request.write, permit=permit)
+        except (NotSent, Ambiguous) as exc:
+            # A bulk PUT overwrites: resending custom data is harmless.
+            verdict = classify_failure(exc, resend_is_harmless=kind == "custom_data")
+        else:
+            verdict = classify_response(response, kind)
+        await self._apply(request, verdict)
 
-    async def _handle(
-        self, entities: dict[str, list[QueuedRecord]], superseded: list[QueuedRecord], resp: CortexResponse
-    ) -> None:
-        batch = [q for items in entities.values() for q in items] + superseded
-        kind = batch[0].record.kind
-        if resp.ok:
-            errors = resp.body.get("errors") if isinstance(resp.body, dict) and kind == "custom_data" else None
-            missing = {tag for tag, err in (errors or {}).items() if str(err).upper() == "NOT_FOUND"}
-            cortex_uuid = resp.body.get("uuid") if isinstance(resp.body, dict) else None
-            delivered = [q for tag, items in entities.items() if tag not in missing for q in items]
-            delivered += [q for q in superseded if q.record.entity not in missing]
+    async def _apply(self, request: BatchRequest, verdict: Verdict) -> None:
+        """Record ``verdict`` for every record of ``request`` (see :mod:`bridge.sender.outcomes`)."""
+        batch = request.records
+        outcome = verdict.outcome
+        if outcome is Outcome.DELIVERED:
+            missing = verdict.missing
+            delivered = [q for tag, items in request.entities.items() if tag not in missing for q in items]
+            delivered += [q for q in request.superseded if q.record.entity not in missing]
             if delivered:
-                await self._delivered(delivered, str(cortex_uuid) if cortex_uuid else None)
+                await self.dispositions.delivered(delivered, verdict.cortex_uuid)
             not_found = [q for q in batch if q.record.entity in missing]
             if not_found:
-                await self._not_found(not_found, f"entity not found in Cortex: {sorted(missing)}")
-            return
-        message = resp.message()
-        if resp.status == 429:
+                await self.dispositions.not_found(not_found, f"entity not found in Cortex: {sorted(missing)}")
+        elif outcome is Outcome.RATE_LIMITED:
             # The client paused the bucket; the records go back without using an attempt.
-            await self._reschedule(batch, "rate limited (429)", count_attempt=False)
-        elif resp.status in (401, 403):
-            await self._reschedule(batch, f"Cortex rejected the token ({resp.status})", count_attempt=False)
-            self._auth_failed(resp.status, message)
-        elif resp.status == 404:
-            await self._not_found(batch, message)
-        elif resp.status in (400, 413, 422) or (400 <= resp.status < 500 and resp.status not in (408, 409)):
+            await self.dispositions.reschedule(batch, verdict.error, count_attempt=False)
+        elif outcome is Outcome.AUTH:
+            await self.dispositions.reschedule(batch, verdict.error, count_attempt=False)
+            self._auth_failed(verdict.status or 0, verdict.message)
+        elif outcome is Outcome.NOT_FOUND:
+            await self.dispositions.not_found(batch, verdict.error)
+        elif outcome is Outcome.REJECT:
             if len(batch) > 1:
                 await self._isolate(batch)
             else:
-                await self._dead(batch, "rejected", f"Cortex {resp.status}: {message}", resp.status)
+                await self.dispositions.dead(batch, "rejected", verdict.error, verdict.status)
+        elif outcome is Outcome.AMBIGUOUS:
+            log.warning("delivery_ambiguous", kind=batch[0].record.kind, records=len(batch), error=verdict.error)
+            await self._read_back_before_resend(batch, verdict.error)
         else:
-            await self._retry_later(batch, f"Cortex {resp.status}: {message}")
+            await self.dispositions.retry_later(batch, verdict.error)
+
+    async def _read_back_before_resend(self, batch: list[QueuedRecord], error: str) -> None:
+        """Mark the records ambiguous and wake the reconcile loop, which reads them back."""
+        await self.queue.mark_ambiguous([q.seq for q in batch], error)
+        self._ambiguous_pending.set()
 
     async def _isolate(self, batch: list[QueuedRecord]) -> None:
         """A bulk request was rejected: send its records one by one to find the bad ones."""
         for q in batch:
             request = build_request([q])
             try:
-                resp = await self.client.request(
-                    request.method, request.path, endpoint=request.endpoint, body=request.body)
-            except NotSent as exc:
-                await self._retry_later([q], str(exc))
-                continue
-            except Ambiguous as exc:
-                await self.queue.mark_ambiguous([q.seq], str(exc))
-                self._ambiguous_pending.set()
-                continue
-            if 400 <= resp.status < 500 and resp.status not in (401, 403, 404, 408, 409, 429):
-                await self._dead([q], "rejected", f"Cortex {resp.status}: {resp.message()}", resp.status)
+                response = await self.client.write(request.write)
+            except (NotSent, Ambiguous) as exc:
+                # Unanswered, an isolated record has always been read back first, whatever its kind.
+                verdict = classify_failure(exc, resend_is_harmless=False)
             else:
-                await self._handle(request.entities, request.superseded, resp)
-
-    # -- outcomes ------------------------------------------------------------------------------
-
-    async def _delivered(self, items: Sequence[QueuedRecord], cortex_uuid: str | None) -> None:
-        await self.queue.mark_delivered([(q.seq, cortex_uuid) for q in items])
-        now = utc_now()
-        for q in items:
-            metrics.RECORDS_DELIVERED.labels(q.record.provenance.source, q.record.kind).inc()
-            metrics.TIME_TO_DELIVER.labels(q.record.kind).observe(
-                (now - q.record.provenance.received_at).total_seconds())
-        metrics.LAST_DELIVERY.set(time.time())
-        log.debug("delivered", kind=items[0].record.kind, records=len(items), cortex_uuid=cortex_uuid)
-
-    async def _retry_later(self, batch: Sequence[QueuedRecord], error: str) -> None:
-        """5xx, network error or timeout: exponential backoff, dead letter after the max age."""
-        await self._with_max_age(batch, error, self.retry.initial_backoff_seconds, exponential=True)
-
-    async def _not_found(self, batch: Sequence[QueuedRecord], error: str) -> None:
-        """404: the entity or metric key may be created later; retry on a long schedule."""
-        await self._with_max_age(batch, error, self.retry.not_found_retry_seconds, exponential=False)
-
-    async def _with_max_age(
-        self, batch: Sequence[QueuedRecord], error: str, base: float, *, exponential: bool
-    ) -> None:
-        now = time.time()
-        expired = [q for q in batch if q.first_failure_at and now - q.first_failure_at >= self.retry.max_age_seconds]
-        if expired:
-            await self._dead(expired, "max_age", f"still failing after max age: {error}", None)
-        live = [q for q in batch if q not in expired]
-        if not live:
-            return
-        # The records of a batch failed together: one delay (from the most-tried one), one write.
-        attempts = max(q.attempts for q in live) + 1
-        delay = backoff_delay(attempts, base, self.retry.max_backoff_seconds) if exponential else base
-        await self.queue.reschedule([q.seq for q in live], next_attempt_at=now + delay, error=error,
-                                    count_attempt=True)
-        kind = live[0].record.kind
-        metrics.RECORDS_RETRIED.labels(kind, "error" if exponential else "not_found").inc(len(live))
-        log.info("delivery_retry", kind=kind, records=len(live), error=error, retry_in=round(delay, 2))
-
-    async def _reschedule(self, batch: Sequence[QueuedRecord], error: str, *, count_attempt: bool) -> None:
-        await self.queue.reschedule([q.seq for q in batch], next_attempt_at=time.time(), error=error,
-                                    count_attempt=count_attempt)
-
-    async def _dead(self, batch: Sequence[QueuedRecord], reason: str, detail: str, status: int | None) -> None:
-        await self.queue.dead_letter([q.seq for q in batch], reason=reason, detail=detail, status=status)
-        for q in batch:
-            metrics.RECORDS_DEAD_LETTERED.labels(q.record.provenance.source, q.record.kind, reason).inc()
-            log.warning("dead_lettered", record_id=q.record.id, kind=q.record.kind, reason=reason, detail=detail)
-
-    async def _drop_too_old(self, batch: list[QueuedRecord]) -> list[QueuedRecord]:
-        cutoff = utc_now() - METRIC_MAX_AGE
-        old = [q for q in batch if isinstance(q.record, MetricRecord) and q.record.timestamp < cutoff]
-        if old:
-            await self._dead(old, "too_old", "metric point older than Cortex's 6-month window "
-                             "(Cortex would answer 200 and discard it)", None)
-        return [q for q in batch if q not in old]
+                verdict = classify_response(response, q.record.kind)
+            await self._apply(request, verdict)
 
     # -- auth ----------------------------------------------------------------------------------
 
@@ -383,9 +301,10 @@ class Sender:
         except (NotSent, Ambiguous) as exc:
             log.warning("cortex_unreachable", error=str(exc))
             return None
-        if resp.status in (401, 403):
-            self._auth_failed(resp.status, resp.message())
-        elif resp.ok:
+        verdict = classify_response(resp)
+        if verdict.outcome is Outcome.AUTH:
+            self._auth_failed(resp.status, verdict.message)
+        elif verdict.outcome is Outcome.DELIVERED:
             self._auth_restored()
         return resp
 
@@ -437,4 +356,4 @@ class Sender:
         """Reconciliation disabled: accept possible duplicates and resend."""
         items = await self.queue.ambiguous()
         if items:
-            await self._reschedule(items, "ambiguous; resending without read-back", count_attempt=False)
+            await self.dispositions.reschedule(items, "ambiguous; resending without read-back", count_attempt=False)

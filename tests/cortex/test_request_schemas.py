@@ -15,12 +15,12 @@ from tests.support.paths import FIXTURES
 
 SPECS = FIXTURES / "cortex"
 CURRENT = json.loads((SPECS / "openapi.json").read_text())
-# Only the 2025-10 spec still has the custom-data request schemas (CONTRACT.md §0).
+# Only the 2025-10 spec still has the custom-data request schemas (docs/cortex-api.md).
 OLDER = json.loads((SPECS / "openapi-2025-10.json").read_text())
 
 
 def _loosen(schema: Any) -> Any:
-    """Undo the spec's generator artifacts documented in CONTRACT.md ("Reading the spec"):
+    """Undo the spec's generator artifacts documented in docs/cortex-api.md ("Reading the spec"):
     customData values and custom-data ``value`` are any JSON, not objects."""
     if isinstance(schema, dict):
         out = {k: _loosen(v) for k, v in schema.items()}
@@ -72,8 +72,8 @@ CASES = [
 def test_body_validates_against_official_schema(path: str, method: str, spec: dict[str, Any],
                                                 records: list[dict[str, Any]]) -> None:
     request = build_request(_queued(records))
-    assert request.method == method.upper()
-    errors = list(_validator(spec, path, method).iter_errors(request.body))
+    assert request.write.method == method.upper()
+    errors = list(_validator(spec, path, method).iter_errors(request.write.body))
     assert not errors, [e.message for e in errors]
 
 
@@ -87,7 +87,7 @@ def test_validator_catches_a_bad_body() -> None:
 def test_metric_batches_never_exceed_100_points() -> None:
     request = build_request(_queued(
         [{"kind": "metric", "entity": "svc", "key": "lead-time", "timestamp": i, "value": 1} for i in range(100)]))
-    assert len(request.body["series"]) == 100
+    assert len(request.write.body["series"]) == 100
 
 
 def test_custom_data_keeps_latest_value_per_key() -> None:
@@ -95,5 +95,5 @@ def test_custom_data_keeps_latest_value_per_key() -> None:
         {"kind": "custom_data", "entity": "svc", "key": "k", "value": 1},
         {"kind": "custom_data", "entity": "svc", "key": "k", "value": 2},
     ]))
-    assert request.body == {"values": {"svc": [{"key": "k", "value": 2}]}}
+    assert request.write.body == {"values": {"svc": [{"key": "k", "value": 2}]}}
     assert [q.seq for q in request.superseded] == [0]

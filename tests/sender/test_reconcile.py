@@ -56,7 +56,7 @@ async def test_equal_points_are_matched_as_a_multiset(sim: SimulatorServer,
                 [claimed] = await queue.claim(ONE_AT_A_TIME)
                 if fate != "ambiguous_lost":  # the request reached Cortex
                     request = build_request([claimed])
-                    resp = await client.request(request.method, request.path, endpoint="m", body=request.body)
+                    resp = await client.write(request.write)
                     assert resp.ok
                 if fate == "delivered":
                     await queue.mark_delivered([(claimed.seq, None)])
@@ -68,7 +68,7 @@ async def test_equal_points_are_matched_as_a_multiset(sim: SimulatorServer,
             resend = await queue.claim(ONE_AT_A_TIME)
             while resend:
                 request = build_request(resend)
-                assert (await client.request(request.method, request.path, endpoint="m", body=request.body)).ok
+                assert (await client.write(request.write)).ok
                 await queue.mark_delivered([(q.seq, None) for q in resend])
                 resend = await queue.claim(ONE_AT_A_TIME)
             assert queue.depth == 0

@@ -1,1 +1,1 @@
-"""bridge/cortex/simulator."""
+"""The Cortex API simulator used by tests, benchmarks and the ``sim``/``demo`` commands."""

@@ -1,4 +1,4 @@
-"""A Cortex API simulator that behaves as CONTRACT.md describes Cortex (shared/cortex-api).
+"""A Cortex API simulator that behaves as docs/cortex-api.md describes Cortex.
 
 It serves the endpoints the bridge writes to and reads from, under ``/api/v1``, with Cortex's
 bearer auth, error bodies, 2 MB body limit and 1000/min rate limit (a sliding 60 s window, answered
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 #: The example tenant shipped with the package (also what ``cortex-bridge demo`` runs against).
 EXAMPLE_CONFIG = Path(__file__).with_name("example.yaml")
 
-#: Cortex's documented request body limit (CONTRACT §8).
+#: Cortex's documented request body limit (docs/cortex-api.md).
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 _WINDOW_SECONDS = 60.0
@@ -504,7 +504,7 @@ async def _put_custom_data(request: web.Request) -> web.Response:
 
 @_routes.get("/api/v1/catalog/{tag}/custom-data")
 async def _list_custom_data(request: web.Request) -> web.Response:
-    # A bare array: "we do not return page, total, or totalPages" (CONTRACT §4.3).
+    # A bare array: "we do not return page, total, or totalPages" (docs/cortex-api.md).
     page, size = _page_query(request)
     items = _store(request).custom_data_of(request.match_info["tag"])
     return web.json_response(items[page * size : (page + 1) * size])

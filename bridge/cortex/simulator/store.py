@@ -1,7 +1,8 @@
 """State of the Cortex simulator: the tenant's entities and metric definitions, and all that was written.
 
 Nothing here knows HTTP. Handlers in :mod:`bridge.cortex.simulator.server` pass decoded JSON bodies to
-:class:`SimStore`, which validates them against the request schemas of CONTRACT.md, applies them
+:class:`SimStore`, which validates them against the request schemas of Cortex's API
+(``tests/fixtures/cortex/openapi.json``, docs/cortex-api.md), applies them
 and returns the response objects Cortex would. A refused request raises :class:`SimError`, which
 the HTTP layer renders as Cortex's ``ErrorResponse``.
 """
@@ -18,9 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from bridge.records import format_timestamp
-
-#: Metric points older than this are answered 200 and dropped (CONTRACT §3.2, ticket CET-19691).
+#: Metric points older than this are answered 200 and dropped (docs/cortex-api.md, ticket CET-19691).
 METRIC_MAX_AGE = timedelta(days=183)
 
 #: How many requests ``/_sim/requests`` remembers; bounds memory of a long-running ``sim``.
@@ -51,6 +50,16 @@ class SimError(Exception):
         self.message = message
         self.details = details
         self.type = type_ or _ERROR_TYPES.get(status, "UNCATEGORIZED")
+
+
+def format_timestamp(ts: datetime) -> str:
+    """How Cortex writes a date-time in its answers: UTC, millisecond precision, ``Z``.
+
+    The simulator's own, not the bridge's: it models Cortex independently, so that the bridge
+    agreeing with it is evidence, not construction.
+    """
+    ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
 def bad_request(details: str) -> SimError:

@@ -1,4 +1,4 @@
-"""The Cortex simulator, driven over real HTTP, against CONTRACT.md and the official openapi.json.
+"""The Cortex simulator, driven over real HTTP, against docs/cortex-api.md and the official openapi.json.
 
 Bodies the tests expect to be accepted are first checked against the spec's request schema, so
 the simulator is shown to accept what Cortex documents; bodies expected to be refused with 400
@@ -81,7 +81,7 @@ def request_schemas() -> dict[str, Any]:
     """Request-body validators of the spec, by path template."""
     spec = json.loads(OPENAPI_SPEC.read_text())
     schemas = spec["components"]["schemas"]
-    # CONTRACT "generator artifacts": customData values are any JSON; the spec says objects.
+    # docs/cortex-api.md "generator artifacts": customData values are any JSON; the spec says objects.
     for name in ("SaveDeployRequest", "SaveCustomEventRequest"):
         schemas[name]["properties"]["customData"]["additionalProperties"] = {}
     validators = {}
@@ -386,7 +386,7 @@ async def test_custom_event_validation(
 
 
 async def test_naive_timestamps_mean_utc(sim: SimulatorServer, http: aiohttp.ClientSession) -> None:
-    # The official CLI sends events and metric points without an offset (CONTRACT §10).
+    # The official CLI sends events and metric points without an offset (docs/cortex-api.md).
     async with http.post(
         f"{sim.url}/api/v1/catalog/search/custom-events", json=event_body(timestamp="2026-07-13T18:26:52")
     ) as response:
