@@ -47,8 +47,7 @@ from bench.common import Row, table
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.budget import TokenBucket
-from bridge.cortex.simulator import server as simulator
-from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 from bridge.logs import configure_logging
 from bridge.queue import DurableQueue
 from bridge.sources.native import parse_native
@@ -180,29 +179,26 @@ async def deliver(records: list[dict[str, Any]], compress: float, tmp: Path) -> 
     configure_logging("warning")  # an in-process bridge: keep per-request debug lines off the report
     queue_path = tmp / f"delivery-{time.monotonic_ns()}.db"
     await fill_queue(queue_path, records)
-    simulator._WINDOW_SECONDS = window  # the simulator's quota window, compressed K times
     config = SimulatorConfig(tokens=[SIM_TOKEN], entities=[SimEntity(tag=t) for t in ENTITIES],
-                             metric_keys=METRIC_KEYS, rate_limit_per_minute=LIMIT)
-    try:
-        async with SimulatorServer(config) as sim:
-            settings = load_settings(
-                None, cortex={"url": sim.url, "token": SIM_TOKEN, "rate_limit_per_minute": LIMIT, "burst": 50},
-                queue={"path": queue_path, "max_records": 10_000_000},
-                http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
-                log={"level": "warning"}, ingest={"allow_unauthenticated": True})
-            bridge = await Bridge.create(settings)
-            # The bridge's request budget with the same compressed window (1000 per window, burst 50).
-            bridge.client.bucket = TokenBucket(LIMIT, 50, window_seconds=window)
-            started = time.monotonic()
-            await bridge.start()
-            while bridge.queue.depth > 0:
-                await asyncio.sleep(0.02)
-            elapsed = time.monotonic() - started
-            await bridge.stop(deadline=5)
-            log = list(sim.store.requests)
-            state = sim.store.snapshot()["counts"]
-    finally:
-        simulator._WINDOW_SECONDS = WINDOW
+                             metric_keys=METRIC_KEYS, rate_limit_per_minute=LIMIT,
+                             rate_limit_window_seconds=window)  # Cortex's quota window, compressed K times
+    async with SimulatorServer(config) as sim:
+        settings = load_settings(
+            None, cortex={"url": sim.url, "token": SIM_TOKEN, "rate_limit_per_minute": LIMIT, "burst": 50},
+            queue={"path": queue_path, "max_records": 10_000_000},
+            http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
+            log={"level": "warning"}, ingest={"allow_unauthenticated": True})
+        bridge = await Bridge.create(settings)
+        # The bridge's request budget with the same compressed window (1000 per window, burst 50).
+        bridge.client.bucket = TokenBucket(LIMIT, 50, window_seconds=window)
+        started = time.monotonic()
+        await bridge.start()
+        while bridge.queue.depth > 0:
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - started
+        await bridge.stop(deadline=5)
+        log = list(sim.store.requests)
+        state = sim.store.snapshot()["counts"]
     by_endpoint = Counter(_endpoint(r["method"], r["path"]) for r in log)
     return Delivery(len(log), dict(by_endpoint), sum(1 for r in log if r["status"] == 429),
                     elapsed * compress, state)

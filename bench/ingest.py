@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import NATIVE_EVENT_LUA, Child, Row, native_event_size, profile, run_wrk, stopping
-from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 from tests.support.cortex import SIM_TOKEN
 from tests.support.ledger import queue_stats
 from tests.support.paths import FIXTURES

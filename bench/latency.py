@@ -34,7 +34,7 @@ import aiohttp
 
 from bench.common import Row, table
 from bench.ingest import FIXTURE, GITHUB_SECRET, PRODUCTION_CORTEX, sim_for_bench
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.processes import BridgeProcess
 
 

@@ -27,7 +27,7 @@ import aiohttp
 
 from bench.common import NATIVE_EVENT_LUA, Child, Row, run_wrk, stopping, table
 from bench.ingest import PRODUCTION_CORTEX, durable_total, sim_for_bench
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.processes import BridgeProcess
 
 

@@ -34,7 +34,7 @@ import psutil
 
 from bench.common import Row, table
 from bench.delivery import ENTITIES, METRIC_KEYS
-from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 from bridge.queue import DurableQueue
 from bridge.sender.sender import POLICY
 from bridge.sources.native import parse_native

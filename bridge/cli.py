@@ -125,7 +125,7 @@ def _verify_token(settings: Settings) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from bridge.cortex.simulator.server import SimulatorConfig, serve
+    from bridge.cortex.simulator import SimulatorConfig, serve
 
     try:
         config = SimulatorConfig.from_yaml(args.entities) if args.entities else SimulatorConfig()

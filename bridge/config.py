@@ -114,7 +114,34 @@ class RetrySettings(_Section):
     auth_recheck_seconds: float = Field(30.0, gt=0, description="How often to re-check a rejected token.")
 
 
+class PostgresSettings(_Section):
+    dsn: SecretStr | None = Field(
+        None, description="libpq connection string or URL (a secret: never logged). One of dsn, dsn_file."
+    )
+    dsn_file: Path | None = Field(None, description="File holding the DSN (e.g. a mounted Kubernetes Secret).")
+    pool_size: int = Field(10, ge=2, le=200, description="Connections each replica keeps to PostgreSQL.")
+    statement_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest a statement may run before PostgreSQL cancels it (the input is refused 503)."
+    )
+
+    def resolved_dsn(self) -> str:
+        """The DSN, read from ``dsn_file`` if set; raises ``OSError`` or ``ValueError``."""
+        if self.dsn_file is not None:
+            text = self.dsn_file.read_text().strip()
+            if not text:
+                raise ValueError(f"{self.dsn_file} is empty")
+            return text
+        if self.dsn is None or not self.dsn.get_secret_value():
+            raise ValueError("queue.postgres.dsn or queue.postgres.dsn_file is required with queue.backend: postgres")
+        return self.dsn.get_secret_value()
+
+
 class QueueSettings(_Section):
+    backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="sqlite: one replica, a file on its volume; postgres: any number of replicas"
+        " sharing one database."
+    )
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     path: Path = Field(Path("/var/lib/cortex-bridge/queue.db"), description="SQLite queue file.")
     max_records: int = Field(1_000_000, ge=1, description="Undelivered records kept before refusing input.")
     max_bytes: int = Field(1_073_741_824, ge=1024, description="Undelivered record bytes before refusing input.")
@@ -123,6 +150,15 @@ class QueueSettings(_Section):
         description="How long delivered ids (for dedup and `trace`) are kept; expired in small batches every 5 minutes.",
     )
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 when the queue is full.")
+
+    @model_validator(mode="after")
+    def _postgres_needs_a_dsn(self) -> QueueSettings:
+        pg = self.postgres
+        if self.backend == "postgres" and pg.dsn is None and pg.dsn_file is None:
+            raise ValueError("queue.backend postgres needs queue.postgres.dsn or queue.postgres.dsn_file")
+        if pg.dsn is not None and pg.dsn_file is not None:
+            raise ValueError("set one of queue.postgres.dsn and queue.postgres.dsn_file, not both")
+        return self
 
 
 class HttpSettings(_Section):

@@ -25,7 +25,7 @@ import aiohttp
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator.server import SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator import SimulatorConfig, SimulatorServer
 from bridge.logs import configure_logging
 from bridge.records import format_timestamp, utc_now
 

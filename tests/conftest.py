@@ -10,7 +10,7 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.cortex import SIM_TOKEN, BridgeFactory, sim_config
 
 

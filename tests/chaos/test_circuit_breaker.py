@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from bridge.app import Bridge
 from bridge.cortex.circuit import CircuitState
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from tests.support.cortex import BridgeFactory, sim_config, wait_until
 from tests.support.ledger import FAST, Ledger, bridge_url, drain_and_verify
 

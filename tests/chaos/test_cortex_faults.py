@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from tests.support.cortex import BridgeFactory, sim_config, wait_until
 from tests.support.ledger import FAST, KINDS, Ledger, bridge_url, drain_and_verify, scaled
 

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from bridge.app import Bridge
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
 from tests.support.ledger import Ledger, integrity
 from tests.support.queue_file import queue_pragma

@@ -16,7 +16,7 @@ from collections import Counter
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.sources.kafka.source import KafkaSource
 from tests.support.cortex import ENTITIES, BridgeFactory, sim_config, sim_state, wait_until
 from tests.support.kafka import (  # noqa: F401

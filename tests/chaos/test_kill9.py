@@ -14,7 +14,7 @@ import asyncio
 import random
 from pathlib import Path
 
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from tests.support.cortex import sim_config, sim_state, wait_until
 from tests.support.ledger import Ledger, queue_stats, scaled
 from tests.support.processes import BridgeProcess

@@ -22,7 +22,7 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY, MAX_JSON_DEPTH
 from tests.support.cortex import BridgeFactory, hostile_json, sim_config, sim_state, wait_until

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
 from tests.support.ledger import Ledger, integrity, scaled
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from _deploy_support import ROOT, config_text, free_port
 
-from bridge.cortex.simulator.server import SimEntity, SimFaults, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator import SimEntity, SimFaults, SimulatorConfig, SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY, format_timestamp
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY
 from tests.support.cortex import sim_config, sim_state, wait_until

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bridge.cortex.budget import RESTORE_MARGIN, TokenBucket
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
 from tests.support.cortex import sim_config, sim_requests

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from bridge.queue import BatchPolicy, DurableQueue, inspect
 from bridge.queue.schema import State
 from bridge.records import (

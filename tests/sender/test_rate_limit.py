@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.cortex import BridgeFactory, post_records, sim_config, sim_requests, wait_until
 from tests.support.records import deploy
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bridge.cortex.budget import TokenBucket
 from bridge.cortex.client import CortexClient
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import BatchPolicy, DurableQueue
 from bridge.queue.schema import State
 from bridge.records import BRIDGE_ID_KEY, format_timestamp, utc_now

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from bridge.app import Bridge
-from bridge.cortex.simulator.server import SimEntity, SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimEntity, SimFaults, SimulatorServer
 from bridge.metrics import sample
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY, format_timestamp

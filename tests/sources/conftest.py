@@ -14,7 +14,7 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 from tests.support.webhooks import ENTITIES, METRIC_KEYS, SIM_TOKEN, Running, StartBridge
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.cortex import BridgeFactory, post_records
 from tests.support.queue_file import queue_pragma
 from tests.support.records import event

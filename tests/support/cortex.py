@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from bridge.app import Bridge
-from bridge.cortex.simulator.server import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 
 ENTITIES = ["checkout-service", "payments-api", "inventory"]
 

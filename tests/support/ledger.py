@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from bridge.app import Bridge
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from bridge.queue import inspect
 from bridge.records import BRIDGE_ID_KEY
 from tests.support.cortex import ENTITIES, METRIC_KEYS, sim_state, wait_until

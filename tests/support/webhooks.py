@@ -15,7 +15,7 @@ import aiohttp
 import yaml
 
 from bridge.app import Bridge
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from bridge.sources.webhooks.source import WebhookSource, describe, header_map
 from tests.support.paths import EXAMPLES as EXAMPLES
 from tests.support.paths import FIXTURES as ALL_FIXTURES

@@ -13,105 +13,28 @@ was stored), ``requests`` (every ``/api/`` request with its status; 0 = no answe
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import yaml
 from aiohttp import hdrs, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from bridge.cortex.simulator.store import SimEntity, SimError, SimStore, bad_request, parse_date_time
-
-__all__ = [
-    "EXAMPLE_CONFIG",
-    "SimEntity",
-    "SimFaults",
-    "SimStore",
-    "SimulatorConfig",
-    "SimulatorServer",
-    "create_app",
-    "serve",
-]
+from bridge.cortex.simulator.api import MAX_BODY_BYTES, ROUTES, STORE, json_body
+from bridge.cortex.simulator.config import QUOTA_WINDOW_SECONDS, SimFaults, SimulatorConfig
+from bridge.cortex.simulator.errors import SimError, bad_request
+from bridge.cortex.simulator.store import SimStore
 
 logger = logging.getLogger(__name__)
 
-#: The example tenant shipped with the package (also what ``cortex-bridge demo`` runs against).
-EXAMPLE_CONFIG = Path(__file__).with_name("example.yaml")
-
-#: Cortex's documented request body limit (docs/cortex-api.md).
-MAX_BODY_BYTES = 2 * 1024 * 1024
-
-_WINDOW_SECONDS = 60.0
 _WRITE_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_PUT})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class SimFaults(BaseModel):
-    """Faults injected into ``/api/`` requests; replace ``SimulatorServer.config.faults`` to change them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    latency_ms: float = Field(default=0, ge=0, description="Added to every /api/ response.")
-    error_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction of /api/ requests answered 503.")
-    seed: int = Field(default=0, description="Seed of the error_rate draws, so a run can be repeated.")
-    drop_after_commit_every: int = Field(
-        default=0,
-        ge=0,
-        description="Every Nth successful POST/PUT is stored, then its connection closed unanswered.",
-    )
-    retry_after_seconds: int | None = Field(
-        default=None, ge=0, description="Retry-After of every 429 instead of computed."
-    )
-    commit_delay_ms: float = Field(
-        default=0,
-        ge=0,
-        description="Every write is held this long, then stored and answered, even when the client "
-        "has given up meanwhile (a slow backend behind a gateway that outlives the client's timeout).",
-    )
-    force_429_every: int = Field(
-        default=0, ge=0, description="Every Nth /api/ request is answered 429 and not applied."
-    )
-    reject_bodies_containing: str | None = Field(
-        default=None,
-        description="A write whose body contains this text is answered 400 and not applied "
-        "(Cortex rejecting a body for a reason the client could not foresee).",
-    )
-
-
-class SimulatorConfig(BaseModel):
-    """The simulated tenant: who may call, which entities and metrics exist, limits and faults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tokens: list[str] = ["sim-token"]
-    forbidden_tokens: list[str] = Field(default=[], description="Known tokens that get 403 on every call.")
-    entities: list[SimEntity] = []
-    metric_keys: list[str] = Field(
-        default=[], description="Custom metric definitions (type PUBLIC_API) that exist."
-    )
-    rate_limit_per_minute: int = Field(
-        default=1000, ge=0, description="Admitted requests per sliding 60 s; 0 = no limit."
-    )
-    rate_limit_window_seconds: float = Field(
-        default=_WINDOW_SECONDS, gt=0,
-        description="Length of the sliding window (Cortex: 60 s; shorter only to test quotas quickly).",
-    )
-    faults: SimFaults = SimFaults()
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SimulatorConfig:
-        """Load a config from YAML with the same keys as this model."""
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
 
 
 class SlidingWindow:
@@ -120,7 +43,7 @@ class SlidingWindow:
     def __init__(self) -> None:
         self._admitted: deque[float] = deque()
 
-    def admit(self, now: float, limit: int, window: float = _WINDOW_SECONDS) -> int | None:
+    def admit(self, now: float, limit: int, window: float = QUOTA_WINDOW_SECONDS) -> int | None:
         """Admit a request arriving at ``now`` (None), or return the whole seconds until one would be."""
         if limit <= 0:
             return None
@@ -285,6 +208,8 @@ def create_app(server: SimulatorServer) -> web.Application:
     """The aiohttp application of ``server`` (its store, config and fault state)."""
     app = web.Application(middlewares=[_gatekeeper], client_max_size=MAX_BODY_BYTES)
     app[_SERVER] = server
+    app[STORE] = server.store
+    app.add_routes(ROUTES)
     app.add_routes(_routes)
     return app
 
@@ -386,193 +311,17 @@ async def _authorized(config: SimulatorConfig, request: web.Request, handler: Ha
         return _error(SimError(500, "Internal Server Error", type_="UNHANDLED_EXCEPTION"))
 
 
-# Request helpers
-
-
-def _store(request: web.Request) -> SimStore:
-    return request.app[_SERVER].store
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise SimError(413, "Payload Too Large", f"request body exceeds {MAX_BODY_BYTES} bytes") from None
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise bad_request(f"body: not valid JSON ({exc})") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name}: not an integer: {raw!r}") from None
-    if not low <= value <= high:
-        raise bad_request(f"{name}: must be between {low} and {high}")
-    return value
-
-
-def _time_query(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        return parse_date_time(raw)
-    except ValueError as exc:
-        raise bad_request(f"{name}: {exc}") from None
-
-
-def _page_query(request: web.Request) -> tuple[int, int]:
-    """``page`` (0-indexed) and ``pageSize`` (1..1000, default 250), as every Cortex list takes them."""
-    return _int_query(request, "page", 0, 0, 2**31 - 1), _int_query(request, "pageSize", 250, 1, 1000)
-
-
-def _page(request: web.Request, key: str, items: list[dict[str, Any]]) -> web.Response:
-    """One page of ``items`` under ``key`` with Cortex's ``page``/``total``/``totalPages``."""
-    page, size = _page_query(request)
-    return web.json_response(
-        {
-            key: items[page * size : (page + 1) * size],
-            "page": page,
-            "total": len(items),
-            "totalPages": math.ceil(len(items) / size),
-        }
-    )
-
-
-# Catalog
-
-
-@_routes.get("/api/v1/catalog")
-async def _list_entities(request: web.Request) -> web.Response:
-    repositories = {
-        repository.strip().lower()
-        for value in request.query.getall("gitRepositories", [])
-        for repository in value.split(",")
-        if repository.strip()
-    }
-    return _page(request, "entities", _store(request).entities_in(repositories))
-
-
-@_routes.get("/api/v1/catalog/{tag}")
-async def _entity_details(request: web.Request) -> web.Response:
-    return web.json_response(_store(request).entity_details(request.match_info["tag"]))
-
-
-@_routes.post("/api/v1/catalog/{tag}/deploys")
-async def _add_deploy(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    return web.json_response(_store(request).add_deploy(request.match_info["tag"], body))
-
-
-@_routes.get("/api/v1/catalog/{tag}/deploys")
-async def _list_deploys(request: web.Request) -> web.Response:
-    return _page(request, "deployments", _store(request).deploys_of(request.match_info["tag"]))
-
-
-@_routes.post("/api/v1/catalog/{tag}/custom-events")
-async def _add_event(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    return web.json_response(_store(request).add_event(request.match_info["tag"], body))
-
-
-@_routes.get("/api/v1/catalog/{tag}/custom-events")
-async def _list_events(request: web.Request) -> web.Response:
-    events = _store(request).events_of(
-        request.match_info["tag"],
-        request.query.get("type"),
-        _time_query(request, "startTime"),
-        _time_query(request, "endTime"),
-    )
-    return _page(request, "events", events)
-
-
-@_routes.put("/api/v1/catalog/custom-data")
-async def _put_custom_data(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    return web.json_response(_store(request).put_custom_data(body))
-
-
-@_routes.get("/api/v1/catalog/{tag}/custom-data")
-async def _list_custom_data(request: web.Request) -> web.Response:
-    # A bare array: "we do not return page, total, or totalPages" (docs/cortex-api.md).
-    page, size = _page_query(request)
-    items = _store(request).custom_data_of(request.match_info["tag"])
-    return web.json_response(items[page * size : (page + 1) * size])
-
-
-@_routes.get("/api/v1/catalog/{tag}/custom-data/{key}")
-async def _get_custom_data(request: web.Request) -> web.Response:
-    return web.json_response(
-        _store(request).custom_data_item(request.match_info["tag"], request.match_info["key"])
-    )
-
-
-# Eng Intelligence custom metrics
-
-
-@_routes.get("/api/v1/eng-intel/custom-metrics")
-async def _list_metric_definitions(request: web.Request) -> web.Response:
-    definitions = _store(request).metric_definitions
-    return _page(request, "metrics", [definitions[key] for key in sorted(definitions)])
-
-
-@_routes.post("/api/v1/eng-intel/custom-metrics")
-async def _create_metric_definition(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    return web.json_response(_store(request).create_metric_definition(body))
-
-
-@_routes.get("/api/v1/eng-intel/custom-metrics/{key}")
-async def _get_metric_definition(request: web.Request) -> web.Response:
-    return web.json_response(_store(request).metric_definition(request.match_info["key"]))
-
-
-@_routes.post("/api/v1/eng-intel/custom-metrics/{key}/entity/{tag}")
-async def _add_metric_point(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    _store(request).add_metric_points(request.match_info["key"], request.match_info["tag"], body, bulk=False)
-    return web.Response()
-
-
-@_routes.post("/api/v1/eng-intel/custom-metrics/{key}/entity/{tag}/bulk")
-async def _add_metric_points(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    _store(request).add_metric_points(request.match_info["key"], request.match_info["tag"], body, bulk=True)
-    return web.Response()
-
-
-@_routes.get("/api/v1/eng-intel/custom-metrics/{key}/entity/{tag}")
-async def _list_metric_points(request: web.Request) -> web.Response:
-    points = _store(request).metric_points_of(
-        request.match_info["key"],
-        request.match_info["tag"],
-        _time_query(request, "startDate"),
-        _time_query(request, "endDate"),
-    )
-    return _page(request, "data", points)
-
-
 # Inspection
 
 
 @_routes.get("/_sim/state")
 async def _state(request: web.Request) -> web.Response:
-    return web.json_response(_store(request).snapshot())
+    return web.json_response(request.app[STORE].snapshot())
 
 
 @_routes.get("/_sim/requests")
 async def _requests(request: web.Request) -> web.Response:
-    return web.json_response(list(_store(request).requests))
+    return web.json_response(list(request.app[STORE].requests))
 
 
 @_routes.post("/_sim/reset")
@@ -584,7 +333,7 @@ async def _reset(request: web.Request) -> web.Response:
 @_routes.post("/_sim/faults")
 async def _set_faults(request: web.Request) -> web.Response:
     try:
-        faults = SimFaults.model_validate(await _json_body(request))
+        faults = SimFaults.model_validate(await json_body(request))
     except ValidationError as exc:
         raise bad_request(str(exc)) from None
     request.app[_SERVER].config.faults = faults

@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 import uuid
 from collections import deque
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.cortex.simulator.bodies import (
+    BulkPointsBody,
+    CustomDataBody,
+    DeployBody,
+    Deployer,
+    EventBody,
+    MetricDefinitionBody,
+    PointBody,
+    SeriesPoint,
+    validate,
+)
+from bridge.cortex.simulator.errors import SimError
 
 #: Metric points older than this are answered 200 and dropped (docs/cortex-api.md, ticket CET-19691).
 METRIC_MAX_AGE = timedelta(days=183)
@@ -25,31 +37,7 @@ METRIC_MAX_AGE = timedelta(days=183)
 #: How many requests ``/_sim/requests`` remembers; bounds memory of a long-running ``sim``.
 REQUEST_LOG_LIMIT = 1_000_000
 
-# ErrorResponse.type by status; the enum has nothing closer than BAD_REQUEST for 405 and 413.
-_ERROR_TYPES = {
-    400: "BAD_REQUEST",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "BAD_REQUEST",
-    409: "CONFLICT",
-    413: "BAD_REQUEST",
-}
 
-# RFC 3339 with the offset optional: the official CLI sends naive times for events and metrics.
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})?")
-# CLI help for metric keys: "2-255 chars, letters/digits/hyphens, alphanumeric start/end".
-_METRIC_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,253}[A-Za-z0-9]")
-
-
-class SimError(Exception):
-    """A request Cortex refuses; the HTTP layer answers ``status`` with an ``ErrorResponse`` body."""
-
-    def __init__(self, status: int, message: str, details: str | None = None, type_: str | None = None):
-        super().__init__(f"{status} {message}" + (f": {details}" if details else ""))
-        self.status = status
-        self.message = message
-        self.details = details
-        self.type = type_ or _ERROR_TYPES.get(status, "UNCATEGORIZED")
 
 
 def format_timestamp(ts: datetime) -> str:
@@ -62,24 +50,7 @@ def format_timestamp(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
-def bad_request(details: str) -> SimError:
-    """A 400 whose details name the offending field."""
-    return SimError(400, "Bad Request", details)
 
-
-def parse_date_time(value: object) -> datetime:
-    """Parse a strict ISO-8601 date-time into an aware datetime; a missing offset means UTC."""
-    if not isinstance(value, str) or not _DATE_TIME.fullmatch(value):
-        raise ValueError(f"expected a date-time like 2026-07-13T18:26:52Z, got {value!r}")
-    try:
-        # fromisoformat keeps microseconds and drops further digits of a nanosecond fraction.
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"invalid date-time {value!r}: {exc}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-DateTime = Annotated[datetime, BeforeValidator(parse_date_time)]
 
 
 class SimEntity(BaseModel):
@@ -101,99 +72,6 @@ class SimEntity(BaseModel):
     def service_id(self) -> int:
         """The numeric id Cortex reports as ``serviceId`` on deploys."""
         return int(hashlib.sha256(self.tag.encode()).hexdigest()[16:28], 16)
-
-
-class _Body(BaseModel):
-    # Unknown fields are ignored as Jackson does under Spring's defaults; known ones must carry
-    # the exact JSON type (no "3" for 3), which is what the spec promises a client may rely on.
-    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
-
-
-class _Deployer(_Body):
-    name: str | None = None
-    email: str | None = None
-
-
-class _DeployBody(_Body):
-    title: str
-    timestamp: DateTime
-    type: Literal["DEPLOY", "SCALE", "ROLLBACK", "RESTART"]
-    sha: str | None = None
-    environment: str | None = None
-    url: str | None = None
-    deployer: _Deployer | None = None
-    customData: dict[str, Any] | None = None
-
-
-class _EventBody(_Body):
-    title: str
-    type: str
-    timestamp: DateTime
-    description: str | None = None
-    url: str | None = None
-    customData: dict[str, Any] | None = None
-
-
-class _SeriesPoint(_Body):
-    timestamp: DateTime
-    value: float
-
-
-class _BulkPointsBody(_Body):
-    series: list[_SeriesPoint] = Field(min_length=1, max_length=100)
-
-
-class _PointBody(_Body):
-    value: float
-    timestamp: DateTime | None = None
-
-
-class _DataItem(_Body):
-    key: str = Field(min_length=1)
-    value: Any
-    description: str | None = None
-
-    @field_validator("value")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("value is required (any JSON but null)")
-        return value
-
-
-class _CustomDataBody(_Body):
-    values: dict[str, list[_DataItem]]
-
-
-class _MetricDefinitionBody(_Body):
-    key: str
-    name: str | None = None
-    type: Literal["PUBLIC_API"] = "PUBLIC_API"
-    valence: Literal["POSITIVE", "NEGATIVE", "NEUTRAL"] | None = None
-    category: str | None = None
-    description: str | None = None
-    isDraft: bool = False
-
-    @field_validator("key")
-    @classmethod
-    def _key_shape(cls, key: str) -> str:
-        if not _METRIC_KEY.fullmatch(key):
-            raise ValueError("2-255 letters, digits or hyphens, starting and ending alphanumeric")
-        return key
-
-
-_ModelT = TypeVar("_ModelT", bound=_Body)
-
-
-def _validate(model: type[_ModelT], body: Any) -> _ModelT:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        reasons = []
-        for error in exc.errors(include_url=False):
-            field = ".".join(str(part) for part in error["loc"]) or "body"
-            reasons.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
-        raise bad_request("; ".join(reasons)) from None
 
 
 def _metric_definition(key: str, name: str | None = None) -> dict[str, Any]:
@@ -294,9 +172,9 @@ class SimStore:
 
     def add_deploy(self, tag_or_id: str, body: Any) -> dict[str, Any]:
         """Store a new deploy (a resend is a new deploy: Cortex has no dedup) and return CustomDeploy."""
-        request = _validate(_DeployBody, body)
+        request = validate(DeployBody, body)
         entity = self.entity(tag_or_id)
-        deployer = request.deployer or _Deployer()
+        deployer = request.deployer or Deployer()
         deploy = {
             "uuid": str(uuid.uuid4()),
             "id": next(self._ids),
@@ -334,7 +212,7 @@ class SimStore:
 
     def add_event(self, tag_or_id: str, body: Any) -> dict[str, Any]:
         """Store a new custom event and return ``CustomEventResponse``."""
-        request = _validate(_EventBody, body)
+        request = validate(EventBody, body)
         entity = self.entity(tag_or_id)
         event = {
             "uuid": str(uuid.uuid4()),
@@ -370,7 +248,7 @@ class SimStore:
 
     def create_metric_definition(self, body: Any) -> dict[str, Any]:
         """Define a ``PUBLIC_API`` metric; 409 if the key exists."""
-        request = _validate(_MetricDefinitionBody, body)
+        request = validate(MetricDefinitionBody, body)
         if request.key in self.metric_definitions:
             raise SimError(409, "Conflict", f"custom metric {request.key!r} already exists")
         definition = {
@@ -385,8 +263,8 @@ class SimStore:
 
     def add_metric_points(self, key: str, tag_or_id: str, body: Any, *, bulk: bool) -> None:
         """Store points of the bulk (``{"series": [...]}``) or single-point body; drop too-old ones."""
-        points: list[_SeriesPoint] | list[_PointBody]
-        points = _validate(_BulkPointsBody, body).series if bulk else [_validate(_PointBody, body)]
+        points: list[SeriesPoint] | list[PointBody]
+        points = validate(BulkPointsBody, body).series if bulk else [validate(PointBody, body)]
         self.metric_definition(key)
         entity = self.entity(tag_or_id)
         now = datetime.now(UTC)
@@ -416,7 +294,7 @@ class SimStore:
 
     def put_custom_data(self, body: Any) -> dict[str, Any]:
         """Bulk upsert (last write wins per tag and key); unknown tags are reported, not fatal."""
-        request = _validate(_CustomDataBody, body)
+        request = validate(CustomDataBody, body)
         now = format_timestamp(datetime.now(UTC))
         values: list[dict[str, Any]] = []
         errors: dict[str, str] = {}

@@ -23,14 +23,14 @@ import jsonschema
 import pydantic
 import pytest
 
-from bridge.cortex.simulator.server import (
+from bridge.cortex.simulator import (
     EXAMPLE_CONFIG,
     SimEntity,
     SimFaults,
     SimulatorConfig,
     SimulatorServer,
-    SlidingWindow,
 )
+from bridge.cortex.simulator.server import SlidingWindow
 from tests.support.cortex import sim_requests, sim_state
 from tests.support.paths import FIXTURES
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.cortex import sim_config
 from tests.support.kafka import broker, tansu  # noqa: F401  (fixtures shared with tests/chaos)
 

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from bridge import metrics
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.cortex import BridgeFactory, sim_state, wait_until
 from tests.support.kafka import (
     Tansu,

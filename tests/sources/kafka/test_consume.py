@@ -12,7 +12,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from bridge import metrics
-from bridge.cortex.simulator.server import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import DurableQueue, inspect
 from bridge.sources.kafka.source import KafkaSource
 from tests.support.cortex import BridgeFactory, sim_state, wait_until

@@ -14,7 +14,7 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from bridge.sources.kubernetes.source import KubernetesSource
 from tests.support.apiserver import FakeApiServer
 from tests.support.cluster import Cluster

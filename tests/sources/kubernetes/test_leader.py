@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.apiserver import FakeApiServer
 from tests.support.cluster import Cluster
 from tests.support.cortex import sim_state, wait_until

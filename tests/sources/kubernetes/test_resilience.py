@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from bridge.metrics import sample
 from tests.support.apiserver import FakeApiServer
 from tests.support.cluster import Cluster

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bridge.cortex.simulator.server import SimulatorServer
+from bridge.cortex.simulator import SimulatorServer
 from tests.support.apiserver import FakeApiServer
 from tests.support.cluster import REVISIONED, Cluster
 from tests.support.cortex import sim_state
