@@ -11,7 +11,7 @@ import contextvars
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -56,6 +56,13 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(r"\1***@", text)
 
 
+RecordKindName = Literal["deploy", "event", "metric", "custom_data"]
+
+
+def _default_priority_weights() -> dict[RecordKindName, int]:
+    return {"deploy": 16, "event": 16, "metric": 1, "custom_data": 1}
+
+
 class CortexSettings(_Section):
     url: str = Field("https://api.getcortexapp.com", description="Cortex API base URL.")
     token: SecretStr | None = Field(None, description="Cortex API token (a JWT).")
@@ -65,6 +72,12 @@ class CortexSettings(_Section):
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one Cortex request.")
     max_concurrency: int = Field(8, ge=1, le=256, description="Cortex requests in flight at once.")
     linger_ms: int = Field(50, ge=0, le=60_000, description="Wait this long for more records when idle.")
+    priority_weights: dict[RecordKindName, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=_default_priority_weights,
+        description="Share of requests each record kind gets while several have records waiting: deploys"
+        " and events jump a backlog of metric points or custom data, which keep a guaranteed share (here"
+        " 2 of 34 requests). A kind left out weighs 1.",
+    )
     verify_token_on_start: bool = Field(True, description="Check the token with GET /api/v1/catalog.")
     reconcile_ambiguous: bool = Field(
         True, description="Read back from Cortex before resending a request whose outcome is unknown."

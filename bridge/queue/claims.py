@@ -9,7 +9,7 @@ dead-lettered in the same transaction (:func:`bridge.queue.dead_letters.move_to_
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from bridge import metrics
 from bridge.queue.core import QueueCore
 from bridge.queue.dead_letters import UNREADABLE, Unreadable, move_to_dead
 from bridge.queue.schema import State, transaction
+from bridge.queue.shares import KindShares
 from bridge.records import Record, describe_invalid, record_from_json
 
 log = structlog.get_logger("bridge.queue")
@@ -46,6 +47,9 @@ class BatchPolicy:
     #: kinds whose lane is not claimed while it holds an ambiguous record: their read-back matches
     #: by content (metric points), so nothing of the lane may be in flight while it is counted
     hold_ambiguous_lanes: frozenset[str] = frozenset()
+    #: kind -> weight of its share of claims while several kinds have due work (empty: oldest first,
+    #: whatever the kind); see :mod:`bridge.queue.shares`
+    kind_weights: Mapping[str, int] = field(default_factory=dict)
 
 
 class Claims(QueueCore):
@@ -61,27 +65,49 @@ class Claims(QueueCore):
         _count_unreadable(unreadable)
         return claimed
 
+    _shares: KindShares | None = None
+
     def _claim_sync(self, policy: BatchPolicy, now: float) -> tuple[list[QueuedRecord], list[Unreadable]]:
         unreadable: list[Unreadable] = []
         with transaction(self.conn):
             while True:
-                claimed = self._claim_lane(policy, now, unreadable)
+                claimed = self._claim_by_share(policy, now, unreadable)
                 if claimed is None or claimed:
                     return claimed or [], unreadable
 
-    def _claim_lane(
+    def _claim_by_share(
         self, policy: BatchPolicy, now: float, unreadable: list[Unreadable]
     ) -> list[QueuedRecord] | None:
-        """One lane's claim; ``None`` when nothing is due, ``[]`` when all it had was unreadable."""
+        """The claim of the most owed kind that has due work (oldest first without weights)."""
+        if not policy.kind_weights:
+            return self._claim_lane(policy, now, unreadable, None)
+        if self._shares is None or self._shares.configured != policy.kind_weights:
+            self._shares = KindShares(policy.kind_weights, policy.max_items)
+        idle: list[str] = []
+        for kind in self._shares.order():
+            claimed = self._claim_lane(policy, now, unreadable, kind)
+            if claimed is not None:
+                self._shares.served(kind, idle)
+                return claimed
+            idle.append(kind)
+        return None
+
+    def _claim_lane(
+        self, policy: BatchPolicy, now: float, unreadable: list[Unreadable], only_kind: str | None
+    ) -> list[QueuedRecord] | None:
+        """One lane's claim (of ``only_kind``, if given); ``None`` when nothing is due, ``[]`` when
+        all it had was unreadable."""
         conn = self.conn
         held = sorted(policy.hold_ambiguous_lanes)
         # Cheap when nothing is ambiguous: the subquery is a search of the (state, ...) index.
         hold = (f" AND lane NOT IN (SELECT lane FROM records WHERE state = ? AND kind IN ({','.join('?' * len(held))}))"
                 if held else "")
+        of_kind = " AND kind = ?" if only_kind is not None else ""
         head = conn.execute(
-            f"SELECT lane, kind FROM records WHERE state = ? AND next_attempt_at <= ?{hold}"
+            f"SELECT lane, kind FROM records WHERE state = ?{of_kind} AND next_attempt_at <= ?{hold}"
             " ORDER BY next_attempt_at, seq LIMIT 1",
-            (State.READY, now, *((State.AMBIGUOUS, *held) if held else ())),
+            (State.READY, *((only_kind,) if only_kind is not None else ()), now,
+             *((State.AMBIGUOUS, *held) if held else ())),
         ).fetchone()
         if head is None:
             return None

@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS records (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS records_due ON records (state, next_attempt_at, seq);
+-- a claim for one kind (weighted shares) finds its oldest due record without scanning others
+CREATE INDEX IF NOT EXISTS records_kind_due ON records (state, kind, next_attempt_at, seq);
 CREATE INDEX IF NOT EXISTS records_lane ON records (lane, state, next_attempt_at, seq);
 
 CREATE TABLE IF NOT EXISTS delivered (

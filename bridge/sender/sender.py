@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -57,6 +57,7 @@ class Sender:
         self.cortex = cortex
         self.retry = retry
         self.dispositions = Dispositions(queue, retry)
+        self.policy = replace(POLICY, kind_weights={str(kind): weight for kind, weight in cortex.priority_weights.items()})
         self.auth = AuthState()
         self._auth_ok = asyncio.Event()
         self._auth_ok.set()
@@ -147,7 +148,7 @@ class Sender:
             circuit.release()
             return idle
         try:
-            batch = await self.queue.claim(POLICY)
+            batch = await self.queue.claim(self.policy)
         except BaseException:
             permit.cancel()
             circuit.release()
@@ -184,7 +185,7 @@ class Sender:
             self._unrecorded.append(batch)
 
     async def _record_unknown_outcome(self, batch: list[QueuedRecord], error: str) -> None:
-        if batch[0].record.kind in POLICY.ambiguous_kinds:
+        if batch[0].record.kind in self.policy.ambiguous_kinds:
             await self._read_back_before_resend(batch, error)
         else:
             await self.dispositions.reschedule(batch, error, count_attempt=True)
