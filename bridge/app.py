@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from bridge import metrics
+from bridge import __version__, metrics
 from bridge.config import Settings, redact_url
 from bridge.cortex.budget import WINDOW_SECONDS, budget_from_settings
 from bridge.cortex.catalog import RepositoryCatalog
@@ -177,7 +177,7 @@ class Bridge:
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
         self.started = True
         metrics.READY.set(1 if self.readiness()[0] else 0)
-        log.info("bridge_started", ingest_port=self.ingest_port, metrics_port=self.metrics_port,
+        log.info("bridge_started", version=__version__, ingest_port=self.ingest_port, metrics_port=self.metrics_port,
                  cortex_url=redact_url(self.settings.cortex.url), queue=str(self.settings.queue.path),
                  sources=[s.name for s in self.sources])
 

@@ -1,7 +1,8 @@
 """``cortex-bridge`` command line: run, check-config, sim, demo, queue, dlq, trace.
 
 Every error is one line on stderr and a non-zero exit: 2 for bad usage or configuration,
-1 for a failure while doing the work. Never a traceback.
+1 for a failure while doing the work. Never a traceback, not even when the reader of the output
+goes away (``cortex-bridge queue stats | head``: exit 141, as for a process killed by SIGPIPE).
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bridge import __version__
 from bridge.config import ConfigError, Settings, load_settings, redact_url
 from bridge.logs import configure_logging
 
@@ -125,12 +129,14 @@ def _verify_token(settings: Settings) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from bridge.cortex.simulator import SimulatorConfig, serve
+    from bridge.cortex.simulator import EXAMPLE_CONFIG, SimulatorConfig, SimulatorServer, serve
 
+    # The example tenant unless told otherwise: an empty one answers every write 404.
+    tenant = args.entities or EXAMPLE_CONFIG
     try:
-        config = SimulatorConfig.from_yaml(args.entities) if args.entities else SimulatorConfig()
+        config = SimulatorConfig.from_yaml(tenant)
     except Exception as exc:
-        raise CliError(f"cannot load simulator config {args.entities}: {exc}", 2) from None
+        raise CliError(f"cannot load simulator config {tenant}: {exc}", 2) from None
     if args.token:
         config.tokens = list(args.token)
     if args.rate_limit is not None:
@@ -141,9 +147,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
             config.faults = config.faults.model_validate({**config.faults.model_dump(), **faults})
         except ValueError as exc:
             raise CliError(f"invalid simulator fault: {exc}".splitlines()[0], 2) from None
-    print(f"Cortex simulator on http://{args.host}:{args.port} (state: /_sim/state)", file=sys.stderr)
+
+    def announce(server: SimulatorServer) -> None:
+        print(server.config.summary(server.url), flush=True)
+
     try:
-        asyncio.run(serve(config, args.host, args.port))
+        asyncio.run(serve(config, args.host, args.port, announce))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
@@ -161,9 +170,15 @@ _SIM_FAULTS = {
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bridge.demo import run_demo
+    from bridge.demo import prepare_keep, run_demo
 
-    return asyncio.run(run_demo(serve=args.serve, records=args.records))
+    keep = Path(args.keep) if args.keep else None
+    try:
+        if keep is not None:
+            prepare_keep(keep)
+        return asyncio.run(run_demo(serve=args.serve, records=args.records, keep=keep))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"demo: {exc}", 2 if isinstance(exc, ValueError) else 1) from None
 
 
 def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
@@ -179,6 +194,20 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     from bridge.queue import inspect
 
     _print_json(_with_queue(args, inspect.stats))
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    from bridge.queue.outcomes import retry_now
+
+    if args.ids and args.parked:
+        raise CliError("queue retry: give record ids or --parked, not both", 2)
+    n = _with_queue(args, lambda c: retry_now(c, ids=args.ids or None, parked=args.parked), write=True)
+    which = "parked " if args.parked else ""
+    print(f"released {n} {which}record(s) for delivery now")
+    if args.ids and n < len(args.ids):
+        print(f"{len(args.ids) - n} of the given ids are not waiting for a retry "
+              "(delivered, dead, being sent, already due or unknown: see `cortex-bridge trace ID`)", file=sys.stderr)
     return 0
 
 
@@ -261,6 +290,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cortex-bridge", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--config", "-c", help="YAML config file (default: $BRIDGE_CONFIG)")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="run the bridge daemon")
@@ -273,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="run the Cortex API simulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8900)
-    p.add_argument("--entities", help="YAML file with entities, metric_keys, tokens, faults")
+    p.add_argument("--entities", help="YAML file with entities, metric_keys, tokens, faults "
+                   "(default: the example tenant, bridge/cortex/simulator/example.yaml)")
     p.add_argument("--token", action="append", help="accepted bearer token (repeatable)")
     p.add_argument("--rate-limit", type=int, help="requests per minute (0 = unlimited)")
     for name, (kind, text) in _SIM_FAULTS.items():
@@ -283,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run simulator + bridge + sample inputs and print what Cortex received")
     p.add_argument("--serve", action="store_true", help="keep running and print the URLs")
     p.add_argument("--records", type=int, default=400, help="how many generated metric points to add")
+    p.add_argument("--keep", metavar="DIR", help="keep the demo's queue in DIR/queue.db, to inspect it afterwards")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("queue", help="inspect the durable queue")
@@ -290,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("stats", help="depth, bytes, oldest age, dead letters")
     q.add_argument("--queue", help="queue file (default: from the configuration)")
     q.set_defaults(fn=cmd_queue_stats)
+    q = qsub.add_parser("retry", help="deliver waiting records now instead of at their next attempt")
+    q.add_argument("--ids", nargs="+", metavar="ID", help="only these record ids")
+    q.add_argument("--parked", action="store_true",
+                   help="only records parked after a 404 (e.g. once the entity exists in Cortex)")
+    q.add_argument("--queue", help="queue file (default: from the configuration)")
+    q.set_defaults(fn=cmd_queue_retry)
 
     p = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
     dsub = p.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
@@ -324,11 +362,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_text() -> str:
+    """What ``cortex-bridge --version`` prints: the release, the queue file format, the Python."""
+    from bridge.queue.schema import SCHEMA_VERSION
+
+    return f"cortex-bridge {__version__} (queue schema {SCHEMA_VERSION}, Python {platform.python_version()})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        code: int = args.fn(args)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help or --version: printed, nothing to run
+            code = exc.code if isinstance(exc.code, int) else 0
+        else:
+            code = args.fn(args)
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit flush
         return code
+    except BrokenPipeError:
+        # Nothing more can reach the reader; point stdout at /dev/null so the exit flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CliError as exc:
         print(f"cortex-bridge: error: {exc}", file=sys.stderr)
         return exc.code

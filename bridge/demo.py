@@ -1,18 +1,22 @@
 """``cortex-bridge demo``: the whole path on one machine, then a summary of what Cortex received.
 
-Starts the Cortex simulator and a bridge (SQLite queue in a temporary directory), posts sample
+Starts the Cortex simulator and a bridge (SQLite queue in a temporary directory, or in the
+directory given with ``--keep``), posts sample
 inputs through the bridge's real HTTP endpoints (native records, and a real GitHub
 ``deployment_status`` webhook, signed and delivered twice as GitHub redelivers), waits until the queue is empty and prints, per
-record kind, how many were sent, delivered and dead-lettered and how many Cortex requests it took.
+record kind, how many were sent, delivered and dead-lettered and how many Cortex requests it took,
+then the exact commands (with ``--queue PATH``) that show the queue it used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import random
 import secrets
+import shlex
 import sys
 import tempfile
 from collections import Counter
@@ -27,11 +31,15 @@ from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimulatorConfig, SimulatorServer
 from bridge.logs import configure_logging
+from bridge.queue import files, inspect
 from bridge.records import format_timestamp, utc_now
 
 KINDS = ("deploy", "event", "metric", "custom_data")
 DEMO_WEBHOOK_SECRET = "demo-webhook-secret"
 GITHUB_FIXTURE = "demo_data/github.deployment_status.success.json"
+GITHUB_DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+#: Where the summary suggests keeping the queue when the demo ran in a temporary directory.
+SUGGESTED_KEEP = Path("cortex-bridge-demo")
 ENDPOINT_KIND = {"deploys": "deploy", "custom-events": "event", "bulk": "metric", "custom-data": "custom_data"}
 
 
@@ -84,12 +92,36 @@ def _summary(sent: Counter[str], stored: dict[str, Any], requests: list[dict[str
     return "\n".join(lines)
 
 
-async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 60.0) -> int:
+def follow_ups(queue: Path, dead_id: str | None) -> str:
+    """The commands that show the demo's queue, each runnable as printed."""
+    where = shlex.quote(str(queue))
+    lines = [f"  cortex-bridge queue stats --queue {where}",
+             f"  cortex-bridge trace {GITHUB_DELIVERY} --queue {where}   # the GitHub webhook, to its Cortex uuid",
+             f"  cortex-bridge dlq list --queue {where}"]
+    if dead_id is not None:
+        lines.append(f"  cortex-bridge dlq show {shlex.quote(dead_id)} --queue {where}")
+    return "\n".join(lines)
+
+
+def prepare_keep(keep: Path) -> None:
+    """Create ``keep`` for the demo's queue; raises ValueError when it holds one already."""
+    if (keep / "queue.db").exists():
+        raise ValueError(f"{keep / 'queue.db'} exists (an earlier demo?): remove it or give another directory")
+    keep.mkdir(parents=True, exist_ok=True)
+
+
+async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 60.0,
+                   keep: Path | None = None) -> int:
+    """Run the demo; with ``keep`` (see :func:`prepare_keep`), its queue stays in ``keep/queue.db``."""
     configure_logging("warning", "console")
     example = resources.files("bridge.cortex.simulator").joinpath("example.yaml")
     config = SimulatorConfig.from_yaml(Path(str(example)))
     entities = [e.tag for e in config.entities]
-    with tempfile.TemporaryDirectory(prefix="cortex-bridge-demo-") as tmp:
+    with contextlib.ExitStack() as cleanup:
+        if keep is None:
+            tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="cortex-bridge-demo-"))
+        else:
+            tmp = str(keep)
         async with SimulatorServer(config) as sim:
             ingest_token = secrets.token_urlsafe(16)  # the demo's /v1/records needs one like any bridge
             settings = load_settings(
@@ -131,9 +163,20 @@ async def run_demo(*, serve: bool = False, records: int = 400, timeout: float = 
                 print(_summary(sent, sim.store.snapshot(), list(sim.store.requests), dead))
                 print("\nThe GitHub deployment_status webhook was delivered twice (a redelivery, same "
                       "X-GitHub-Delivery) and is stored once.")
+                queue = Path(tmp) / "queue.db"
                 if dead:
-                    print("\nDead letters are kept with their reason: `cortex-bridge dlq list` shows them "
-                          "(here: a metric point older than Cortex's 6-month window).")
+                    print("\nDead letters are kept with their reason (here: a metric point older than "
+                          "Cortex's 6-month window).")
+                dead_entries = files.with_file(queue, lambda c: inspect.dlq_list(c, limit=1))
+                dead_id = dead_entries[0]["id"] if dead_entries else None
+                if keep is not None:
+                    print(f"\nThe queue is kept in {queue}. Look at it with:\n{follow_ups(queue, dead_id)}")
+                elif serve:
+                    print(f"\nWhile this runs, look at the queue with:\n{follow_ups(queue, dead_id)}")
+                else:
+                    print(f"\nThe queue was in a temporary directory, deleted on exit. To look at it, run "
+                          f"`cortex-bridge demo --keep {SUGGESTED_KEEP}`, then:\n"
+                          f"{follow_ups(SUGGESTED_KEEP / 'queue.db', dead_id)}")
                 if stats["undelivered"]:
                     print(f"\n{stats['undelivered']} record(s) still queued after {timeout:.0f} s", file=sys.stderr)
                     return 1
@@ -160,7 +203,7 @@ async def post_github_delivery(http: aiohttp.ClientSession, url: str) -> bool:
     body = resources.files("bridge").joinpath(GITHUB_FIXTURE).read_bytes()
     signature = hmac.new(DEMO_WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
     headers = {"Content-Type": "application/json", "X-GitHub-Event": "deployment_status",
-               "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+               "X-GitHub-Delivery": GITHUB_DELIVERY,
                "X-Hub-Signature-256": f"sha256={signature}"}
     async with http.post(url, data=body, headers=headers) as resp:
         if resp.status != 202:

@@ -6,9 +6,19 @@ Each process uses the default registry; tests read values through :func:`sample`
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+from bridge import __version__
+
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+
+# Build --------------------------------------------------------------------------------------
+BUILD_INFO = Gauge(
+    "cortex_bridge_build_info", "Always 1; the labels say which release runs, on which Python.", ["version", "python"]
+)
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 # Ingest -------------------------------------------------------------------------------------
 RECORDS_RECEIVED = Counter(

@@ -83,8 +83,11 @@ class QueueBackend(Protocol):
         """Delivered metric points of ``lane``, and whether the lane is moving."""
 
     async def reschedule(self, seqs: Sequence[int], *, next_attempt_at: float, error: str,
-                         count_attempt: bool) -> None:
-        """Put records back, due at ``next_attempt_at``."""
+                         count_attempt: bool, parked: bool = False) -> None:
+        """Put records back, due at ``next_attempt_at`` (``parked``: after a 404)."""
+
+    async def retry_now(self, ids: Sequence[str] | None = None, *, parked: bool = False) -> int:
+        """Make waiting READY records (all, these ids, or the parked ones) due now."""
 
     async def mark_ambiguous(self, seqs: Sequence[int], error: str) -> None:
         """The request for these records may or may not have been stored."""

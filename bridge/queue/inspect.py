@@ -3,7 +3,8 @@
 Each function reads one connection and writes nothing: the running queue's own (``stats``,
 gauges) or an operator's, opened read-only by :func:`~bridge.queue.files.open_file` (re-exported
 here, since reading a file starts with it). Changing the dead-letter set (replay, purge) is
-:mod:`bridge.queue.dead_letters`.
+:mod:`bridge.queue.dead_letters`. Times are ISO 8601 in UTC (what an operator reads and compares
+with log lines), durations are seconds. A READY record parked after a 404 shows as ``parked``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge.queue.files import open_file
-from bridge.queue.schema import State, totals
+from bridge.queue.schema import State, is_parked, parked_clause, totals
+from bridge.records import format_timestamp
 
 __all__ = ["dlq_list", "dlq_show", "oldest_age", "open_file", "stats", "trace"]
 
@@ -27,6 +30,16 @@ def _totals(conn: sqlite3.Connection) -> tuple[int, int, int]:
     return int(count), int(size), int(conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
 
 
+def iso_time(epoch: float | None) -> str | None:
+    """An epoch time as stored in the queue, as ISO 8601 UTC (None stays None)."""
+    return None if epoch is None else format_timestamp(datetime.fromtimestamp(epoch, UTC))
+
+
+def state_name(state: int, last_error: str | None, next_attempt_at: float, now: float) -> str:
+    """How ``queue stats`` and ``trace`` name where a record stands: a state, or ``parked``."""
+    return "parked" if is_parked(state, last_error, next_attempt_at, now) else State(state).name.lower()
+
+
 def oldest_age(conn: sqlite3.Connection) -> float:
     """Seconds since the oldest undelivered record was received (0 when empty)."""
     head = conn.execute("SELECT received_at FROM records WHERE seq = (SELECT MIN(seq) FROM records)").fetchone()
@@ -37,6 +50,11 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
     """Depth, bytes, oldest age, records by state and kind, dead letters by reason, history size."""
     count, size, dead = _totals(conn)
     by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
+    where, params = parked_clause(time.time())
+    parked = conn.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0]
+    if parked:
+        by_state["ready"] -= parked
+        by_state["parked"] = parked
     by_kind = dict(conn.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
     dead_by_reason = dict(conn.execute("SELECT reason, COUNT(*) FROM dead GROUP BY reason").fetchall())
     delivered = conn.execute("SELECT COUNT(*) FROM delivered").fetchone()[0]
@@ -61,8 +79,14 @@ def dlq_list(conn: sqlite3.Connection, *, limit: int = 50, reason: str | None = 
         params.append(reason)
     sql += " ORDER BY dead_at DESC LIMIT ?"
     params.append(limit)
+    return [_dead_entry(row) for row in conn.execute(sql, params)]
+
+
+def _dead_entry(row: tuple[Any, ...]) -> dict[str, Any]:
     cols = ("id", "kind", "source", "reason", "status", "detail", "dead_at", "attempts")
-    return [dict(zip(cols, row, strict=True)) for row in conn.execute(sql, params)]
+    out = dict(zip(cols, row, strict=True))
+    out["dead_at"] = iso_time(out["dead_at"])
+    return out
 
 
 def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
@@ -73,8 +97,7 @@ def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
     ).fetchone()
     if row is None:
         return None
-    cols = ("id", "kind", "source", "reason", "status", "detail", "dead_at", "attempts")
-    out: dict[str, Any] = dict(zip(cols, row[:-1], strict=True))
+    out = _dead_entry(row[:-1])
     try:
         out["record"] = json.loads(row[-1])
     except ValueError:  # an ``unreadable`` dead letter: show what is stored as it is
@@ -85,11 +108,12 @@ def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
 def trace(conn: sqlite3.Connection, ident: str) -> list[dict[str, Any]]:
     """Where a record (by record id) or a whole delivery (by delivery id) stands."""
     ids = [ident]
+    now = time.time()
     out: list[dict[str, Any]] = []
     for source, delivery_id, seen_at, record_ids in conn.execute(
         "SELECT source, delivery_id, seen_at, record_ids FROM deliveries WHERE delivery_id = ?", (ident,)
     ):
-        out.append({"delivery_id": delivery_id, "source": source, "received_at": seen_at,
+        out.append({"delivery_id": delivery_id, "source": source, "received_at": iso_time(seen_at),
                     "record_ids": json.loads(record_ids)})
         ids = json.loads(record_ids)
     for rid in ids:
@@ -99,8 +123,9 @@ def trace(conn: sqlite3.Connection, ident: str) -> list[dict[str, Any]]:
         ).fetchone()
         if row:
             out.append({"id": rid, "status": "queued", "kind": row[0], "source": row[1],
-                        "state": State(row[2]).name.lower(), "attempts": row[3], "last_error": row[4],
-                        "received_at": row[5], "next_attempt_at": row[6]})
+                        "state": state_name(row[2], row[4], row[6], now), "attempts": row[3],
+                        "last_error": row[4], "received_at": iso_time(row[5]),
+                        "next_attempt_at": iso_time(row[6])})
             continue
         row = conn.execute(
             "SELECT kind, entity, source, cortex_uuid, received_at, delivered_at, how FROM delivered WHERE id = ?",
@@ -108,13 +133,14 @@ def trace(conn: sqlite3.Connection, ident: str) -> list[dict[str, Any]]:
         ).fetchone()
         if row:
             out.append({"id": rid, "status": "delivered", "kind": row[0], "entity": row[1], "source": row[2],
-                        "cortex_uuid": row[3], "received_at": row[4], "delivered_at": row[5], "how": row[6]})
+                        "cortex_uuid": row[3], "received_at": iso_time(row[4]), "delivered_at": iso_time(row[5]),
+                        "how": row[6]})
             continue
         row = conn.execute("SELECT kind, source, reason, status, detail, dead_at FROM dead WHERE id = ?",
                            (rid,)).fetchone()
         if row:
             out.append({"id": rid, "status": "dead_letter", "kind": row[0], "source": row[1], "reason": row[2],
-                        "cortex_status": row[3], "detail": row[4], "dead_at": row[5]})
+                        "cortex_status": row[3], "detail": row[4], "dead_at": iso_time(row[5])})
             continue
         if rid != ident or not out:
             out.append({"id": rid, "status": "unknown"})

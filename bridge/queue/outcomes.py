@@ -1,24 +1,30 @@
 """Settling outcomes: what Cortex stored is history, what failed goes back, what is unknown waits.
 
 A delivered record leaves ``records`` for ``delivered`` (and, for a metric, ``delivered_points``,
-which reconciliation counts); a failed one is put back READY with its attempt counted; one whose
-request may or may not have reached Cortex becomes AMBIGUOUS until it is read back.
+which reconciliation counts); a failed one is put back READY with its attempt counted (a 404 one
+*parked*: its ``last_error`` starts with :data:`PARKED_PREFIX`); one whose request may or may not
+have reached Cortex becomes AMBIGUOUS until it is read back. :func:`retry_now` (``cortex-bridge
+queue retry``) makes waiting READY records due at once.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bridge.queue.core import QueueCore
-from bridge.queue.schema import State, column_text, transaction
+from bridge.queue.schema import PARKED_PREFIX, State, column_text, parked_clause, transaction, waiting_clause
 from bridge.records import parse_timestamp
 
 #: Longest ``last_error`` kept with a record.
 MAX_ERROR = 1000
+#: Records released per transaction by :func:`retry_now`: a running bridge waits for the write
+#: lock between them, not for the whole operation.
+RETRY_CHUNK = 1000
 
 
 class Outcomes(QueueCore):
@@ -78,11 +84,23 @@ class Outcomes(QueueCore):
         return counts, moving or in_flight is not None
 
     async def reschedule(
-        self, seqs: Sequence[int], *, next_attempt_at: float, error: str, count_attempt: bool
+        self, seqs: Sequence[int], *, next_attempt_at: float, error: str, count_attempt: bool,
+        parked: bool = False,
     ) -> None:
-        """Put records back to READY, due at ``next_attempt_at``; an idle worker is woken for them."""
+        """Put records back to READY, due at ``next_attempt_at``; an idle worker is woken for them.
+
+        ``parked``: Cortex answered 404, the records wait for an entity or metric key to exist
+        (their error is kept under :data:`PARKED_PREFIX`).
+        """
+        error = PARKED_PREFIX + error if parked else error
         await self._run(self._reschedule_sync, list(seqs), next_attempt_at, error, count_attempt)
         self._notify_ready()
+
+    async def retry_now(self, ids: Sequence[str] | None = None, *, parked: bool = False) -> int:
+        """Make waiting READY records due now (see :func:`retry_now`); returns how many."""
+        released = await self._run(retry_now, self.conn, list(ids) if ids else None, parked)
+        self._notify_ready()
+        return released
 
     def _reschedule_sync(self, seqs: list[int], due: float, error: str, count_attempt: bool) -> None:
         now = time.time()
@@ -109,6 +127,33 @@ class Outcomes(QueueCore):
                 "UPDATE records SET state = ?, next_attempt_at = ?, last_error = ? WHERE seq = ?",
                 [(State.AMBIGUOUS, settle_until, column_text(error, MAX_ERROR), s) for s in seqs],
             )
+
+
+def retry_now(conn: sqlite3.Connection, ids: list[str] | None = None, parked: bool = False,
+              chunk: int = RETRY_CHUNK) -> int:
+    """Make READY records that wait for a later attempt due now; returns how many were released.
+
+    All waiting ones, or only those with ``ids`` (record ids), or only the parked ones (404).
+    Records being sent or waiting for a read-back are never touched: resending those could store
+    a duplicate. Attempts and the first failure time are kept, so the max age still counts.
+    Safe from another process while the bridge runs (its sender looks for due records at least
+    every few seconds).
+    """
+    now = time.time()
+    where, params = parked_clause(now) if parked else waiting_clause(now)
+    if ids is not None:
+        where += f" AND id IN ({','.join('?' * len(ids))})"
+        params.extend(ids)
+    # Released rows are due at ``now`` and so leave the selection: each chunk finds new ones.
+    select = f"SELECT seq FROM records WHERE {where} LIMIT ?"
+    released = 0
+    while True:
+        with transaction(conn):
+            n = conn.execute(f"UPDATE records SET next_attempt_at = ? WHERE seq IN ({select})",
+                             [now, *params, chunk]).rowcount
+        released += n
+        if n < chunk:
+            return released
 
 
 def point_key(timestamp: Any, value: Any) -> str:

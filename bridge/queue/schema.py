@@ -24,6 +24,30 @@ class State(IntEnum):
     CLAIMED = 3  #: claimed for an idempotent request: safe to resend after a crash
 
 
+#: Start of the ``last_error`` of a record parked because Cortex answered 404 (entity or metric
+#: key not found): how ``queue stats`` and ``trace`` tell it from a record backing off after an
+#: error, and what ``queue retry --parked`` releases. Kept in the error text, not a column, so a
+#: queue file of an earlier version needs no migration.
+PARKED_PREFIX = "parked (404): "
+
+
+def waiting_clause(now: float) -> tuple[str, list[object]]:
+    """SQL condition (and its parameters) on ``records``: READY, not due before ``now``."""
+    return "state = ? AND next_attempt_at > ?", [int(State.READY), now]
+
+
+def parked_clause(now: float) -> tuple[str, list[object]]:
+    """SQL condition (and its parameters) on ``records``: parked after a 404, not due before ``now``."""
+    where, params = waiting_clause(now)
+    return f"{where} AND substr(last_error, 1, ?) = ?", [*params, len(PARKED_PREFIX), PARKED_PREFIX]
+
+
+def is_parked(state: int, last_error: str | None, next_attempt_at: float, now: float) -> bool:
+    """What :func:`parked_clause` selects, for one row already read."""
+    return (state == State.READY and next_attempt_at > now
+            and last_error is not None and last_error.startswith(PARKED_PREFIX))
+
+
 SCHEMA_VERSION = 3  #: 2: ``totals`` kept by triggers; 3: ``spend`` (requests sent to Cortex, bridge/queue/spend.py)
 
 _DDL = """

@@ -74,8 +74,9 @@ class Dispositions:
         # The records of a batch failed together: one delay (from the most-tried one), one write.
         attempts = max(q.attempts for q in live) + 1
         delay = backoff_delay(attempts, base, self.retry.max_backoff_seconds) if exponential else base
+        # A 404 parks the records: `queue stats` counts them apart and `queue retry --parked` frees them.
         await self.queue.reschedule([q.seq for q in live], next_attempt_at=now + delay, error=error,
-                                    count_attempt=True)
+                                    count_attempt=True, parked=not exponential)
         kind = live[0].record.kind
         metrics.RECORDS_RETRIED.labels(kind, "error" if exponential else "not_found").inc(len(live))
         log.info("delivery_retry", kind=kind, records=len(live), error=error, retry_in=round(delay, 2))

@@ -71,3 +71,22 @@ class SimulatorConfig(BaseModel):
     def from_yaml(cls, path: str | Path) -> SimulatorConfig:
         """Load a config from YAML with the same keys as this model."""
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+    def summary(self, url: str) -> str:
+        """What someone pointing a bridge at this tenant at ``url`` needs to know (``cortex-bridge sim``)."""
+        entities = ", ".join(e.tag for e in self.entities) or (
+            "none: every write is answered 404 (give --entities FILE)")
+        limit = f"{self.rate_limit_per_minute} requests/minute" if self.rate_limit_per_minute else "none"
+        lines = [
+            f"Cortex simulator on {url}",
+            f"  token:       {', '.join(self.tokens) or 'none: every request is answered 401'}",
+            f"  entities:    {entities}",
+            f"  metric keys: {', '.join(self.metric_keys) or 'none'}",
+            f"  rate limit:  {limit}",
+            f"  inspect:     {url}/_sim/state (what Cortex stored), {url}/_sim/requests (every API request)",
+            f"  bridge:      cortex.url: {url}, cortex.token: {self.tokens[0] if self.tokens else '(none)'}",
+        ]
+        active = {k: v for k, v in self.faults.model_dump().items() if v and k != "seed"}
+        if active:
+            lines.append(f"  faults:      {', '.join(f'{k}={v}' for k, v in active.items())}")
+        return "\n".join(lines)

@@ -193,10 +193,13 @@ class SimulatorServer:
         return self._clock
 
 
-async def serve(config: SimulatorConfig, host: str, port: int) -> None:
-    """Run a simulator until cancelled (``cortex-bridge sim``)."""
+async def serve(config: SimulatorConfig, host: str, port: int,
+                on_listening: Callable[[SimulatorServer], None] | None = None) -> None:
+    """Run a simulator until cancelled (``cortex-bridge sim``); ``on_listening`` once it is bound."""
     async with SimulatorServer(config, host, port) as server:
         logger.info("Cortex simulator listening on %s", server.url)
+        if on_listening is not None:
+            on_listening(server)
         await asyncio.Event().wait()
 
 
