@@ -273,3 +273,9 @@ def test_postgres_manifest_header_creates_the_dsn_secret() -> None:
             "--from-literal=uri='postgresql://USER:PASSWORD@HOST:5432/DBNAME'") in header
     assert "cortex-bridge-postgres" not in (render.MANIFESTS_DIR / "webhooks-only.yaml").read_text()
 
+
+
+def test_operations_doc_explains_the_backends() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    headings = re.findall(r"^#+ (.+)$", doc, re.M)
+    assert "Choosing a queue backend" in headings and "PostgreSQL backend" in headings
