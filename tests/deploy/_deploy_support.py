@@ -91,16 +91,36 @@ EVERYTHING: dict[str, Any] = {
 }
 
 
+#: The least a PostgreSQL install needs: the backend and the Secret holding the DSN.
+POSTGRES_MINIMAL: dict[str, Any] = {
+    "image": {"repository": render.PLACEHOLDER_IMAGE},
+    "queue": {"backend": "postgres", "postgres": {"existingSecret": "cortex-bridge-postgres"}},
+}
+
+
 def render_cases() -> dict[str, dict[str, Any]]:
-    """Every values set the chart is tested with: defaults, each example, everything switched on."""
-    cases: dict[str, dict[str, Any]] = {"default": {}}
+    """Every values set the chart is tested with: the least each backend needs (image.repository
+    has no default), each example as render.py renders it, everything switched on."""
+    cases: dict[str, dict[str, Any]] = {"default": render.with_placeholder_image({})}
     for path in render.example_paths():
-        cases[path.stem] = render.load_values(path)
+        cases[path.stem] = render.with_placeholder_image(render.load_values(path))
+    cases["postgres-minimal"] = POSTGRES_MINIMAL
     cases["everything"] = EVERYTHING
     return cases
 
 
 CASES = render_cases()
+
+
+def render_with(values: dict[str, Any]) -> dict[str, str]:
+    """The chart rendered with ``values`` plus the placeholder image (the one value it requires)."""
+    result: dict[str, str] = render.render_chart(render.with_placeholder_image(values))
+    return result
+
+
+def is_postgres(case: str) -> bool:
+    """Whether a case runs the queue on PostgreSQL (a Deployment) rather than SQLite (a StatefulSet)."""
+    return bool(CASES[case].get("queue", {}).get("backend") == "postgres")
 
 
 @functools.cache
@@ -133,8 +153,13 @@ def one(case: str, kind: str, name_suffix: str = "") -> dict[str, Any]:
     return found[0]
 
 
+def workload(case: str) -> dict[str, Any]:
+    """The object that runs the pods: the Deployment on PostgreSQL, the StatefulSet on SQLite."""
+    return one(case, "Deployment" if is_postgres(case) else "StatefulSet")
+
+
 def pod_spec(case: str) -> dict[str, Any]:
-    spec: dict[str, Any] = one(case, "StatefulSet")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = workload(case)["spec"]["template"]["spec"]
     return spec
 
 

@@ -24,12 +24,15 @@ from _deploy_support import (
     container_port,
     docs,
     find,
+    is_postgres,
     mount_path,
     one,
     pod_spec,
     render,
+    render_with,
     rendered,
     secret_data,
+    workload,
 )
 
 from bridge.app import Bridge
@@ -112,7 +115,7 @@ def test_helm_lint_is_clean(case: str) -> None:
 
 
 def test_cases_cover_every_example() -> None:
-    assert {"webhooks-only", "webhooks-kafka", "kubernetes-events"} <= set(CASES)
+    assert {"webhooks-only", "webhooks-kafka", "kubernetes-events", "postgres"} <= set(CASES)
 
 
 @case_names
@@ -160,15 +163,29 @@ def test_rendered_config_is_accepted_by_the_daemon(case: str, tmp_path: Path, mo
     assert settings.http.port == container_port(case, "http")
     assert settings.metrics.port == container_port(case, "metrics")
     assert settings.http.host == settings.metrics.host == "0.0.0.0"
-    assert str(settings.queue.path.parent) == mount_path(case, "queue")
-    assert settings.queue.path == QueueSettings().path, "the chart moved the queue off the image's volume"
+    if is_postgres(case):
+        assert settings.queue.backend == "postgres"
+        assert str(settings.queue.postgres.dsn_file) == f"{mount_path(case, 'postgres')}/dsn"
+        assert settings.queue.postgres.dsn is None
+    else:
+        assert settings.queue.backend == "sqlite"
+        assert str(settings.queue.path.parent) == mount_path(case, "queue")
+        assert settings.queue.path == QueueSettings().path, "the chart moved the queue off the image's volume"
     user_config = CASES[case].get("config", {})
     for section, values in user_config.items():
         if section == "sources":
             assert settings.sources == values
             continue
-        for key, value in values.items():
-            assert getattr(getattr(settings, section), key) == value, f"config.{section}.{key} lost"
+        assert_kept(getattr(settings, section), values, f"config.{section}")
+
+
+def assert_kept(settings: Any, values: dict[str, Any], where: str) -> None:
+    """Every value of a config section (nested sections too) reached the daemon's settings."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            assert_kept(getattr(settings, key), value, f"{where}.{key}")
+        else:
+            assert getattr(settings, key) == value, f"{where}.{key} lost"
 
 
 @case_names
@@ -320,14 +337,18 @@ def test_probes_and_ports_match_the_daemon_routes(tmp_path: Path) -> None:
 
 @case_names
 def test_services_and_selectors_reach_the_pods(case: str) -> None:
-    statefulset = one(case, "StatefulSet")
-    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
-    selector = statefulset["spec"]["selector"]["matchLabels"]
+    pods = workload(case)
+    pod_labels = pods["spec"]["template"]["metadata"]["labels"]
+    selector = pods["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod_labels.items()
     ports = {p["name"]: p["containerPort"] for p in container(case)["ports"]}
     services = {s["metadata"]["name"]: s for s in find(case, "Service")}
-    assert statefulset["spec"]["serviceName"] in services
-    assert services[statefulset["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    if is_postgres(case):
+        # Pods of a Deployment have no stable names, so there is no governing Service either.
+        assert not [s for s in services.values() if s["spec"].get("clusterIP") == "None"]
+    else:
+        assert pods["spec"]["serviceName"] in services
+        assert services[pods["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
     for service in services.values():
         assert service["spec"]["selector"].items() <= pod_labels.items()
         for port in service["spec"]["ports"]:
@@ -362,9 +383,9 @@ def test_pod_security(case: str) -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "limits" in container(case)["resources"] and "requests" in container(case)["resources"]
-    # The only writable paths: the queue volume, /tmp, nothing else of the image.
+    # The only writable paths: the queue volume (SQLite only), /tmp, nothing else of the image.
     writable = {m["mountPath"] for m in container(case)["volumeMounts"] if not m.get("readOnly")}
-    assert writable == {"/var/lib/cortex-bridge", "/tmp"}
+    assert writable == ({"/tmp"} if is_postgres(case) else {"/var/lib/cortex-bridge", "/tmp"})
 
 
 @case_names
@@ -425,7 +446,7 @@ def test_rbac_only_for_the_kubernetes_source() -> None:
 
 def test_rbac_can_be_forced_off_with_a_kubernetes_source() -> None:
     values = {**CASES["kubernetes-events"], "rbac": {"create": False}}
-    objects = render.documents(render.render_chart(values))
+    objects = render.documents(render_with(values))
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding")]
 
 
@@ -438,12 +459,12 @@ def test_template_checks_fail_with_a_clear_message() -> None:
     ]
     for values, message in bad:
         with pytest.raises(helm_python.HelmError, match=re.escape(message)):
-            render.render_chart(values)
+            render_with(values)
 
 
 def test_config_changes_roll_the_pods() -> None:
     base = one("default", "StatefulSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-    changed = render.documents(render.render_chart({"config": {"log": {"level": "debug"}}}))
+    changed = render.documents(render_with({"config": {"log": {"level": "debug"}}}))
     statefulset = next(o for o in changed if o["kind"] == "StatefulSet")
     assert statefulset["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != base
 
@@ -465,18 +486,18 @@ def test_notes_render(case: str) -> None:
 def test_ingress_refuses_to_route_records_without_a_token() -> None:
     for paths in (["/webhooks", "/v1/records"], ["/"], ["/v1/"]):
         with pytest.raises(helm_python.HelmError, match=re.escape("routes POST /v1/records, which takes no token")):
-            render.render_chart({"ingress": {"enabled": True, "paths": paths}})
+            render_with({"ingress": {"enabled": True, "paths": paths}})
     # Webhooks alone, or /v1/records with a token, render.
-    webhooks_only = render.documents(render.render_chart({"ingress": {"enabled": True, "paths": ["/webhooks"]}}))
+    webhooks_only = render.documents(render_with({"ingress": {"enabled": True, "paths": ["/webhooks"]}}))
     assert [o for o in webhooks_only if o["kind"] == "Ingress"]
     with_token = {"ingress": {"enabled": True}, "secrets": {"data": {"ingest-token": "t"}, "ingestTokenKey": "ingest-token"}}
-    ingress = next(o for o in render.documents(render.render_chart(with_token)) if o["kind"] == "Ingress")
+    ingress = next(o for o in render.documents(render_with(with_token)) if o["kind"] == "Ingress")
     assert "/v1/records" in [p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]]
 
 
 def test_ingest_needs_a_token_or_the_explicit_opt_out() -> None:
     with pytest.raises(helm_python.HelmError, match=re.escape("POST /v1/records has no credentials")):
-        render.render_chart({"config": {"ingest": {"allow_unauthenticated": False}}})
+        render_with({"config": {"ingest": {"allow_unauthenticated": False}}})
     assert config("default")["ingest"] == {"allow_unauthenticated": True}
     # With a token key the opt-out is dropped: the token is required (the daemon refuses both).
     assert config("everything")["ingest"] == {"token_file": f"{render.SECRETS_DIR}/ingest-token"}
@@ -485,7 +506,7 @@ def test_ingest_needs_a_token_or_the_explicit_opt_out() -> None:
 @case_names
 def test_network_policy_admits_only_the_configured_peers(case: str) -> None:
     policy = one(case, "NetworkPolicy")
-    pod_labels = one(case, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = workload(case)["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     port_names = {p["name"] for p in container(case)["ports"]}
@@ -504,7 +525,7 @@ def test_network_policy_values() -> None:
         "ingressControllerPodSelector": {"matchLabels": {"app": "traefik"}},
         "ciCidrs": ["192.0.2.0/24", "2001:db8::/32"],
         "extraFrom": [{"podSelector": {"matchLabels": {"app": "producer"}}}]}}}
-    objects = render.documents(render.render_chart(values))
+    objects = render.documents(render_with(values))
     policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
     for version in (OLDEST_K8S_VERSION, K8S_VERSION):
         kubernetes_validate.validate(policy, version, strict=True)
@@ -517,12 +538,12 @@ def test_network_policy_values() -> None:
         {"ipBlock": {"cidr": "2001:db8::/32"}},
         {"podSelector": {"matchLabels": {"app": "producer"}}},
     ]
-    cidrs_only = render.documents(render.render_chart(
+    cidrs_only = render.documents(render_with(
         {"networkPolicy": {"ingest": {"ingressControllerNamespaces": [], "ciCidrs": ["10.0.0.0/8"]}}}))
     policy = next(o for o in cidrs_only if o["kind"] == "NetworkPolicy")
     assert policy["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
-    closed = render.documents(render.render_chart({"networkPolicy": {"ingest": {"ingressControllerNamespaces": []}}}))
+    closed = render.documents(render_with({"networkPolicy": {"ingest": {"ingressControllerNamespaces": []}}}))
     policy = next(o for o in closed if o["kind"] == "NetworkPolicy")
     assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["metrics"], "no peers must mean nobody"
-    off = render.documents(render.render_chart({"networkPolicy": {"enabled": False}}))
+    off = render.documents(render_with({"networkPolicy": {"enabled": False}}))
     assert not [o for o in off if o["kind"] == "NetworkPolicy"]

@@ -167,10 +167,10 @@ def test_every_alert_has_a_runbook_entry() -> None:
 
 
 def test_alerts_can_be_switched_off() -> None:
-    from _deploy_support import render
+    from _deploy_support import render, render_with
 
     values = {"metrics": {"prometheusRule": {"enabled": True, "disabled": ["CortexBridgeNotReady"]}}}
-    objects = render.documents(render.render_chart(values))
+    objects = render.documents(render_with(values))
     rule = next(o for o in objects if o["kind"] == "PrometheusRule")
     names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
     assert "CortexBridgeNotReady" not in names and len(names) == len(alert_rules()) - 1

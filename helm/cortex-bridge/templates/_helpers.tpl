@@ -42,11 +42,31 @@ app.kubernetes.io/part-of: cortex-bridge
 {{- end }}
 {{- end }}
 
+{{/* The image reference. values.schema.json already requires image.repository; this message is
+for installs that skip the schema (--skip-schema-validation). */}}
 {{- define "cortex-bridge.image" -}}
+{{- $repository := required "image.repository is required: no public image exists. Build one from the repository's Dockerfile and push it (docker build -t REGISTRY/cortex-bridge:TAG . && docker push REGISTRY/cortex-bridge:TAG), then --set image.repository=REGISTRY/cortex-bridge" .Values.image.repository }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Queue backend ------------------------------------------------------------------------- */}}
+
+{{/* "sqlite" (a StatefulSet, a volume per pod) or "postgres" (a Deployment sharing one database). */}}
+{{- define "cortex-bridge.backend" -}}
+{{- default "sqlite" .Values.queue.backend }}
+{{- end }}
+
+{{/* replicaCount, or when it is null: 1 on SQLite (one queue file, one disk), 2 on PostgreSQL
+(the smallest number that survives the loss of a pod). */}}
+{{- define "cortex-bridge.replicas" -}}
+{{- if kindIs "invalid" .Values.replicaCount }}
+{{- ternary 2 1 (eq (include "cortex-bridge.backend" .) "postgres") }}
+{{- else }}
+{{- int .Values.replicaCount }}
 {{- end }}
 {{- end }}
 
@@ -55,6 +75,8 @@ app.kubernetes.io/part-of: cortex-bridge
 {{- define "cortex-bridge.dataDir" -}}/var/lib/cortex-bridge{{- end }}
 {{- define "cortex-bridge.configDir" -}}/etc/cortex-bridge/config{{- end }}
 {{- define "cortex-bridge.secretsDir" -}}/etc/cortex-bridge/secrets{{- end }}
+{{/* The DSN Secret's key is mounted here as the file `dsn` (queue.postgres.dsn_file). */}}
+{{- define "cortex-bridge.postgresDir" -}}/etc/cortex-bridge/postgres{{- end }}
 
 {{/* Secrets ------------------------------------------------------------------------------- */}}
 
@@ -107,7 +129,14 @@ app.kubernetes.io/part-of: cortex-bridge
 {{- $_ = set $metrics "port" (int .Values.ports.metrics) }}
 {{- $_ = set $cfg "metrics" $metrics }}
 {{- $queue := deepCopy (default (dict) $cfg.queue) }}
+{{- if eq (include "cortex-bridge.backend" .) "postgres" }}
+{{- $_ = set $queue "backend" "postgres" }}
+{{- $postgres := deepCopy (default (dict) $queue.postgres) }}
+{{- $_ = set $postgres "dsn_file" (printf "%s/dsn" (include "cortex-bridge.postgresDir" .)) }}
+{{- $_ = set $queue "postgres" $postgres }}
+{{- else }}
 {{- $_ = set $queue "path" (printf "%s/queue.db" (include "cortex-bridge.dataDir" .)) }}
+{{- end }}
 {{- $_ = set $cfg "queue" $queue }}
 {{- $secretsDir := include "cortex-bridge.secretsDir" . }}
 {{- if include "cortex-bridge.hasCortexToken" . }}
@@ -149,6 +178,9 @@ app.kubernetes.io/part-of: cortex-bridge
 
 {{/* Checks that JSON Schema cannot express. */}}
 {{- define "cortex-bridge.validate" -}}
+{{- if and (eq (include "cortex-bridge.backend" .) "postgres") (not .Values.queue.postgres.existingSecret) }}
+{{- fail (printf "queue.backend postgres needs queue.postgres.existingSecret: the name of a Secret in namespace %s whose key %q holds the PostgreSQL DSN, e.g. kubectl -n %s create secret generic cortex-bridge-postgres --from-literal=%s='postgresql://USER:PASSWORD@HOST:5432/DBNAME?sslmode=verify-full' (the chart never takes the DSN itself: it would end up in the release history)" .Release.Namespace .Values.queue.postgres.key .Release.Namespace .Values.queue.postgres.key) }}
+{{- end }}
 {{- if and (not .Values.secrets.ingestTokenKey) (not (and .Values.config.ingest .Values.config.ingest.allow_unauthenticated)) }}
 {{- fail "POST /v1/records has no credentials: set secrets.ingestTokenKey (a key of the Secret holding its bearer token) or config.ingest.allow_unauthenticated: true" }}
 {{- end }}
