@@ -165,7 +165,8 @@ and the Cortex token file is read again after a 401, so a rotated token is picke
 restart. A file setting wins over the inline value.
 
 In the Helm chart, these settings go under `config:` in the values; the chart sets the listen
-ports, the queue path and the secret file paths itself (see `helm/cortex-bridge/values.yaml`).
+ports, the queue backend, path and DSN file, and the secret file paths itself (see
+`helm/cortex-bridge/values.yaml`).
 """
 
 
