@@ -26,6 +26,7 @@ from bridge import metrics
 from bridge.config import Settings, redact_url
 from bridge.cortex.budget import WINDOW_SECONDS, budget_from_settings
 from bridge.cortex.catalog import RepositoryCatalog
+from bridge.cortex.circuit import CircuitState
 from bridge.cortex.client import CortexClient, client_from_settings
 from bridge.cortex.token import token_expiry
 from bridge.queue import DurableQueue
@@ -36,6 +37,7 @@ from bridge.sources.base import Source, SourceContext
 from bridge.sources.edge import BodyBudget, EdgeRunner
 from bridge.sources.native import NativeEndpoint
 from bridge.sources.registry import build_sources
+from bridge.sources.webhooks.source import UNKNOWN_SOURCE_ROUTE
 
 log = structlog.get_logger("bridge.app")
 
@@ -108,8 +110,10 @@ class Bridge:
         app.router.add_post("/v1/records", native.handle)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/healthz/delivery", self._healthz_delivery)
         for source in self.sources:
             app.router.add_routes(source.routes())
+        app.router.add_routes([UNKNOWN_SOURCE_ROUTE])  # after the sources' routes, which match first
         return app
 
     @web.middleware
@@ -121,7 +125,12 @@ class Bridge:
         return response
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Ready means: input is accepted and durable, and Cortex accepts our token."""
+        """Ready means: input is accepted and made durable.
+
+        Cortex's health is not part of it (see :meth:`delivery_health`): a pod that can queue must
+        keep receiving webhooks while Cortex rejects the token or is down, or CI systems get
+        connection errors for input the bridge could have kept.
+        """
         reasons = []
         if not self.started:
             reasons.append("starting")
@@ -129,8 +138,18 @@ class Bridge:
             reasons.append("draining")
         if not self.queue.writable:
             reasons.append("queue cannot write to disk")
-        if self.sender.auth.failed:
-            reasons.append(f"Cortex rejected the token ({self.sender.auth.status})")
+        return not reasons, reasons
+
+    def delivery_health(self) -> tuple[bool, list[str]]:
+        """Whether records can reach Cortex now: the token is accepted and the circuit is closed."""
+        reasons = []
+        auth = self.sender.auth
+        if auth.failed:
+            reasons.append(f"Cortex rejected the token ({auth.status}): {auth.message}")
+        circuit = self.client.circuit.state
+        if circuit is not CircuitState.CLOSED:
+            reasons.append(f"Cortex circuit breaker is {circuit.name.lower().replace('_', '-')}"
+                           " (Cortex unreachable or failing)")
         return not reasons, reasons
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -140,6 +159,14 @@ class Bridge:
         ready, reasons = self.readiness()
         metrics.READY.set(1 if ready else 0)
         return web.json_response({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
+
+    async def _healthz_delivery(self, request: web.Request) -> web.Response:
+        # For people and alerts, not for a probe: delivery stopping must not take the pod out of
+        # the Service (input is still accepted and queued).
+        healthy, reasons = self.delivery_health()
+        body = {"delivering": healthy, "reasons": reasons, "queue_depth": self.queue.depth,
+                "cortex_url": redact_url(self.settings.cortex.url)}
+        return web.json_response(body, status=200 if healthy else 503)
 
     @staticmethod
     async def _metrics(request: web.Request) -> web.Response:
