@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from bridge import metrics
-from bridge.config import Settings, redact_url
+from bridge.config import ConfigError, Settings, redact_url
 from bridge.cortex.budget import WINDOW_SECONDS, budget_from_settings
 from bridge.cortex.catalog import RepositoryCatalog
 from bridge.cortex.circuit import CircuitState
@@ -31,6 +31,7 @@ from bridge.cortex.client import CortexClient, client_from_settings
 from bridge.cortex.token import token_expiry
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
+from bridge.secrets import SecretUnavailable
 from bridge.sender.sender import Sender
 from bridge.sources.admit import error_response
 from bridge.sources.base import Source, SourceContext
@@ -64,6 +65,9 @@ class Bridge:
 
     @classmethod
     async def create(cls, settings: Settings) -> Bridge:
+        """Open the queue and build client, sender and sources; raises ``ConfigError`` or
+        ``SourceConfigError`` for settings that cannot work (a secret file that cannot be read)."""
+        check_secret_files(settings)
         queue = await DurableQueue.open(
             settings.queue.path,
             max_records=settings.queue.max_records,
@@ -279,6 +283,21 @@ class Bridge:
         await self.client.close()
         await self.queue.close()
         log.info("drain_finished")
+
+
+def check_secret_files(settings: Settings) -> None:
+    """Raise :class:`ConfigError` naming the file if the ingest or Cortex token file cannot be read.
+
+    The sources check their own secret files when they are built.
+    """
+    try:
+        settings.cortex.token_value()
+    except ConfigError as exc:
+        raise ConfigError(f"cortex.token_file: {exc}") from None
+    try:
+        settings.ingest.secret_set.values()
+    except SecretUnavailable as exc:
+        raise ConfigError(f"ingest.token_file: {exc}") from None
 
 
 @contextlib.asynccontextmanager

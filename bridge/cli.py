@@ -60,21 +60,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     except QueueUnavailable as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
-        raise CliError(f"cannot start: {exc.strerror or exc}") from None
+        raise CliError(f"cannot start: {describe_os_error(exc)}") from None
     return 0
 
 
+def describe_os_error(exc: OSError) -> str:
+    """The reason and every path or address involved (``File exists`` alone names nothing)."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if exc.strerror and paths:
+        return f"{exc.strerror}: {' -> '.join(paths)}"
+    return str(exc) or type(exc).__name__
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from bridge.app import sources_on_throwaway_queue
+    from bridge.app import check_secret_files, sources_on_throwaway_queue
     from bridge.config import ConfigError as _ConfigError
     from bridge.sources.base import SourceConfigError
 
     settings = _settings(args)
     try:
-        token = settings.cortex.token_value()
-        settings.ingest.token_value()
+        check_secret_files(settings)
     except _ConfigError as exc:
         raise CliError(str(exc), 2) from None
+    token = settings.cortex.token_value()
 
     async def check_sources() -> None:
         # Building the sources validates their settings fully.
