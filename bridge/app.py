@@ -36,7 +36,7 @@ from bridge.sender.sender import Sender
 from bridge.sources.admit import error_response
 from bridge.sources.base import Source, SourceContext
 from bridge.sources.edge import BodyBudget, EdgeRunner
-from bridge.sources.native import NativeEndpoint
+from bridge.sources.native import NativeEndpoint, serve_schema
 from bridge.sources.registry import build_sources
 from bridge.sources.webhooks.source import UNKNOWN_SOURCE_ROUTE
 
@@ -112,6 +112,7 @@ class Bridge:
             budget=self.body_budget,
         )
         app.router.add_post("/v1/records", native.handle)
+        app.router.add_get("/v1/schema", serve_schema)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/healthz/delivery", self._healthz_delivery)

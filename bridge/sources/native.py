@@ -76,6 +76,43 @@ def parse_native(
     return records
 
 
+def native_input_schema() -> dict[str, Any]:
+    """The JSON Schema of a ``POST /v1/records`` body, generated from the record models.
+
+    What a producer sends differs from a stored record as :func:`parse_native` says: ``id`` is
+    optional (derived from the content), ``provenance`` is the bridge's own (dropped when sent),
+    ``kind`` is required (it selects the model), and a timestamp may be a number of seconds.
+    """
+    schema = RECORD_ADAPTER.json_schema()
+    defs: dict[str, Any] = schema.pop("$defs")
+    defs.pop("Provenance")
+    for name in ("DeployRecord", "EventRecord", "MetricRecord", "CustomDataRecord"):
+        model = defs[name]
+        model["properties"].pop("provenance")
+        model["required"] = ["kind"] + [f for f in model["required"] if f not in ("id", "provenance")]
+        stamp = model["properties"].get("timestamp")
+        if stamp is not None:
+            model["properties"]["timestamp"] = {
+                "description": stamp.pop("description"), "title": stamp.pop("title"),
+                "anyOf": [stamp, {"type": "number", "description": "seconds since the epoch"}]}
+    defs["Record"] = schema
+    batch = {"type": "object", "additionalProperties": False, "required": ["records"],
+             "properties": {"records": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS_PER_REQUEST,
+                                        "items": {"$ref": "#/$defs/Record"}}}}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "cortex-bridge native records (POST /v1/records, Kafka format: native)",
+        "description": "One record, or {\"records\": [...]}. Generated from bridge/records.py.",
+        "oneOf": [{"$ref": "#/$defs/Record"}, batch],
+        "$defs": defs,
+    }
+
+
+async def serve_schema(request: web.Request) -> web.Response:
+    """``GET /v1/schema``: :func:`native_input_schema` (no credentials: it is the public format)."""
+    return web.json_response(native_input_schema(), content_type="application/schema+json")
+
+
 class NativeEndpoint:
     """``POST /v1/records``: bearer-token check (before the body is read), validation, durable append."""
 
