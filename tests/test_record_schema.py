@@ -62,11 +62,12 @@ def test_records_the_endpoint_accepts_are_valid_against_the_schema() -> None:
 
 
 def test_bodies_the_endpoint_refuses_are_invalid_against_the_schema() -> None:
-    for body in ({"entity": "x", "title": "no kind", "timestamp": 1},
+    refused: list[dict[str, Any]] = [{"entity": "x", "title": "no kind", "timestamp": 1},
                  {**deploy(1), "colour": "blue"},
                  {"kind": "metric", "entity": "x", "key": "lead-time", "timestamp": 1},
                  {"records": []},
-                 {"kind": "custom_data", "entity": "x", "key": "k"}):
+                 {"kind": "custom_data", "entity": "x", "key": "k"}]
+    for body in refused:
         assert not VALIDATOR.is_valid(body), body
         try:
             parse_native(body, source="native")
