@@ -302,16 +302,21 @@ def check_secret_files(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def sources_on_throwaway_queue(settings: Settings, configs: Sequence[dict[str, Any]]) -> AsyncIterator[list[Source]]:
+async def sources_on_throwaway_queue(settings: Settings, configs: Sequence[dict[str, Any]], *,
+                                     catalog: CortexClient | None = None) -> AsyncIterator[list[Source]]:
     """The sources ``configs`` describe, built against a temporary queue that is deleted after.
 
-    For commands that validate or try out sources without ever storing a real record.
-    Raises :class:`~bridge.sources.base.SourceConfigError` for an invalid source.
+    For commands that validate or try out sources without ever storing a real record. With
+    ``catalog`` their entity resolution looks repositories up in Cortex through that client;
+    without, that step is skipped. Raises :class:`~bridge.sources.base.SourceConfigError` for an
+    invalid source.
     """
+    lookup = RepositoryCatalog(catalog).lookup if catalog is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         queue = await DurableQueue.open(Path(tmp) / "throwaway.db")
         try:
-            yield build_sources(list(configs), SourceContext(settings=settings, queue=queue))
+            yield build_sources(list(configs), SourceContext(settings=settings, queue=queue,
+                                                             lookup_repository=lookup))
         finally:
             await queue.close()
 

@@ -12,10 +12,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.config import ConfigError, Settings, load_settings, redact_url
 from bridge.logs import configure_logging
+
+if TYPE_CHECKING:
+    from bridge.cortex.client import CortexClient
 
 
 class CliError(Exception):
@@ -107,16 +110,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_token(settings: Settings) -> int:
+def _one_off_client(settings: Settings) -> CortexClient:
+    """A Cortex client for a command's few requests, under the configured request budget.
+
+    The app's builder, without the spend log: that lives in the queue database, and opening it
+    runs crash recovery, which must not happen under a running bridge. So these requests are
+    not counted in a running bridge's window.
+    """
     from bridge.cortex.budget import budget_from_settings
-    from bridge.cortex.client import NotSent, client_from_settings
+    from bridge.cortex.client import client_from_settings
+
+    return client_from_settings(settings.cortex, budget_from_settings(settings.cortex), timeout_seconds=10)
+
+
+def _verify_token(settings: Settings) -> int:
+    from bridge.cortex.client import NotSent
 
     async def verify() -> int:
-        # The app's builder, without the spend log: that lives in the queue database, and opening
-        # it runs crash recovery, which must not happen under a running bridge. So this one
-        # request is not counted in a running bridge's window.
-        bucket = budget_from_settings(settings.cortex)
-        async with client_from_settings(settings.cortex, bucket, timeout_seconds=10) as client:
+        async with _one_off_client(settings) as client:
             try:
                 resp = await client.verify_token()
             except Exception as exc:
@@ -240,18 +251,28 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("Content-Type", "application/json"))
 
-    async def evaluate() -> dict[str, Any]:
+    async def evaluate(catalog: CortexClient | None) -> dict[str, Any]:
         # A preview never stores anything real.
-        async with sources_on_throwaway_queue(settings, [config]) as (source,):
+        async with sources_on_throwaway_queue(settings, [config], catalog=catalog) as (source,):
             if not isinstance(source, WebhookSource):
                 raise CliError(f"source {args.source!r} is not a webhook source", 2)
             outcome = await source.evaluate(header_map(headers), body, authenticate=args.verify_signature)
             return describe(outcome)
 
+    async def evaluate_with_catalog() -> dict[str, Any]:
+        async with _one_off_client(settings) as client:
+            return await evaluate(client)
+
     try:
-        result = asyncio.run(evaluate())
+        result = asyncio.run(evaluate_with_catalog() if args.lookup_catalog else evaluate(None))
     except SourceConfigError as exc:
         raise CliError(str(exc), 2) from None
+    if result["outcome"] == "records" and args.lookup_catalog:
+        result["catalog_lookup"] = f"asked Cortex at {redact_url(settings.cortex.url)}"
+    elif result["outcome"] == "records":  # refused or ignored input never reached entity resolution
+        result["catalog_lookup"] = ("skipped: add --lookup-catalog to look repositories up in the Cortex catalog"
+                                    " (cortex.url with its token; the requests count against the quota), as the"
+                                    " daemon does; without it an entity found only there shows as a dead letter")
     if not args.verify_signature:
         result["authentication"] = "not checked (use --verify-signature with the delivery's headers)"
     _print_json(result)
@@ -323,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="payload file ('-' for stdin)")
     p.add_argument("--header", "-H", action="append", help="request header NAME:VALUE (repeatable)")
     p.add_argument("--verify-signature", action="store_true", help="check credentials in the given headers")
+    p.add_argument("--lookup-catalog", action="store_true",
+                   help="resolve entities by git repository in the Cortex catalog, as the daemon does (asks Cortex)")
     p.set_defaults(fn=cmd_preview)
 
     p = sub.add_parser("trace", help="where a record or webhook delivery stands")
