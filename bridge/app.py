@@ -38,7 +38,7 @@ from bridge.sources.base import Source, SourceContext
 from bridge.sources.edge import BodyBudget, EdgeRunner
 from bridge.sources.native import NativeEndpoint, serve_schema
 from bridge.sources.registry import build_sources
-from bridge.sources.webhooks.source import UNKNOWN_SOURCE_ROUTE
+from bridge.sources.webhooks.source import UNKNOWN_SOURCE_ROUTE, WebhookSource
 
 log = structlog.get_logger("bridge.app")
 
@@ -67,7 +67,6 @@ class Bridge:
     async def create(cls, settings: Settings) -> Bridge:
         """Open the queue and build client, sender and sources; raises ``ConfigError`` or
         ``SourceConfigError`` for settings that cannot work (a secret file that cannot be read)."""
-        check_secret_files(settings)
         queue = await DurableQueue.open(
             settings.queue.path,
             max_records=settings.queue.max_records,
@@ -92,6 +91,7 @@ class Bridge:
         )
         try:
             bridge.sources = build_sources(settings.sources, ctx)
+            check_secret_files(settings, bridge.sources)
         except Exception:
             await queue.close()
             await client.close()
@@ -286,19 +286,26 @@ class Bridge:
         log.info("drain_finished")
 
 
-def check_secret_files(settings: Settings) -> None:
-    """Raise :class:`ConfigError` naming the file if the ingest or Cortex token file cannot be read.
+def check_secret_files(settings: Settings, sources: Sequence[Source]) -> None:
+    """Raise :class:`ConfigError` naming setting and path of every secret file that cannot be read.
 
-    The sources check their own secret files when they are built.
+    Kubernetes mounts a Secret before the container starts: a file missing at start is a
+    configuration error, not a transient. A bridge started anyway would be ready and answer 503
+    to every delivery; refusing to start stops a rollout at its first pod. Later (a rotation under
+    way) an unreadable file is a 503 + Retry-After per delivery instead.
     """
+    problems = []
     try:
         settings.cortex.token_value()
     except ConfigError as exc:
-        raise ConfigError(f"cortex.token_file: {exc}") from None
+        problems.append(f"cortex.token_file: {exc}")
     try:
         settings.ingest.secret_set.values()
     except SecretUnavailable as exc:
-        raise ConfigError(f"ingest.token_file: {exc}") from None
+        problems.append(f"ingest.token_file: {exc}")
+    problems += [p for p in (s.secret_files_problem() for s in sources if isinstance(s, WebhookSource)) if p]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 @contextlib.asynccontextmanager

@@ -81,21 +81,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from bridge.sources.base import SourceConfigError
 
     settings = _settings(args)
-    try:
-        check_secret_files(settings)
-    except _ConfigError as exc:
-        raise CliError(str(exc), 2) from None
-    token = settings.cortex.token_value()
 
     async def check_sources() -> None:
-        # Building the sources validates their settings fully.
-        async with sources_on_throwaway_queue(settings, settings.sources):
-            pass
+        # Building the sources validates their settings fully; then the files the daemon reads
+        # at start must be there, as they are checked at start.
+        async with sources_on_throwaway_queue(settings, settings.sources) as sources:
+            check_secret_files(settings, sources)
 
     try:
         asyncio.run(check_sources())
-    except SourceConfigError as exc:
+    except (SourceConfigError, _ConfigError) as exc:
         raise CliError(str(exc), 2) from None
+    token = settings.cortex.token_value()
     summary = settings.model_dump(mode="json")
     summary["cortex"]["url"] = redact_url(settings.cortex.url)
     summary["cortex"]["token"] = "(set)" if token else "(not set)"

@@ -87,20 +87,20 @@ class WebhookSource:
         problem = adapter.settings.credentials_problem()
         if problem is not None:
             raise SourceConfigError(f"source {adapter.settings.name!r}: {problem}")
-        try:
-            # Kubernetes mounts a Secret before the container starts: a secret file missing now
-            # is a configuration error, not a transient. Starting anyway would be a ready pod
-            # answering 503 to every delivery; refusing makes a rollout stop at the first pod.
-            # Later (a rotation under way), an unreadable file is 503 + Retry-After per delivery.
-            adapter.settings.secret_set.values()
-        except SecretUnavailable as exc:
-            raise SourceConfigError(f"source {adapter.settings.name!r}: {exc}") from None
         self.adapter = adapter
         self.ctx = ctx
         self.name: str = adapter.settings.name
         self.type: str = adapter.settings.type
         self.pipeline = adapter.pipeline(ctx)
         self.max_body_bytes = self.pipeline.max_bytes
+
+    def secret_files_problem(self) -> str | None:
+        """Why this source's secret files cannot be read now, or ``None`` (checked at start)."""
+        try:
+            self.adapter.settings.secret_set.values()
+        except SecretUnavailable as exc:
+            return f"source {self.name!r}: {exc}"
+        return None
 
     def routes(self) -> list[web.RouteDef]:
         """``POST /webhooks/{name}``."""
