@@ -23,19 +23,22 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from bridge import __version__, metrics
-from bridge.config import Settings, redact_url
+from bridge.config import ConfigError, Settings, redact_url
 from bridge.cortex.budget import WINDOW_SECONDS, budget_from_settings
 from bridge.cortex.catalog import RepositoryCatalog
+from bridge.cortex.circuit import CircuitState
 from bridge.cortex.client import CortexClient, client_from_settings
 from bridge.cortex.token import token_expiry
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
+from bridge.secrets import SecretUnavailable
 from bridge.sender.sender import Sender
 from bridge.sources.admit import error_response
 from bridge.sources.base import Source, SourceContext
 from bridge.sources.edge import BodyBudget, EdgeRunner
-from bridge.sources.native import NativeEndpoint
+from bridge.sources.native import NativeEndpoint, serve_schema
 from bridge.sources.registry import build_sources
+from bridge.sources.webhooks.source import UNKNOWN_SOURCE_ROUTE, WebhookSource
 
 log = structlog.get_logger("bridge.app")
 
@@ -62,6 +65,8 @@ class Bridge:
 
     @classmethod
     async def create(cls, settings: Settings) -> Bridge:
+        """Open the queue and build client, sender and sources; raises ``ConfigError`` or
+        ``SourceConfigError`` for settings that cannot work (a secret file that cannot be read)."""
         queue = await DurableQueue.open(
             settings.queue.path,
             max_records=settings.queue.max_records,
@@ -86,6 +91,7 @@ class Bridge:
         )
         try:
             bridge.sources = build_sources(settings.sources, ctx)
+            check_secret_files(settings, bridge.sources)
         except Exception:
             await queue.close()
             await client.close()
@@ -106,10 +112,13 @@ class Bridge:
             budget=self.body_budget,
         )
         app.router.add_post("/v1/records", native.handle)
+        app.router.add_get("/v1/schema", serve_schema)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/healthz/delivery", self._healthz_delivery)
         for source in self.sources:
             app.router.add_routes(source.routes())
+        app.router.add_routes([UNKNOWN_SOURCE_ROUTE])  # after the sources' routes, which match first
         return app
 
     @web.middleware
@@ -121,7 +130,12 @@ class Bridge:
         return response
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Ready means: input is accepted and durable, and Cortex accepts our token."""
+        """Ready means: input is accepted and made durable.
+
+        Cortex's health is not part of it (see :meth:`delivery_health`): a pod that can queue must
+        keep receiving webhooks while Cortex rejects the token or is down, or CI systems get
+        connection errors for input the bridge could have kept.
+        """
         reasons = []
         if not self.started:
             reasons.append("starting")
@@ -129,8 +143,18 @@ class Bridge:
             reasons.append("draining")
         if not self.queue.writable:
             reasons.append("queue cannot write to disk")
-        if self.sender.auth.failed:
-            reasons.append(f"Cortex rejected the token ({self.sender.auth.status})")
+        return not reasons, reasons
+
+    def delivery_health(self) -> tuple[bool, list[str]]:
+        """Whether records can reach Cortex now: the token is accepted and the circuit is closed."""
+        reasons = []
+        auth = self.sender.auth
+        if auth.failed:
+            reasons.append(f"Cortex rejected the token ({auth.status}): {auth.message}")
+        circuit = self.client.circuit.state
+        if circuit is not CircuitState.CLOSED:
+            reasons.append(f"Cortex circuit breaker is {circuit.name.lower().replace('_', '-')}"
+                           " (Cortex unreachable or failing)")
         return not reasons, reasons
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -140,6 +164,14 @@ class Bridge:
         ready, reasons = self.readiness()
         metrics.READY.set(1 if ready else 0)
         return web.json_response({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
+
+    async def _healthz_delivery(self, request: web.Request) -> web.Response:
+        # For people and alerts, not for a probe: delivery stopping must not take the pod out of
+        # the Service (input is still accepted and queued).
+        healthy, reasons = self.delivery_health()
+        body = {"delivering": healthy, "reasons": reasons, "queue_depth": self.queue.depth,
+                "cortex_url": redact_url(self.settings.cortex.url)}
+        return web.json_response(body, status=200 if healthy else 503)
 
     @staticmethod
     async def _metrics(request: web.Request) -> web.Response:
@@ -254,17 +286,44 @@ class Bridge:
         log.info("drain_finished")
 
 
+def check_secret_files(settings: Settings, sources: Sequence[Source]) -> None:
+    """Raise :class:`ConfigError` naming setting and path of every secret file that cannot be read.
+
+    Kubernetes mounts a Secret before the container starts: a file missing at start is a
+    configuration error, not a transient. A bridge started anyway would be ready and answer 503
+    to every delivery; refusing to start stops a rollout at its first pod. Later (a rotation under
+    way) an unreadable file is a 503 + Retry-After per delivery instead.
+    """
+    problems = []
+    try:
+        settings.cortex.token_value()
+    except ConfigError as exc:
+        problems.append(f"cortex.token_file: {exc}")
+    try:
+        settings.ingest.secret_set.values()
+    except SecretUnavailable as exc:
+        problems.append(f"ingest.token_file: {exc}")
+    problems += [p for p in (s.secret_files_problem() for s in sources if isinstance(s, WebhookSource)) if p]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 @contextlib.asynccontextmanager
-async def sources_on_throwaway_queue(settings: Settings, configs: Sequence[dict[str, Any]]) -> AsyncIterator[list[Source]]:
+async def sources_on_throwaway_queue(settings: Settings, configs: Sequence[dict[str, Any]], *,
+                                     catalog: CortexClient | None = None) -> AsyncIterator[list[Source]]:
     """The sources ``configs`` describe, built against a temporary queue that is deleted after.
 
-    For commands that validate or try out sources without ever storing a real record.
-    Raises :class:`~bridge.sources.base.SourceConfigError` for an invalid source.
+    For commands that validate or try out sources without ever storing a real record. With
+    ``catalog`` their entity resolution looks repositories up in Cortex through that client;
+    without, that step is skipped. Raises :class:`~bridge.sources.base.SourceConfigError` for an
+    invalid source.
     """
+    lookup = RepositoryCatalog(catalog).lookup if catalog is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         queue = await DurableQueue.open(Path(tmp) / "throwaway.db")
         try:
-            yield build_sources(list(configs), SourceContext(settings=settings, queue=queue))
+            yield build_sources(list(configs), SourceContext(settings=settings, queue=queue,
+                                                             lookup_repository=lookup))
         finally:
             await queue.close()
 

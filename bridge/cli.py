@@ -9,42 +9,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
-from bridge.config import ConfigError, Settings, load_settings, redact_url
+from bridge.config import ConfigError, Settings, redact_url
 from bridge.logs import configure_logging
+from bridge.queue_commands import (
+    CliError,
+    cmd_dlq,
+    cmd_queue_retry,
+    cmd_queue_stats,
+    cmd_trace,
+    print_json,
+    settings_of,
+)
 
-
-class CliError(Exception):
-    """A failure to report as one line with exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    try:
-        return load_settings(args.config)
-    except ConfigError as exc:
-        raise CliError(str(exc), 2) from None
-
-
-def _queue_path(args: argparse.Namespace) -> Path:
-    if getattr(args, "queue", None):
-        return Path(args.queue)
-    return _settings(args).queue.path
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+if TYPE_CHECKING:
+    from bridge.cortex.client import CortexClient
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -55,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.queue import QueueUnavailable
     from bridge.sources.base import SourceConfigError
 
-    settings = _settings(args)
+    settings = settings_of(args)
     configure_logging(settings.log.level, settings.log.format)
     try:
         asyncio.run(run_until_signal(settings))
@@ -64,37 +50,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     except QueueUnavailable as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
-        raise CliError(f"cannot start: {exc.strerror or exc}") from None
+        raise CliError(f"cannot start: {describe_os_error(exc)}") from None
     return 0
 
 
+def describe_os_error(exc: OSError) -> str:
+    """The reason and every path or address involved (``File exists`` alone names nothing)."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if exc.strerror and paths:
+        return f"{exc.strerror}: {' -> '.join(paths)}"
+    return str(exc) or type(exc).__name__
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from bridge.app import sources_on_throwaway_queue
+    from bridge.app import check_secret_files, sources_on_throwaway_queue
     from bridge.config import ConfigError as _ConfigError
     from bridge.sources.base import SourceConfigError
 
-    settings = _settings(args)
-    try:
-        token = settings.cortex.token_value()
-        settings.ingest.token_value()
-    except _ConfigError as exc:
-        raise CliError(str(exc), 2) from None
+    settings = settings_of(args)
 
     async def check_sources() -> None:
-        # Building the sources validates their settings fully.
-        async with sources_on_throwaway_queue(settings, settings.sources):
-            pass
+        # Building the sources validates their settings fully; then the files the daemon reads
+        # at start must be there, as they are checked at start.
+        async with sources_on_throwaway_queue(settings, settings.sources) as sources:
+            check_secret_files(settings, sources)
 
     try:
         asyncio.run(check_sources())
-    except SourceConfigError as exc:
+    except (SourceConfigError, _ConfigError) as exc:
         raise CliError(str(exc), 2) from None
+    token = settings.cortex.token_value()
     summary = settings.model_dump(mode="json")
     summary["cortex"]["url"] = redact_url(settings.cortex.url)
     summary["cortex"]["token"] = "(set)" if token else "(not set)"
     summary["ingest"]["token"] = "(set)" if settings.ingest.token_value() else "(not set)"
     summary["sources"] = [{"name": s.get("name"), "type": s.get("type")} for s in settings.sources]
-    _print_json(summary)
+    print_json(summary)
     if not token:
         print("warning: no Cortex token configured (cortex.token or cortex.token_file)", file=sys.stderr)
     if args.verify:
@@ -103,16 +94,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_token(settings: Settings) -> int:
+def _one_off_client(settings: Settings) -> CortexClient:
+    """A Cortex client for a command's few requests, under the configured request budget.
+
+    The app's builder, without the spend log: that lives in the queue database, and opening it
+    runs crash recovery, which must not happen under a running bridge. So these requests are
+    not counted in a running bridge's window.
+    """
     from bridge.cortex.budget import budget_from_settings
-    from bridge.cortex.client import NotSent, client_from_settings
+    from bridge.cortex.client import client_from_settings
+
+    return client_from_settings(settings.cortex, budget_from_settings(settings.cortex), timeout_seconds=10)
+
+
+def _verify_token(settings: Settings) -> int:
+    from bridge.cortex.client import NotSent
 
     async def verify() -> int:
-        # The app's builder, without the spend log: that lives in the queue database, and opening
-        # it runs crash recovery, which must not happen under a running bridge. So this one
-        # request is not counted in a running bridge's window.
-        bucket = budget_from_settings(settings.cortex)
-        async with client_from_settings(settings.cortex, bucket, timeout_seconds=10) as client:
+        async with _one_off_client(settings) as client:
             try:
                 resp = await client.verify_token()
             except Exception as exc:
@@ -181,70 +180,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(f"demo: {exc}", 2 if isinstance(exc, ValueError) else 1) from None
 
 
-def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
-    from bridge.queue import QueueError, files
-
-    try:
-        return files.with_file(_queue_path(args), fn, write=write)
-    except QueueError as exc:
-        raise CliError(str(exc)) from None
-
-
-def cmd_queue_stats(args: argparse.Namespace) -> int:
-    from bridge.queue import inspect
-
-    _print_json(_with_queue(args, inspect.stats))
-    return 0
-
-
-def cmd_queue_retry(args: argparse.Namespace) -> int:
-    from bridge.queue.outcomes import retry_now
-
-    if args.ids and args.parked:
-        raise CliError("queue retry: give record ids or --parked, not both", 2)
-    n = _with_queue(args, lambda c: retry_now(c, ids=args.ids or None, parked=args.parked), write=True)
-    which = "parked " if args.parked else ""
-    print(f"released {n} {which}record(s) for delivery now")
-    if args.ids and n < len(args.ids):
-        print(f"{len(args.ids) - n} of the given ids are not waiting for a retry "
-              "(delivered, dead, being sent, already due or unknown: see `cortex-bridge trace ID`)", file=sys.stderr)
-    return 0
-
-
-def cmd_dlq(args: argparse.Namespace) -> int:
-    from bridge.queue import dead_letters, inspect
-
-    if args.dlq_command == "list":
-        _print_json(_with_queue(args, lambda c: inspect.dlq_list(c, limit=args.limit, reason=args.reason)))
-    elif args.dlq_command == "show":
-        entry = _with_queue(args, lambda c: inspect.dlq_show(c, args.id))
-        if entry is None:
-            raise CliError(f"no dead letter with id {args.id}")
-        _print_json(entry)
-    else:
-        if not args.ids and not args.reason and not args.all:
-            raise CliError(f"dlq {args.dlq_command}: give record ids, --reason, or --all", 2)
-        fn = dead_letters.replay if args.dlq_command == "replay" else dead_letters.purge
-        n = _with_queue(args, lambda c: fn(c, ids=args.ids or None, reason=args.reason), write=True)
-        verb = "replayed" if args.dlq_command == "replay" else "purged"
-        print(f"{verb} {n} dead letter(s)")
-    return 0
-
-
-def cmd_trace(args: argparse.Namespace) -> int:
-    from bridge.queue import inspect
-
-    found = _with_queue(args, lambda c: inspect.trace(c, args.id))
-    _print_json(found)
-    return 0 if not (len(found) == 1 and found[0].get("status") == "unknown") else 1
-
-
 def cmd_preview(args: argparse.Namespace) -> int:
     from bridge.app import sources_on_throwaway_queue
     from bridge.sources.base import SourceConfigError
     from bridge.sources.webhooks.source import WebhookSource, describe, header_map
 
-    settings = _settings(args)
+    settings = settings_of(args)
     config = next((s for s in settings.sources if s.get("name") == args.source), None)
     if config is None:
         raise CliError(f"no source named {args.source!r} in the configuration", 2)
@@ -261,21 +202,31 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("Content-Type", "application/json"))
 
-    async def evaluate() -> dict[str, Any]:
+    async def evaluate(catalog: CortexClient | None) -> dict[str, Any]:
         # A preview never stores anything real.
-        async with sources_on_throwaway_queue(settings, [config]) as (source,):
+        async with sources_on_throwaway_queue(settings, [config], catalog=catalog) as (source,):
             if not isinstance(source, WebhookSource):
                 raise CliError(f"source {args.source!r} is not a webhook source", 2)
             outcome = await source.evaluate(header_map(headers), body, authenticate=args.verify_signature)
             return describe(outcome)
 
+    async def evaluate_with_catalog() -> dict[str, Any]:
+        async with _one_off_client(settings) as client:
+            return await evaluate(client)
+
     try:
-        result = asyncio.run(evaluate())
+        result = asyncio.run(evaluate_with_catalog() if args.lookup_catalog else evaluate(None))
     except SourceConfigError as exc:
         raise CliError(str(exc), 2) from None
+    if result["outcome"] == "records" and args.lookup_catalog:
+        result["catalog_lookup"] = f"asked Cortex at {redact_url(settings.cortex.url)}"
+    elif result["outcome"] == "records":  # refused or ignored input never reached entity resolution
+        result["catalog_lookup"] = ("skipped: add --lookup-catalog to look repositories up in the Cortex catalog"
+                                    " (cortex.url with its token; the requests count against the quota), as the"
+                                    " daemon does; without it an entity found only there shows as a dead letter")
     if not args.verify_signature:
         result["authentication"] = "not checked (use --verify-signature with the delivery's headers)"
-    _print_json(result)
+    print_json(result)
     return 1 if result["outcome"] == "rejected" else 0
 
 
@@ -353,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="payload file ('-' for stdin)")
     p.add_argument("--header", "-H", action="append", help="request header NAME:VALUE (repeatable)")
     p.add_argument("--verify-signature", action="store_true", help="check credentials in the given headers")
+    p.add_argument("--lookup-catalog", action="store_true",
+                   help="resolve entities by git repository in the Cortex catalog, as the daemon does (asks Cortex)")
     p.set_defaults(fn=cmd_preview)
 
     p = sub.add_parser("trace", help="where a record or webhook delivery stands")

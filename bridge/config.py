@@ -8,8 +8,10 @@ which is how Kubernetes mounts them.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -302,8 +304,14 @@ class _YamlFileSource(PydanticBaseSettingsSource):
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {path} is not valid YAML{where}") from exc
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None)
+            context = getattr(exc, "context", None)
+            context_mark = getattr(exc, "context_mark", None)
+            if context and context_mark is not None:
+                context = f"{context} (opened at line {context_mark.line + 1})"
+            reason = ", ".join(str(r) for r in (context, problem) if r) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {reason}") from exc
         if data is None:
             return {}
         if not isinstance(data, dict):
@@ -311,13 +319,37 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         return data
 
 
-def _describe(exc: ValidationError) -> str:
+def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at ``loc`` (the path to an unknown key) accepts, or ``[]`` if not a model."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return []
+        current = field.annotation
+        # ``Section | None`` and ``list[Section]``: the model inside
+        for inner in typing.get_args(current) or ():
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                current = inner
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One line per problem of ``exc`` (all of them), an unknown key with the closest known one."""
     problems = []
-    for err in exc.errors():
+    for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(model, tuple(err["loc"]))
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         problems.append(f"{loc}: {msg}" if loc else msg)
-    return "invalid configuration: " + "; ".join(problems)
+    return problems
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
@@ -331,6 +363,6 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError("invalid configuration: " + "; ".join(describe_errors(exc, Settings))) from None
     finally:
         _CONFIG_FILE.reset(token)

@@ -178,7 +178,9 @@ SECTION_NOTES = {
     "http": "The ingest listener: webhooks, `POST /v1/records`, `GET /healthz`, `GET /readyz`.",
     "metrics": "The Prometheus listener: `GET /metrics`.",
     "ingest": "Authentication of `POST /v1/records` (webhook sources authenticate with their own secrets).",
-    "log": "Logs go to stdout.",
+    "log": "Logs go to stderr, one line per event (stdout carries only the output of CLI commands). With "
+           "`format: json` every line is one JSON object, the libraries' own log records (aiohttp, aiokafka) "
+           "included; those are written from warning up.",
     "drain": "Shutdown on SIGTERM (docs/operations.md, \"Drain contract\").",
     "sources": "Each source's own keys depend on its `type`: see the sections below. Secrets of sources are "
                "best given as files (`*_file` keys).",

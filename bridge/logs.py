@@ -39,16 +39,23 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog (and stdlib logging of libraries) once per process."""
+    """Configure structlog and the stdlib logging of libraries once per process.
+
+    Every line goes to stderr (stdout is the output of the CLI's commands: JSON a script reads).
+    Library log records (aiohttp, aiokafka, ...) pass through the same processors and renderer as
+    the bridge's own lines, so with ``log.format: json`` every line is one JSON object, redacted
+    the same way.
+    """
     numeric = getattr(logging, level.upper(), logging.INFO)
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
             redact,
             renderer,
@@ -57,4 +64,15 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redact, renderer],
+    ))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Libraries are chatty at info (aiokafka logs every rebalance step): warnings and up only.
+    root.setLevel(max(numeric, logging.WARNING))

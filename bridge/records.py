@@ -162,15 +162,16 @@ class Provenance(BaseModel):
 class Deployer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str | None = None
-    email: str | None = None
+    name: str | None = Field(None, description="Who deployed.")
+    email: str | None = Field(None, description="The deployer's email address.")
 
 
 class _RecordBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=200)
-    entity: str = Field(min_length=1, max_length=512, description="Cortex entity tag or id")
+    id: str = Field(min_length=1, max_length=200, description="The record's id; posting the same id again stores"
+                    " nothing new. Optional on input: derived from the record's content when absent.")
+    entity: str = Field(min_length=1, max_length=512, description="Cortex entity tag or id (no spaces or '/').")
     provenance: Provenance
 
     @field_validator("entity")
@@ -201,18 +202,22 @@ Timestamp = Annotated[
 ]
 
 
+_TIMESTAMP = "When it happened: ISO 8601 with a time zone, or seconds since the epoch; kept to the millisecond."
+_CUSTOM_DATA = "Any JSON object, shown with the item in Cortex."
+
+
 class DeployRecord(_RecordBase):
     """A deploy of an entity (rollout, rollback, scale or restart)."""
 
     kind: Literal["deploy"] = "deploy"
-    title: str = Field(min_length=1)
-    timestamp: Timestamp
-    type: DeployType = "DEPLOY"
-    sha: str | None = None
-    environment: str | None = None
-    url: str | None = None
-    deployer: Deployer | None = None
-    custom_data: dict[str, Any] | None = Field(default=None, alias="customData")
+    title: str = Field(min_length=1, description="Shown in the entity's deploy timeline.")
+    timestamp: Timestamp = Field(description=_TIMESTAMP)
+    type: DeployType = Field("DEPLOY", description="DEPLOY, SCALE, ROLLBACK or RESTART.")
+    sha: str | None = Field(None, description="Git commit deployed.")
+    environment: str | None = Field(None, description="Environment deployed to (e.g. production).")
+    url: str | None = Field(None, description="Link to the deploy (pipeline run, release).")
+    deployer: Deployer | None = Field(None, description="Who deployed: `{\"name\": ..., \"email\": ...}`.")
+    custom_data: dict[str, Any] | None = Field(default=None, alias="customData", description=_CUSTOM_DATA)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -221,12 +226,12 @@ class EventRecord(_RecordBase):
     """A custom event on an entity (failed deploy, crash loop, release ...)."""
 
     kind: Literal["event"] = "event"
-    type: str = Field(min_length=1)
-    title: str = Field(min_length=1)
-    timestamp: Timestamp
-    description: str | None = None
-    url: str | None = None
-    custom_data: dict[str, Any] | None = Field(default=None, alias="customData")
+    type: str = Field(min_length=1, description="Event type, e.g. DEPLOY_FAILED or INCIDENT.")
+    title: str = Field(min_length=1, description="Shown in the entity's event timeline.")
+    timestamp: Timestamp = Field(description=_TIMESTAMP)
+    description: str | None = Field(None, description="Longer text of the event.")
+    url: str | None = Field(None, description="Link to more about the event.")
+    custom_data: dict[str, Any] | None = Field(default=None, alias="customData", description=_CUSTOM_DATA)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -235,18 +240,19 @@ class MetricRecord(_RecordBase):
     """One point of a custom metric (Eng Intelligence) for one entity."""
 
     kind: Literal["metric"] = "metric"
-    key: str = Field(min_length=2, max_length=255, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
-    timestamp: Timestamp
-    value: float = Field(allow_inf_nan=False)
+    key: str = Field(min_length=2, max_length=255, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$",
+                     description="Key of a custom metric defined in Cortex (Eng Intelligence).")
+    timestamp: Timestamp = Field(description=_TIMESTAMP + " A point older than 6 months is dead-lettered (Cortex would discard it).")
+    value: float = Field(allow_inf_nan=False, description="The point's value (a finite number).")
 
 
 class CustomDataRecord(_RecordBase):
     """One custom-data key of one entity; a later value for the same key overwrites."""
 
     kind: Literal["custom_data"] = "custom_data"
-    key: str = Field(min_length=1, max_length=255)
-    value: Any
-    description: str | None = None
+    key: str = Field(min_length=1, max_length=255, description="Custom-data key on the entity.")
+    value: Any = Field(description="Any JSON value except null.")
+    description: str | None = Field(None, description="Shown beside the value in Cortex.")
 
     @field_validator("value")
     @classmethod

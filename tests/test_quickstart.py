@@ -127,8 +127,10 @@ async def test_quickstart_works_as_written(walkthrough: Walkthrough) -> None:
     assert started["version"] == __version__
     for secret in SECRETS:
         assert secret not in log
-    # The page promises a warning for the refused delivery. The refusal log line comes with
-    # issue 16's other half; until it is merged this checks the 401 and the counter (above).
+    # The page promises a warning for the refused delivery, naming it and never its secret.
+    refusals = [json.loads(line) for line in log.splitlines() if '"input_refused"' in line]
+    assert any(r.get("level") == "warning" and r.get("status") == 401 and r.get("source") == "github"
+               and r.get("delivery_id") == "quickstart-2" for r in refusals), refusals
     assert walk.stop("run") == 0, log
     walk.stop("sim")
 

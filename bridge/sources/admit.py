@@ -8,7 +8,8 @@ the answers are rendered here, from those results, and nowhere else.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +44,49 @@ class NotAdmitted:
     retry: bool
 
 
+class RefusalLog:
+    """A warning line for every refused input, at most one per source and status per interval.
+
+    The sender of a refused delivery is told why, but the operator saw only a counter: a wrong
+    secret produced no log line at all. A misconfigured CI system refuses every delivery, so the
+    lines are rate-limited; the next line after a quiet interval says how many were suppressed.
+    The key is (source, status) and never anything the client chose, so the table stays small.
+    A line holds the source, status, the reason sent to the client and the delivery id, never
+    the body, a header value or a secret.
+    """
+
+    def __init__(self, interval_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_seconds = interval_seconds
+        self.clock = clock
+        #: (source, status) -> (when the last line was written, refusals not logged since)
+        self._last: dict[tuple[str, int], tuple[float, int]] = {}
+
+    def refused(self, source: str, status: int, reason: str, *, delivery_id: str | None = None) -> bool:
+        """Log one refusal unless the interval for its source and status is running; ``True`` if logged."""
+        key = (source, status)
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval_seconds:
+            self._last[key] = (last[0], last[1] + 1)
+            return False
+        self._last[key] = (now, 0)
+        log.warning("input_refused", source=source, status=status, reason=reason[:_REASON_CHARS],
+                    delivery_id=delivery_id[:_DELIVERY_ID_CHARS] if delivery_id else None,
+                    suppressed_since_last=last[1] if last is not None else 0)
+        return True
+
+
+_REASON_CHARS = 300
+_DELIVERY_ID_CHARS = 200
+#: The refusal lines of this process.
+REFUSALS = RefusalLog()
+
+
 def error_response(status: int, reason: str, *, source: str, extra: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON error answer, counted per source and status."""
+                   headers: dict[str, str] | None = None, delivery_id: str | None = None) -> web.Response:
+    """A JSON error answer, counted per source and status and logged (rate-limited) as a warning."""
     metrics.INPUTS_REJECTED.labels(source, str(status)).inc()
+    REFUSALS.refused(source, status, reason, delivery_id=delivery_id)
     body = {"error": reason, **(extra or {})}
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
 
@@ -57,10 +97,11 @@ def ignored_response(reason: str, *, source: str) -> web.Response:
     return web.json_response({"ignored": reason}, status=202)
 
 
-def not_admitted_response(refusal: NotAdmitted, *, source: str, retry_after: int) -> web.Response:
+def not_admitted_response(refusal: NotAdmitted, *, source: str, retry_after: int,
+                          delivery_id: str | None = None) -> web.Response:
     """The answer to input the queue refused."""
     headers = {"Retry-After": str(retry_after)} if refusal.retry else None
-    return error_response(refusal.status, refusal.reason, source=source, headers=headers)
+    return error_response(refusal.status, refusal.reason, source=source, headers=headers, delivery_id=delivery_id)
 
 
 def admitted_response(admitted: Admitted | None, dead: Sequence[DeadLetters] = ()) -> web.Response:
@@ -143,5 +184,5 @@ async def admit(
     """Append ``records`` durably and answer; 503 + Retry-After when the queue refuses."""
     result = await append_records(queue, records, source=source, delivery_id=delivery_id)
     if isinstance(result, NotAdmitted):
-        return not_admitted_response(result, source=source, retry_after=retry_after)
+        return not_admitted_response(result, source=source, retry_after=retry_after, delivery_id=delivery_id)
     return admitted_response(result)

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from bridge.config import Settings
+from bridge.config import Settings, describe_errors
 from bridge.queue import DurableQueue
 from bridge.sources.edge import BodyBudget
 
@@ -72,11 +72,7 @@ def parse_settings(model: type[SettingsModel], config: Mapping[str, Any]) -> Set
     try:
         return model.model_validate(dict(config))
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{loc}: {message}" if loc else message)
+        problems = describe_errors(exc, model)
         raise SourceConfigError(f"source {config.get('name')!r}: {'; '.join(problems)}") from None
 
 

@@ -97,17 +97,18 @@ class BodyRefused(Exception):
 
 
 async def read_body(request: web.Request, *, max_bytes: int, timeout: float, source: str,
-                    hold: _Hold | None = None, retry_after: int = 5) -> bytes:
+                    hold: _Hold | None = None, retry_after: int = 5, delivery_id: str | None = None) -> bytes:
     """The whole body of ``request``, read as a stream; raises :class:`BodyRefused`.
 
     ``hold`` (from ``BodyBudget.holding()``) is for a body read before its sender is
     authenticated: its bytes, the declared ``Content-Length`` up front, are reserved in the
-    budget until the ``holding()`` block ends.
+    budget until the ``holding()`` block ends. ``delivery_id`` (from the headers) names the
+    delivery in the refusal's log line.
     """
     too_large = f"body larger than {max_bytes} bytes"
     declared = request.content_length
     if declared is not None and declared > max_bytes:
-        raise BodyRefused(error_response(413, too_large, source=source))
+        raise BodyRefused(error_response(413, too_large, source=source, delivery_id=delivery_id))
 
     def budget_spent() -> BodyRefused:
         metrics.HTTP_BUDGET_REFUSED.inc()
@@ -115,7 +116,7 @@ async def read_body(request: web.Request, *, max_bytes: int, timeout: float, sou
                     limit_bytes=hold.budget.limit if hold is not None else 0)
         return BodyRefused(error_response(
             503, "too many unauthenticated request bodies in flight; retry later", source=source,
-            headers={"Retry-After": str(retry_after)}))
+            headers={"Retry-After": str(retry_after)}, delivery_id=delivery_id))
 
     if hold is not None and declared and not hold.grow_to(declared):
         raise budget_spent()
@@ -124,7 +125,7 @@ async def read_body(request: web.Request, *, max_bytes: int, timeout: float, sou
         async with asyncio.timeout(timeout):
             while chunk := await request.content.readany():
                 if len(body) + len(chunk) > max_bytes:
-                    raise BodyRefused(error_response(413, too_large, source=source))
+                    raise BodyRefused(error_response(413, too_large, source=source, delivery_id=delivery_id))
                 if hold is not None and not hold.grow_to(len(body) + len(chunk)):
                     raise budget_spent()
                 body += chunk
@@ -133,7 +134,7 @@ async def read_body(request: web.Request, *, max_bytes: int, timeout: float, sou
         log.info("http_body_timeout", source=source, peer=request.remote, received_bytes=len(body),
                  timeout_seconds=timeout)
         response = error_response(408, f"request body not received within {timeout:g} s", source=source,
-                                  headers={"Connection": "close"})
+                                  headers={"Connection": "close"}, delivery_id=delivery_id)
         response.force_close()
         raise BodyRefused(response) from None
     return bytes(body)

@@ -76,6 +76,43 @@ def parse_native(
     return records
 
 
+def native_input_schema() -> dict[str, Any]:
+    """The JSON Schema of a ``POST /v1/records`` body, generated from the record models.
+
+    What a producer sends differs from a stored record as :func:`parse_native` says: ``id`` is
+    optional (derived from the content), ``provenance`` is the bridge's own (dropped when sent),
+    ``kind`` is required (it selects the model), and a timestamp may be a number of seconds.
+    """
+    schema = RECORD_ADAPTER.json_schema()
+    defs: dict[str, Any] = schema.pop("$defs")
+    defs.pop("Provenance")
+    for name in ("DeployRecord", "EventRecord", "MetricRecord", "CustomDataRecord"):
+        model = defs[name]
+        model["properties"].pop("provenance")
+        model["required"] = ["kind"] + [f for f in model["required"] if f not in ("id", "provenance")]
+        stamp = model["properties"].get("timestamp")
+        if stamp is not None:
+            model["properties"]["timestamp"] = {
+                "description": stamp.pop("description"), "title": stamp.pop("title"),
+                "anyOf": [stamp, {"type": "number", "description": "seconds since the epoch"}]}
+    defs["Record"] = schema
+    batch = {"type": "object", "additionalProperties": False, "required": ["records"],
+             "properties": {"records": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS_PER_REQUEST,
+                                        "items": {"$ref": "#/$defs/Record"}}}}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "cortex-bridge native records (POST /v1/records, Kafka format: native)",
+        "description": "One record, or {\"records\": [...]}. Generated from bridge/records.py.",
+        "oneOf": [{"$ref": "#/$defs/Record"}, batch],
+        "$defs": defs,
+    }
+
+
+async def serve_schema(request: web.Request) -> web.Response:
+    """``GET /v1/schema``: :func:`native_input_schema` (no credentials: it is the public format)."""
+    return web.json_response(native_input_schema(), content_type="application/schema+json")
+
+
 class NativeEndpoint:
     """``POST /v1/records``: bearer-token check (before the body is read), validation, durable append."""
 
@@ -90,52 +127,54 @@ class NativeEndpoint:
         self.body_timeout = body_timeout
         self.budget = budget or BodyBudget(32 * 1024 * 1024)
 
-    def _check_token(self, request: web.Request) -> web.Response | None:
+    def _check_token(self, request: web.Request, delivery_id: str | None) -> web.Response | None:
         # The same mechanism as webhook tokens: inline or files re-read on every request.
         try:
             secrets = self.ingest.secret_set.values()
         except SecretUnavailable as exc:
             log.error("ingest_token_unavailable", error=str(exc))
             return error_response(503, "the bridge cannot read its ingest token; retry later", source=self.name,
-                                  headers={"Retry-After": str(self.retry_after)})
+                                  headers={"Retry-After": str(self.retry_after)}, delivery_id=delivery_id)
         problem = _BEARER.verify(request.headers, b"", secrets) if secrets else "no ingest token is configured"
         if problem is not None:
             return error_response(401, "missing or wrong bearer token", source=self.name,
-                                  headers={"WWW-Authenticate": "Bearer"})
+                                  headers={"WWW-Authenticate": "Bearer"}, delivery_id=delivery_id)
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The route handler."""
+        delivery_id = request.headers.get("Idempotency-Key")
+
+        def refuse(status: int, reason: str, **kwargs: Any) -> web.Response:
+            return error_response(status, reason, source=self.name, delivery_id=delivery_id, **kwargs)
+
         authenticated = not self.ingest.allow_unauthenticated
         if authenticated:
-            refused = self._check_token(request)
+            refused = self._check_token(request, delivery_id)
             if refused is not None:
                 return refused
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
+            return refuse(413, f"body larger than {self.max_body_bytes} bytes")
         ctype = request.content_type
         if ctype not in ("application/json", "application/cloudevents+json") and not ctype.endswith("+json"):
-            return error_response(415, "content type must be application/json", source=self.name)
+            return refuse(415, "content type must be application/json")
         with self.budget.holding() as hold:
             try:
                 raw = await read_body(request, max_bytes=self.max_body_bytes, timeout=self.body_timeout,
                                       source=self.name, hold=None if authenticated else hold,
-                                      retry_after=self.retry_after)
+                                      retry_after=self.retry_after, delivery_id=delivery_id)
             except BodyRefused as exc:
                 return exc.response
             try:
                 payload = json.loads(raw)
             except (ValueError, RecursionError) as exc:
-                return error_response(400, f"body is not valid JSON: {exc}", source=self.name)
+                return refuse(400, f"body is not valid JSON: {exc}")
         del raw
-        delivery_id = request.headers.get("Idempotency-Key")
         try:
             records = parse_native(payload, source=self.name, delivery_id=delivery_id)
         except RecordErrors as exc:
-            return error_response(400, "invalid records; nothing was stored", source=self.name,
-                                  extra={"errors": exc.errors})
+            return refuse(400, "invalid records; nothing was stored", extra={"errors": exc.errors})
         return await admit(self.queue, records, source=self.name, delivery_id=delivery_id,
                            retry_after=self.retry_after)
-
 
 _BEARER = TokenScheme(header="Authorization")

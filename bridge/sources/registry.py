@@ -56,15 +56,25 @@ def settings_model(kind: str) -> type[BaseModel]:
 
 
 def build_sources(configs: list[dict[str, Any]], ctx: SourceContext) -> list[Source]:
-    """Instantiate every configured source; raise :class:`SourceConfigError` on bad settings."""
+    """Instantiate every configured source; raise :class:`SourceConfigError` on bad settings.
+
+    The problems of all sources are reported together, not one source per attempt.
+    """
     sources = []
+    problems: list[str] = []
     for index, config in enumerate(configs):
         name = config.get("name")
         kind = config.get("type")
         if not isinstance(name, str) or not name:
-            raise SourceConfigError(f"sources[{index}]: `name` is required")
-        if kind not in SOURCE_TYPES:
+            problems.append(f"sources[{index}]: `name` is required")
+        elif kind not in SOURCE_TYPES:
             known = ", ".join(sorted(SOURCE_TYPES)) or "none"
-            raise SourceConfigError(f"source {name!r}: unknown type {kind!r} (known: {known})")
-        sources.append(source_factory(kind)(config, ctx))
+            problems.append(f"source {name!r}: unknown type {kind!r} (known: {known})")
+        else:
+            try:
+                sources.append(source_factory(kind)(config, ctx))
+            except SourceConfigError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise SourceConfigError("; ".join(problems))
     return sources

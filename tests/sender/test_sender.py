@@ -150,14 +150,17 @@ async def test_rejected_token_stops_sending_until_it_is_accepted(make_bridge: Br
     async with SimulatorServer(sim_config(tokens=["other"], forbidden_tokens=[])) as sim:
         bridge = await make_bridge(sim, retry={"auth_recheck_seconds": 0.2})
         await wait_until(lambda: bridge.sender.auth.failed)
-        ready, reasons = bridge.readiness()
-        assert not ready and "401" in reasons[0]
-        await post_records(bridge, {"records": [event(1)]})
+        # Readiness is "can accept durably": a rejected token stops delivery, not ingest.
+        assert bridge.readiness() == (True, [])
+        healthy, reasons = bridge.delivery_health()
+        assert not healthy and "401" in reasons[0]
+        status, _ = await post_records(bridge, {"records": [event(1)]})
+        assert status == 202
         await asyncio.sleep(0.5)
         assert bridge.queue.depth == 1  # kept, not dead-lettered
         sim.config.tokens.append("sim-token")
         await wait_until(lambda: drained(bridge))
-        assert bridge.readiness()[0]
+        assert bridge.delivery_health() == (True, [])
 
 
 async def test_forbidden_token_is_an_auth_failure_too(make_bridge: BridgeFactory) -> None:

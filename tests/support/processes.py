@@ -53,6 +53,7 @@ class BridgeProcess:
         self.metrics_port = free_port()
         self.config = tmp / "bridge.yaml"
         self.log = tmp / "bridge.log"
+        self.stdout = tmp / "bridge.stdout"
         self.queue = tmp / "queue.db"
         settings: dict[str, Any] = {
             # The quota is not under test by default: a high limit keeps runs short.
@@ -75,9 +76,11 @@ class BridgeProcess:
 
     async def start(self, timeout: float = 20.0) -> None:
         """Start the process and wait until ``/healthz`` answers."""
-        with self.log.open("ab") as log:
+        # The daemon logs to stderr and writes nothing to stdout (docs/operations.md, "Logs"): kept
+        # apart so a test can tell.
+        with self.log.open("ab") as log, self.stdout.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--config", str(self.config), "run"],
-                                         stdout=log, stderr=log)
+                                         stdout=out, stderr=log)
         end = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:
             while True:

@@ -94,6 +94,14 @@ class WebhookSource:
         self.pipeline = adapter.pipeline(ctx)
         self.max_body_bytes = self.pipeline.max_bytes
 
+    def secret_files_problem(self) -> str | None:
+        """Why this source's secret files cannot be read now, or ``None`` (checked at start)."""
+        try:
+            self.adapter.settings.secret_set.values()
+        except SecretUnavailable as exc:
+            return f"source {self.name!r}: {exc}"
+        return None
+
     def routes(self) -> list[web.RouteDef]:
         """``POST /webhooks/{name}``."""
         return [web.post(f"/webhooks/{self.name}", self.handle)]
@@ -154,34 +162,44 @@ class WebhookSource:
 
     # -- HTTP -------------------------------------------------------------------------------------
 
-    def _answer(self, refused: Refused) -> web.Response:
+    def _answer(self, refused: Refused, delivery_id: str | None) -> web.Response:
         status = HTTP_STATUS[refused.kind]
         retry = {"Retry-After": str(self.ctx.settings.queue.retry_after_seconds)} if status == 503 else None
-        return error_response(status, refused.reason, source=self.name, headers=retry)
+        return error_response(status, refused.reason, source=self.name, headers=retry, delivery_id=delivery_id)
+
+    def _header_delivery_id(self, headers: Headers) -> str | None:
+        """The delivery id as far as the headers tell it (for the log line of a refusal)."""
+        try:
+            return self.adapter.delivery_id(headers, None)
+        except Exception:  # an id read from the payload (mapping rules, CloudEvents) is not known yet
+            return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The route handler: credentials in the headers, then the body (bounded), evaluate, store."""
         http = self.ctx.settings.http
+        delivery_id = self._header_delivery_id(request.headers)
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name)
+            return error_response(413, f"body larger than {self.max_body_bytes} bytes", source=self.name,
+                                  delivery_id=delivery_id)
         refused, authenticated = self.check_header(request.headers)
         if refused is not None:
-            return self._answer(refused)
+            return self._answer(refused, delivery_id)
         budget = self.ctx.body_budget
         assert budget is not None
         with budget.holding() as hold:
             try:
                 body = await read_body(request, max_bytes=self.max_body_bytes, timeout=http.body_timeout_seconds,
                                        source=self.name, hold=None if authenticated else hold,
-                                       retry_after=self.ctx.settings.queue.retry_after_seconds)
+                                       retry_after=self.ctx.settings.queue.retry_after_seconds,
+                                       delivery_id=delivery_id)
             except BodyRefused as exc:
                 return exc.response
             refused = None if authenticated else self._authenticate(request.headers, body)
         if refused is not None:
-            return self._answer(refused)
+            return self._answer(refused, delivery_id)
         outcome = await self.evaluate(request.headers, body, authenticate=False)
         if isinstance(outcome, Refused):
-            return self._answer(outcome)
+            return self._answer(outcome, delivery_id)
         if isinstance(outcome, Ignored):
             log.info("webhook_ignored", source=self.name, reason=outcome.reason)
             return ignored_response(outcome.reason, source=self.name)
@@ -191,15 +209,32 @@ class WebhookSource:
         """Dead letters first, then the records; the answer names both."""
         retry_after = self.ctx.settings.queue.retry_after_seconds
         queue = self.ctx.queue
+        delivery_id = outcome.delivery_id
         refused = await keep_dead_letters(queue, outcome.dead, source=self.name)
         if refused is not None:
-            return not_admitted_response(refused, source=self.name, retry_after=retry_after)
+            return not_admitted_response(refused, source=self.name, retry_after=retry_after, delivery_id=delivery_id)
         if not outcome.records:
             return admitted_response(None, outcome.dead)
-        result = await append_records(queue, outcome.records, source=self.name, delivery_id=outcome.delivery_id)
+        result = await append_records(queue, outcome.records, source=self.name, delivery_id=delivery_id)
         if isinstance(result, NotAdmitted):
-            return not_admitted_response(result, source=self.name, retry_after=retry_after)
+            return not_admitted_response(result, source=self.name, retry_after=retry_after, delivery_id=delivery_id)
         return admitted_response(result, outcome.dead)
+
+#: The ``source`` label of deliveries to a webhook path no source serves (never the path's own
+#: name: a scanner would make one metric series per name it tries).
+UNKNOWN_SOURCE = "unknown"
+
+
+async def _unknown_source(request: web.Request) -> web.Response:
+    # The configured names are not listed: whoever reaches the port need not learn them.
+    name = request.match_info["name"][:100]
+    return error_response(404, f"no webhook source named {name!r} is configured", source=UNKNOWN_SOURCE,
+                          extra={"source": name})
+
+
+#: ``POST /webhooks/{name}`` for a name no source has: a JSON 404 naming it, counted and logged.
+#: Added after the sources' own routes, which match first.
+UNKNOWN_SOURCE_ROUTE = web.post("/webhooks/{name}", _unknown_source)
 
 
 def _unauthenticated(problem: str) -> Refused:

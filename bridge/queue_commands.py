@@ -1,0 +1,101 @@
+"""The operator commands on a queue: ``queue stats``, ``queue retry``, ``dlq``, ``trace``.
+
+They open the queue file on a connection of their own (a running bridge may hold it too), and
+share with :mod:`bridge.cli` the way a command fails (:class:`CliError`) and prints (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bridge.config import ConfigError, Settings, load_settings
+
+
+class CliError(Exception):
+    """A failure to report as one line with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The configuration ``--config`` names; a bad one is a usage error (exit 2)."""
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def _queue_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "queue", None):
+        return Path(args.queue)
+    return settings_of(args).queue.path
+
+
+def print_json(value: Any) -> None:
+    """Command output: indented, sorted JSON on stdout."""
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
+    from bridge.queue import QueueError, files
+
+    try:
+        return files.with_file(_queue_path(args), fn, write=write)
+    except QueueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_queue_stats(args: argparse.Namespace) -> int:
+    from bridge.queue import inspect
+
+    print_json(_with_queue(args, inspect.stats))
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    from bridge.queue.outcomes import retry_now
+
+    if args.ids and args.parked:
+        raise CliError("queue retry: give record ids or --parked, not both", 2)
+    n = _with_queue(args, lambda c: retry_now(c, ids=args.ids or None, parked=args.parked), write=True)
+    which = "parked " if args.parked else ""
+    print(f"released {n} {which}record(s) for delivery now")
+    if args.ids and n < len(args.ids):
+        print(f"{len(args.ids) - n} of the given ids are not waiting for a retry "
+              "(delivered, dead, being sent, already due or unknown: see `cortex-bridge trace ID`)", file=sys.stderr)
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from bridge.queue import dead_letters, inspect
+
+    if args.dlq_command == "list":
+        print_json(_with_queue(args, lambda c: inspect.dlq_list(c, limit=args.limit, reason=args.reason)))
+    elif args.dlq_command == "show":
+        entry = _with_queue(args, lambda c: inspect.dlq_show(c, args.id))
+        if entry is None:
+            raise CliError(f"no dead letter with id {args.id}")
+        print_json(entry)
+    else:
+        if not args.ids and not args.reason and not args.all:
+            raise CliError(f"dlq {args.dlq_command}: give record ids, --reason, or --all", 2)
+        fn = dead_letters.replay if args.dlq_command == "replay" else dead_letters.purge
+        n = _with_queue(args, lambda c: fn(c, ids=args.ids or None, reason=args.reason), write=True)
+        verb = "replayed" if args.dlq_command == "replay" else "purged"
+        print(f"{verb} {n} dead letter(s)")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from bridge.queue import inspect
+
+    found = _with_queue(args, lambda c: inspect.trace(c, args.id))
+    print_json(found)
+    return 0 if not (len(found) == 1 and found[0].get("status") == "unknown") else 1
