@@ -28,7 +28,8 @@ from bridge.cortex.budget import WINDOW_SECONDS, budget_from_settings
 from bridge.cortex.catalog import RepositoryCatalog
 from bridge.cortex.client import CortexClient, client_from_settings
 from bridge.cortex.token import token_expiry
-from bridge.queue import DurableQueue
+from bridge.queue import DurableQueue, QueueBackend
+from bridge.queue.open import open_queue
 from bridge.queue.spend import QueueSpendLog
 from bridge.sender.sender import Sender
 from bridge.sources.admit import error_response
@@ -47,7 +48,7 @@ class Bridge:
     """A running bridge: build with :meth:`create`, then :meth:`start` / :meth:`stop`."""
 
     settings: Settings
-    queue: DurableQueue
+    queue: QueueBackend
     client: CortexClient
     sender: Sender
     sources: list[Source]
@@ -62,13 +63,7 @@ class Bridge:
 
     @classmethod
     async def create(cls, settings: Settings) -> Bridge:
-        queue = await DurableQueue.open(
-            settings.queue.path,
-            max_records=settings.queue.max_records,
-            max_bytes=settings.queue.max_bytes,
-            history_seconds=settings.queue.delivered_history_seconds,
-            settle_seconds=settings.cortex.reconcile_settle_seconds,
-        )
+        queue = await open_queue(settings.queue, settle_seconds=settings.cortex.reconcile_settle_seconds)
         cortex = settings.cortex
         # What earlier processes sent in the current window is in the queue database: a
         # restart inside a minute must not start with a fresh budget (bridge/cortex/budget.py).
@@ -128,7 +123,7 @@ class Bridge:
         if self.draining:
             reasons.append("draining")
         if not self.queue.writable:
-            reasons.append("queue cannot write to disk")
+            reasons.append(self.queue.unwritable_reason)
         if self.sender.auth.failed:
             reasons.append(f"Cortex rejected the token ({self.sender.auth.status})")
         return not reasons, reasons
