@@ -16,9 +16,9 @@ from tests.support.postgres import PostgresCluster
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+def pg_cluster() -> Iterator[PostgresCluster]:
     """One throwaway PostgreSQL cluster for the session (from the pgserver wheel)."""
-    cluster = PostgresCluster(tmp_path_factory.mktemp("postgres"))
+    cluster = PostgresCluster.in_temporary_directory()
     yield cluster
     cluster.close()
 

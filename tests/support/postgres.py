@@ -8,14 +8,18 @@ test (``CREATE DATABASE`` copies ``template1`` in milliseconds).
 Root: PostgreSQL refuses to run as root. ``pgserver`` handles that itself when started as root
 (as CI and this machine run the tests): it creates a system user ``pgserver``, chowns the data
 directory to it, makes the directories above it traversable and runs ``initdb``/``pg_ctl`` as
-that user. The cluster listens on a Unix socket only (no TCP port to collide with the other
+that user. So the data directory is not under pytest's ``tmp_path``: pytest resets its base
+directory to mode 0700 whenever a session starts (another worktree's, on a shared machine), which
+locks that user out of a running cluster. The cluster listens on a Unix socket only (no TCP port to collide with the other
 worktrees' clusters on a shared machine).
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -28,8 +32,14 @@ class PostgresCluster:
     """A throwaway cluster in ``root`` that tests can also stop, start, and make read-only."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.server = get_server(root / "pgdata", cleanup_mode="delete")
         self._names = itertools.count(1)
+
+    @classmethod
+    def in_temporary_directory(cls) -> PostgresCluster:
+        """A cluster in a new directory of its own under the system's temporary directory."""
+        return cls(Path(tempfile.mkdtemp(prefix="cortex-bridge-pg-")))
 
     def dsn(self, database: str = "postgres") -> str:
         """A libpq URL for ``database`` (socket directory in the query string)."""
@@ -70,6 +80,7 @@ class PostgresCluster:
             self.server.cleanup()
         except subprocess.CalledProcessError:
             pass  # already stopped by a test
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def with_password(dsn: str, user: str, password: str) -> str:
