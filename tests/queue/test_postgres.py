@@ -121,7 +121,11 @@ async def test_one_sender_at_a_time_and_a_takeover_reads_back_what_was_in_flight
     assert sending and first.is_sender
     assert await second.claim(policy) == [] and not second.is_sender
     await first.close()  # the sender is gone with a request in flight
-    await wait_until(lambda: second.ambiguous(), timeout=10, interval=0.2)
+
+    async def took_over() -> bool:
+        return bool(await second.ambiguous())
+
+    await wait_until(took_over, timeout=10, interval=0.2)
     assert [q.seq for q in await second.ambiguous()] == [q.seq for q in sending]
     assert second.is_sender and len(await second.claim(policy)) == 1
     await second.close()

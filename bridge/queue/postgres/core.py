@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, errors
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from bridge import metrics
 from bridge.queue.errors import QueueError, QueueUnavailable
@@ -40,12 +40,13 @@ def unavailable(exc: Exception, secret: str | None = None) -> QueueUnavailable:
     """The :class:`QueueUnavailable` a driver error becomes; ``secret`` (the password) never in it."""
     if isinstance(exc, errors.ReadOnlySqlTransaction):
         message = "database is read-only (a standby, or a primary failing over)"
-    elif isinstance(exc, PoolTimeout):
-        message = f"database unreachable: {exc}"
     elif isinstance(exc, errors.QueryCanceled):
         message = f"database statement timed out: {exc}"
+    elif isinstance(exc, psycopg.OperationalError):  # PoolTimeout, a lost or refused connection
+        message = f"database unreachable: {exc}"
     else:
         message = f"database error ({type(exc).__name__}): {exc}"
+    message = " ".join(message.split())  # libpq's messages run over several lines
     if secret:
         message = message.replace(secret, "***")
     return QueueUnavailable(message)

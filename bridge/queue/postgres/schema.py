@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 from psycopg import AsyncConnection
 
-from bridge.queue.errors import NotAQueue
+from bridge.queue.errors import NotAQueue, QueueUnavailable
 from bridge.queue.schema import column_text
 
 #: Advisory lock keys (64-bit, arbitrary but fixed): "cortex-bridge migrate" and "... sender".
@@ -163,3 +164,35 @@ async def migrate(conn: AsyncConnection) -> int:
             await conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
                                (version, time.time()))
     return SCHEMA_VERSION
+
+
+async def verify_database(dsn: str, *, timeout_seconds: float = 10.0) -> str:
+    """Connect, and check that this release can use the database; returns what was found.
+
+    For ``check-config --verify``: writes nothing (migrations are the bridge's, at start). Raises
+    :class:`QueueUnavailable` (unreachable, refused, read-only) or :class:`NotAQueue` (a schema
+    newer than this release), with messages that never quote the DSN or its password.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    from bridge.queue.postgres.core import unavailable
+
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        raise QueueUnavailable("queue.postgres.dsn is not a valid libpq connection string or URL") from None
+    try:
+        async with await AsyncConnection.connect(dsn, autocommit=True, connect_timeout=max(2, int(timeout_seconds))) as conn:
+            version = await schema_version(conn)
+            cur = await conn.execute("SHOW transaction_read_only")
+            row = await cur.fetchone()
+    except psycopg.Error as exc:
+        raise unavailable(exc, None if password is None else str(password)) from None
+    if row is not None and row[0] == "on":
+        raise QueueUnavailable("the queue database is read-only (a standby?): the bridge could not store input")
+    check_version(version)
+    if version is None:
+        return f"queue database reachable; no schema yet (version {SCHEMA_VERSION} is created at the first start)"
+    if version < SCHEMA_VERSION:
+        return f"queue database reachable; schema version {version}, migrated to {SCHEMA_VERSION} at the next start"
+    return f"queue database reachable; schema version {version}"
