@@ -29,7 +29,8 @@ from bridge.cortex.catalog import RepositoryCatalog
 from bridge.cortex.circuit import CircuitState
 from bridge.cortex.client import CortexClient, client_from_settings
 from bridge.cortex.token import token_expiry
-from bridge.queue import DurableQueue
+from bridge.queue import DurableQueue, QueueBackend
+from bridge.queue.open import open_queue
 from bridge.queue.spend import QueueSpendLog
 from bridge.secrets import SecretUnavailable
 from bridge.sender.sender import Sender
@@ -50,7 +51,7 @@ class Bridge:
     """A running bridge: build with :meth:`create`, then :meth:`start` / :meth:`stop`."""
 
     settings: Settings
-    queue: DurableQueue
+    queue: QueueBackend
     client: CortexClient
     sender: Sender
     sources: list[Source]
@@ -67,18 +68,14 @@ class Bridge:
     async def create(cls, settings: Settings) -> Bridge:
         """Open the queue and build client, sender and sources; raises ``ConfigError`` or
         ``SourceConfigError`` for settings that cannot work (a secret file that cannot be read)."""
-        queue = await DurableQueue.open(
-            settings.queue.path,
-            max_records=settings.queue.max_records,
-            max_bytes=settings.queue.max_bytes,
-            history_seconds=settings.queue.delivered_history_seconds,
-            settle_seconds=settings.cortex.reconcile_settle_seconds,
-        )
+        queue = await open_queue(settings.queue, settle_seconds=settings.cortex.reconcile_settle_seconds)
         cortex = settings.cortex
         # What earlier processes sent in the current window is in the queue database: a
         # restart inside a minute must not start with a fresh budget (bridge/cortex/budget.py).
         spend_log = QueueSpendLog(queue, keep_seconds=WINDOW_SECONDS + cortex.request_timeout_seconds + 60)
         client = client_from_settings(cortex, budget_from_settings(cortex, spend_log))
+        # A replica that becomes the sender counts what its predecessor spent in the quota window.
+        queue.on_sender_takeover(client.bucket.reload)
         sender = Sender(queue, client, settings.cortex, settings.retry)
         bridge = cls(settings, queue, client, sender, [],
                      body_budget=BodyBudget(settings.http.unauthenticated_body_bytes))
@@ -142,7 +139,7 @@ class Bridge:
         if self.draining:
             reasons.append("draining")
         if not self.queue.writable:
-            reasons.append("queue cannot write to disk")
+            reasons.append(self.queue.unwritable_reason)
         return not reasons, reasons
 
     def delivery_health(self) -> tuple[bool, list[str]]:

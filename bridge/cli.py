@@ -89,9 +89,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not token:
         print("warning: no Cortex token configured (cortex.token or cortex.token_file)", file=sys.stderr)
     if args.verify:
+        if settings.queue.backend == "postgres":
+            _verify_queue_database(settings)
         return _verify_token(settings)
     print("configuration OK", file=sys.stderr)
     return 0
+
+
+def _verify_queue_database(settings: Settings) -> None:
+    from bridge.queue import QueueError
+    from bridge.queue.postgres.schema import verify_database
+
+    pg = settings.queue.postgres
+    try:
+        dsn = pg.resolved_dsn()
+    except OSError as exc:
+        raise CliError(f"cannot read queue.postgres.dsn_file {pg.dsn_file}: {exc.strerror or exc}", 2) from None
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None  # says what is missing, never a value
+    try:
+        found = asyncio.run(verify_database(dsn, timeout_seconds=pg.statement_timeout_seconds))
+    except QueueError as exc:
+        raise CliError(f"queue database: {exc}") from None
+    print(found, file=sys.stderr)
 
 
 def _one_off_client(settings: Settings) -> CortexClient:

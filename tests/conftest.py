@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,21 @@ from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimulatorServer
 from tests.support.cortex import SIM_TOKEN, BridgeFactory, sim_config
+from tests.support.postgres import PostgresCluster
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the session (from the pgserver wheel)."""
+    cluster = PostgresCluster.in_temporary_directory()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: PostgresCluster) -> str:
+    """The DSN of a fresh, empty database on the session's cluster."""
+    return pg_cluster.create_database()
 
 
 @pytest.fixture

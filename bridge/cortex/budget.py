@@ -142,6 +142,12 @@ class TokenBucket:
         self._expire(self._clock())
         return len(self._restored)
 
+    def reload(self) -> None:
+        """Read the spend log again before the next request: another process sent meanwhile (a
+        replica that just became the sender counts what its predecessor spent in the window)."""
+        if self._spend_log is not None:
+            self._loaded = False
+
     async def acquire(self) -> Permit:
         """Wait (first come, first served) until one request may be sent."""
         async with self._lock:

@@ -1,137 +1,27 @@
-"""Appends with group commit: a 2xx means "on disk" without one fsync per request.
+"""Appends on SQLite: one transaction (one fsync) for each group commit.
 
-Producers call :meth:`Appends.append`; concurrent appends that arrive while a commit is running
-are written together in the next transaction (one fsync for all of them), and each producer is
-released only after that commit returned.
+The append front (reserving room, batching producers, releasing them after the commit) is
+:class:`~bridge.queue.group_commit.GroupCommit`; this is the transaction it commits.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-from bridge import metrics
 from bridge.queue.core import QueueCore
-from bridge.queue.errors import QueueFull, QueueUnavailable
+from bridge.queue.group_commit import AppendResult, GroupCommit, Submission
 from bridge.queue.schema import state_key, transaction
-from bridge.records import Record, encode_record, lane_of
+
+__all__ = ["AppendResult", "Appends", "Submission", "known_ids"]
 
 
-@dataclass(frozen=True)
-class AppendResult:
-    """What an append stored."""
+class Appends(QueueCore, GroupCommit):
+    """Appending records (and source state) durably, many producers per commit (group_commit.py)."""
 
-    new_ids: list[str]
-    duplicate_ids: list[str]
-    duplicate_delivery: bool = False
-
-
-@dataclass
-class Submission:
-    """One append waiting for the next group commit (package-internal)."""
-
-    rows: Sequence[tuple[str, str, str, str, str, int, float]]
-    delivery: tuple[str, str] | None
-    state_updates: dict[str, str]
-    future: asyncio.Future[AppendResult]
-
-
-class Appends(QueueCore):
-    """Appending records (and source state) durably, many producers per commit."""
-
-    async def append(
-        self,
-        records: Sequence[Record],
-        *,
-        delivery: tuple[str, str] | None = None,
-        state_updates: dict[str, str] | None = None,
-    ) -> AppendResult:
-        """Make ``records`` durable; return only after the commit's fsync.
-
-        ``delivery`` = (source, delivery id): if that delivery was seen before, nothing is stored
-        and ``duplicate_delivery`` is set. ``state_updates`` are written in the same transaction
-        (a source's "what I already emitted" memory stays consistent with what is queued).
-        Raises :class:`QueueFull`, :class:`QueueUnavailable` or
-        :class:`~bridge.records.UnstorableRecord` (a record that would not read back); in each
-        case nothing is stored.
-        """
-        rows = []
-        size = 0
-        for record in records:
-            body = encode_record(record)
-            rows.append(
-                (record.id, record.kind, lane_of(record), record.provenance.source, body, len(body),
-                 record.provenance.received_at.timestamp())
-            )
-            size += len(body)
-        if rows and (
-            self._count + self._reserved_count + len(rows) > self.max_records
-            or self._bytes + self._reserved_bytes + size > self.max_bytes
-        ):
-            metrics.QUEUE_FULL.set(1)
-            raise QueueFull(f"queue is full ({self._count} records, {self._bytes} bytes)")
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._reserved_count += len(rows)
-        self._reserved_bytes += size
-        self._pending.append(Submission(rows, delivery, dict(state_updates or {}), future))
-        self._wakeup.set()
-        try:
-            # A cancelled caller (client gone) cancels only its wait: the writer still stores the
-            # rows and skips the cancelled future.
-            return await future
-        finally:
-            self._reserved_count -= len(rows)
-            self._reserved_bytes -= size
-
-    def _start_writer(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="queue-writer")
-
-    async def _stop_writer(self) -> None:
-        """Flush pending appends, then stop the writer."""
-        if self._writer is None:
-            return
-        while self._pending:
-            self._wakeup.set()
-            await asyncio.sleep(0.005)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
-        self._writer = None
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            started = time.perf_counter()
-            try:
-                results = await self._run(self._write_sync, batch)
-            except QueueUnavailable as exc:
-                self.writable = False
-                metrics.QUEUE_WRITABLE.set(0)
-                err = QueueUnavailable(f"queue cannot write to disk: {exc}")
-                for sub in batch:
-                    if not sub.future.done():
-                        sub.future.set_exception(err)
-                continue
-            metrics.QUEUE_COMMIT_SECONDS.observe(time.perf_counter() - started)
-            self.writable = True
-            metrics.QUEUE_WRITABLE.set(1)
-            any_new = False
-            for sub, result in zip(batch, results, strict=True):
-                any_new = any_new or bool(result.new_ids)
-                if not sub.future.done():
-                    sub.future.set_result(result)
-            self._publish_gauges()
-            if any_new:
-                self._notify_ready()
+    async def _commit(self, batch: list[Submission]) -> list[AppendResult]:
+        return await self._run(self._write_sync, batch)
 
     def _write_sync(self, batch: list[Submission]) -> list[AppendResult]:
         # A handful of statements per group commit, not two per submission: measured ~110 -> ~75 us

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from bridge.queue.appends import AppendResult
@@ -23,11 +22,12 @@ from bridge.records import Record
 class QueueBackend(Protocol):
     """The public operations of the durable queue."""
 
-    path: Path
     max_records: int
     max_bytes: int
     settle_seconds: float
     writable: bool
+    #: why input is refused while ``writable`` is false (readiness shows it)
+    unwritable_reason: str
 
     @property
     def depth(self) -> int:
@@ -36,6 +36,10 @@ class QueueBackend(Protocol):
     @property
     def is_full(self) -> bool:
         """Whether the queue holds its maximum of records or bytes."""
+
+    def on_sender_takeover(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when this process becomes the deployment's one sender after another
+        (never, for a backend only one process uses)."""
 
     def on_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever records became ready."""

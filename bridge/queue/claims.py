@@ -62,7 +62,7 @@ class Claims(QueueCore):
         same transaction, so it can never hold up its batch-mates or the worker.
         """
         claimed, unreadable = await self._run(self._claim_sync, policy, time.time() if now is None else now)
-        _count_unreadable(unreadable)
+        count_unreadable(unreadable)
         return claimed
 
     _shares: KindShares | None = None
@@ -166,7 +166,7 @@ class Claims(QueueCore):
         read back is dead-lettered, as in :meth:`claim`.
         """
         found, unreadable = await self._run(self._ambiguous_sync, limit, settled_by)
-        _count_unreadable(unreadable)
+        count_unreadable(unreadable)
         return found
 
     def _ambiguous_sync(self, limit: int, settled_by: float | None) -> tuple[list[QueuedRecord], list[Unreadable]]:
@@ -185,7 +185,8 @@ class Claims(QueueCore):
         return await self._run(self._earliest_sync, State.AMBIGUOUS)
 
 
-def _count_unreadable(unreadable: list[Unreadable]) -> None:
+def count_unreadable(unreadable: list[Unreadable]) -> None:
+    """Count and log rows that were dead-lettered because they no longer read back."""
     for item in unreadable:
         metrics.RECORDS_DEAD_LETTERED.labels(item.source, item.kind, UNREADABLE).inc()
         log.error("record_unreadable", record_id=item.id, kind=item.kind, detail=item.detail)

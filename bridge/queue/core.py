@@ -70,6 +70,9 @@ class QueueCore:
         assert self._conn is not None, "queue is closed"
         return self._conn
 
+    def on_sender_takeover(self, callback: Callable[[], None]) -> None:
+        """Never called: one process owns a SQLite queue file, so no other sender precedes it."""
+
     def on_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the event loop) whenever records became ready (new or put back)."""
         self._ready_listeners.append(callback)

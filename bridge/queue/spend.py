@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from bridge.queue.backend import QueueBackend
 from bridge.queue.core import QueueCore
 from bridge.queue.schema import transaction
 
@@ -67,7 +68,7 @@ class QueueSpendLog:
     """:class:`~bridge.cortex.budget.SpendLog` kept in ``queue``'s database."""
 
     def __init__(
-        self, queue: SpendRows, *, keep_seconds: float = 300.0, clock: Callable[[], float] = time.time
+        self, queue: QueueBackend, *, keep_seconds: float = 300.0, clock: Callable[[], float] = time.time
     ) -> None:
         self.queue = queue
         self.keep_seconds = keep_seconds

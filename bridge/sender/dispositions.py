@@ -15,7 +15,7 @@ import structlog
 
 from bridge import metrics
 from bridge.config import RetrySettings
-from bridge.queue import DurableQueue, QueuedRecord
+from bridge.queue import QueueBackend, QueuedRecord
 from bridge.records import MetricRecord, utc_now
 
 log = structlog.get_logger("bridge.sender")
@@ -38,7 +38,7 @@ def backoff_delay(attempt: int, initial: float, cap: float) -> float:
 class Dispositions:
     """Records outcomes of delivery attempts in ``queue`` under the ``retry`` schedule."""
 
-    def __init__(self, queue: DurableQueue, retry: RetrySettings) -> None:
+    def __init__(self, queue: QueueBackend, retry: RetrySettings) -> None:
         self.queue = queue
         self.retry = retry
 

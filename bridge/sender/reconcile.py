@@ -29,13 +29,13 @@ import structlog
 from bridge import metrics
 from bridge.cortex.client import CortexClient
 from bridge.cortex.endpoints import bridge_id_of, list_custom_events, list_deploys, list_metric_points
-from bridge.queue import DurableQueue, QueuedRecord, point_key
+from bridge.queue import QueueBackend, QueuedRecord, point_key
 from bridge.records import DeployRecord, EventRecord, MetricRecord, lane_of
 
 log = structlog.get_logger("bridge.reconcile")
 
 
-async def reconcile_ambiguous(queue: DurableQueue, client: CortexClient) -> tuple[int, int]:
+async def reconcile_ambiguous(queue: QueueBackend, client: CortexClient) -> tuple[int, int]:
     """Resolve every settled ambiguous record; returns (resolved, left for a later pass).
 
     A lane whose read-back fails, or changed while it was read, stays ambiguous and is tried
@@ -108,7 +108,7 @@ async def _events_present(
 
 
 async def _points_present(
-    queue: DurableQueue, client: CortexClient, entity: str, key: str, items: Sequence[QueuedRecord]
+    queue: QueueBackend, client: CortexClient, entity: str, key: str, items: Sequence[QueuedRecord]
 ) -> dict[int, str | None] | None:
     """Which ambiguous points Cortex holds; ``None`` when the lane moved while it was read."""
     records = [q.record for q in items if isinstance(q.record, MetricRecord)]

@@ -21,7 +21,7 @@ from bridge.config import CortexSettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
 from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST
-from bridge.queue import BatchPolicy, DurableQueue, QueuedRecord
+from bridge.queue import BatchPolicy, QueueBackend, QueuedRecord
 from bridge.sender.dispositions import Dispositions
 from bridge.sender.outcomes import Outcome, Verdict, classify_failure, classify_response
 from bridge.sender.reconcile import reconcile_ambiguous
@@ -50,7 +50,7 @@ class Sender:
     """Delivers queued records to Cortex; start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(
-        self, queue: DurableQueue, client: CortexClient, cortex: CortexSettings, retry: RetrySettings
+        self, queue: QueueBackend, client: CortexClient, cortex: CortexSettings, retry: RetrySettings
     ) -> None:
         self.queue = queue
         self.client = client

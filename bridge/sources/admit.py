@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from bridge import metrics
-from bridge.queue import AppendResult, DurableQueue, QueueFull, QueueUnavailable
+from bridge.queue import AppendResult, QueueBackend, QueueFull, QueueUnavailable
 from bridge.records import Record, UnstorableRecord
 from bridge.sources.pipeline import DeadLetters
 
@@ -135,7 +135,7 @@ def _unstorable(exc: UnstorableRecord) -> NotAdmitted:
     return NotAdmitted(422, f"record cannot be stored as sent; nothing was stored: {exc}", retry=False)
 
 
-async def append_records(queue: DurableQueue, records: Sequence[Record], *, source: str,
+async def append_records(queue: QueueBackend, records: Sequence[Record], *, source: str,
                          delivery_id: str | None = None) -> Admitted | NotAdmitted:
     """Append ``records`` durably (deduplicated by ``delivery_id``, when given)."""
     for record in records:
@@ -158,7 +158,7 @@ async def append_records(queue: DurableQueue, records: Sequence[Record], *, sour
     return Admitted([r.id for r in records], result.duplicate_delivery)
 
 
-async def keep_dead_letters(queue: DurableQueue, dead: Sequence[DeadLetters], *, source: str) -> NotAdmitted | None:
+async def keep_dead_letters(queue: QueueBackend, dead: Sequence[DeadLetters], *, source: str) -> NotAdmitted | None:
     """Store records the mapping could not complete as dead letters; ``None`` when all are stored."""
     for group in dead:
         try:
@@ -174,7 +174,7 @@ async def keep_dead_letters(queue: DurableQueue, dead: Sequence[DeadLetters], *,
 
 
 async def admit(
-    queue: DurableQueue,
+    queue: QueueBackend,
     records: Sequence[Record],
     *,
     source: str,

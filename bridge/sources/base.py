@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from bridge.config import Settings, describe_errors
-from bridge.queue import DurableQueue
+from bridge.queue import QueueBackend
 from bridge.sources.edge import BodyBudget
 
 #: Looks up Cortex entity tags by git repository ("org/repo"); cached, counted against the quota.
@@ -34,7 +34,7 @@ class SourceContext:
     """Everything a source may use. Nothing here speaks Cortex HTTP except ``lookup_repository``."""
 
     settings: Settings
-    queue: DurableQueue
+    queue: QueueBackend
     lookup_repository: RepositoryLookup | None = None
     #: set while the bridge drains: sources stop taking new input
     draining: Callable[[], bool] = field(default=lambda: False)

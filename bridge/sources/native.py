@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bridge.config import IngestSettings
-from bridge.queue import DurableQueue
+from bridge.queue import QueueBackend
 from bridge.records import RECORD_ADAPTER, Record, record_id, utc_now
 from bridge.secrets import SecretUnavailable
 from bridge.sources.admit import admit, error_response
@@ -118,7 +118,7 @@ class NativeEndpoint:
 
     name = "native"
 
-    def __init__(self, queue: DurableQueue, *, ingest: IngestSettings, max_body_bytes: int, retry_after: int,
+    def __init__(self, queue: QueueBackend, *, ingest: IngestSettings, max_body_bytes: int, retry_after: int,
                  body_timeout: float = 30.0, budget: BodyBudget | None = None) -> None:
         self.queue = queue
         self.ingest = ingest

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from _deploy_support import ROOT, render
 
+import bridge
 from bridge import config_docs
 from bridge.config import Settings
 
@@ -78,5 +79,8 @@ def test_config_docs_module_prints_the_doc() -> None:
 
 def test_chart_app_version_is_the_package_version() -> None:
     chart = yaml.safe_load((render.CHART_DIR / "Chart.yaml").read_text())
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert chart["appVersion"] == project["version"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # The package declares its version once, in bridge/__init__.py; pyproject reads it from there.
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "bridge.__version__"}
+    assert chart["appVersion"] == bridge.__version__

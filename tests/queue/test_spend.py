@@ -97,3 +97,22 @@ async def test_spend_rows_expire_and_a_new_file_and_old_file_get_the_table(tmp_p
     finally:
         await queue.close()
 
+
+
+async def test_a_bucket_reloaded_at_a_takeover_counts_what_the_previous_sender_spent(tmp_path: Path) -> None:
+    # Two replicas share the spend log; the second becomes the sender after the first spent all.
+    queue = await DurableQueue.open(tmp_path / "q.db")
+    try:
+        successor = TokenBucket(3, 3, window_seconds=60, spend_log=QueueSpendLog(queue), request_timeout_seconds=5)
+        (await successor.acquire()).cancel()  # loaded once, while the log was empty
+        predecessor = TokenBucket(3, 3, window_seconds=60, spend_log=QueueSpendLog(queue), request_timeout_seconds=5)
+        for _ in range(3):
+            (await predecessor.acquire()).done()
+        successor.reload()
+        waiter = asyncio.create_task(successor.acquire())
+        await asyncio.sleep(0.1)
+        assert not waiter.done(), "the new sender must not spend what its predecessor spent"
+        assert successor.restored >= 3
+        waiter.cancel()
+    finally:
+        await queue.close()

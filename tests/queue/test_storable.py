@@ -31,6 +31,7 @@ from bridge.records import (
 )
 from bridge.sources.native import RecordErrors, parse_native
 from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
+from tests.support.queue_file import sqlite_queue
 
 POLICY = BatchPolicy(max_items={"metric": 100, "deploy": 1}, ambiguous_kinds=frozenset({"deploy", "metric"}))
 
@@ -188,6 +189,6 @@ async def test_an_unreadable_ambiguous_row_never_stops_the_read_back(tmp_path: P
         await bridge.queue.append([later])
         await wait_until(lambda: bridge.queue.depth == 0, timeout=30)
         assert (await sim_state(sim))["counts"]["deploys"] == 4
-        entry = inspect.dlq_show(bridge.queue.conn, deploys[1].id)
+        entry = inspect.dlq_show(sqlite_queue(bridge.queue).conn, deploys[1].id)
         assert entry is not None and entry["reason"] == "unreadable"
         await bridge.stop(deadline=2)  # must not raise: every loop is still alive

@@ -22,6 +22,7 @@ from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import build_request
 from bridge.sources.native import parse_native
 from tests.support.cortex import SIM_TOKEN, BridgeFactory, post_records, sim_config, sim_state, wait_until
+from tests.support.queue_file import sqlite_queue
 
 NOW = utc_now().replace(microsecond=0)
 ONE_AT_A_TIME = BatchPolicy(max_items={"metric": 1}, ambiguous_kinds=frozenset({"metric"}))
@@ -120,7 +121,7 @@ async def run_slow_cortex(make_bridge: BridgeFactory, settle: float) -> dict[str
         assert status == 202
         await wait_until(lambda: bridge.queue.depth == 0, timeout=60)
         state = await sim_state(sim)
-        conn = bridge.queue.conn
+        conn = sqlite_queue(bridge.queue).conn
         assert conn.execute("SELECT COUNT(*) FROM records WHERE state = ?", (State.AMBIGUOUS,)).fetchone()[0] == 0
         return state
 

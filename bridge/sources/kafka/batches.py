@@ -19,7 +19,7 @@ import structlog
 from aiokafka import TopicPartition
 
 from bridge import metrics
-from bridge.queue import DurableQueue, QueueFull, QueueUnavailable, RawInput
+from bridge.queue import QueueBackend, QueueFull, QueueUnavailable, RawInput
 from bridge.records import Record, UnstorableRecord, record_to_json
 from bridge.sources.admit import count_appended
 from bridge.sources.base import SourceConfigError, SourceContext
@@ -270,7 +270,7 @@ def _fitting(items: list[_Item], room: int) -> list[_Item]:
     return items
 
 
-def _exceeds(queue: DurableQueue, records: list[Record]) -> bool:
+def _exceeds(queue: QueueBackend, records: list[Record]) -> bool:
     """These records can never be appended, even to an empty queue."""
     if len(records) > queue.max_records:
         return True

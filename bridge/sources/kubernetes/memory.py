@@ -4,7 +4,7 @@ It lives in the SQLite database next to the queue, under ``k8s/<source>/``: per 
 completed generation and template, per event uid the last handled count, the open aggregation
 windows (those two are :class:`~bridge.sources.kubernetes.events.EventAggregator`'s), and which
 collections have a baseline. Records and that memory are written in one transaction
-(``DurableQueue.append(..., state_updates=...)``), so they never disagree: after a crash either
+(``QueueBackend.append(..., state_updates=...)``), so they never disagree: after a crash either
 both the record and "it was reported" are on disk, or neither is.
 """
 
@@ -16,7 +16,7 @@ import uuid
 import structlog
 
 from bridge import metrics
-from bridge.queue import DurableQueue, QueueFull, QueueUnavailable
+from bridge.queue import QueueBackend, QueueFull, QueueUnavailable
 from bridge.records import Record, UnstorableRecord
 from bridge.sources.admit import count_appended
 from bridge.sources.kubernetes.events import EventAggregator
@@ -28,7 +28,7 @@ log = structlog.get_logger("bridge.kubernetes")
 class SourceMemory:
     """The reported state of one source; changes are staged, then flushed with their records."""
 
-    def __init__(self, queue: DurableQueue, events: EventAggregator, *, source: str, prefix: str) -> None:
+    def __init__(self, queue: QueueBackend, events: EventAggregator, *, source: str, prefix: str) -> None:
         self.queue = queue
         self.source = source
         self.prefix = prefix

@@ -20,7 +20,7 @@ import re
 from typing import Any
 from urllib.parse import unquote
 
-from bridge.queue import DurableQueue
+from bridge.queue import QueueBackend
 from bridge.records import record_id
 from bridge.sources.entity import Subject
 from bridge.sources.payload import dig, first_timestamp, text
@@ -34,7 +34,7 @@ _OUTCOMES = {"success": "PIPELINE_SUCCEEDED", "failure": "PIPELINE_FAILED", "err
 class CDEventsMapper:
     """Maps one CloudEvent whose type is a CDEvents type; keeps pipeline start times durable."""
 
-    def __init__(self, queue: DurableQueue, source_name: str, duration_metric: str | None) -> None:
+    def __init__(self, queue: QueueBackend, source_name: str, duration_metric: str | None) -> None:
         self.queue = queue
         self.source_name = source_name
         self.duration_metric = duration_metric

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from bridge.queue import DurableQueue
+from bridge.queue import QueueBackend
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.payload import Headers, media_type, text
 from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, RefusalKind, UnusablePayload
@@ -55,7 +55,7 @@ class CloudEventsAdapter(WebhookAdapter[CloudEventsSettings]):
 
     content_types = frozenset({"application/json", STRUCTURED, BATCH})
 
-    def __init__(self, settings: CloudEventsSettings, queue: DurableQueue) -> None:
+    def __init__(self, settings: CloudEventsSettings, queue: QueueBackend) -> None:
         super().__init__(settings)
         self.mapper = CDEventsMapper(queue, settings.name, settings.pipeline_duration_metric)
 

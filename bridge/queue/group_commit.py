@@ -1,0 +1,170 @@
+"""Group commit, shared by both backends: a 2xx means "durable" without one commit per request.
+
+Producers call :meth:`GroupCommit.append`; concurrent appends that arrive while a commit is
+running are written together in the next transaction, and each producer is released only after
+that commit returned. A backend supplies :meth:`GroupCommit._commit` (one transaction for a
+batch of submissions) and the depth it keeps; the reservation of room, the writer task and the
+release of producers are the same for SQLite and PostgreSQL, so they live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bridge import metrics
+from bridge.queue.errors import QueueFull, QueueUnavailable
+from bridge.records import Record, encode_record, lane_of
+
+#: One record as appended: (id, kind, lane, source, body, size, received_at).
+Row = tuple[str, str, str, str, str, int, float]
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append stored."""
+
+    new_ids: list[str]
+    duplicate_ids: list[str]
+    duplicate_delivery: bool = False
+
+
+@dataclass
+class Submission:
+    """One append waiting for the next group commit (package-internal)."""
+
+    rows: Sequence[Row]
+    delivery: tuple[str, str] | None
+    state_updates: dict[str, str]
+    future: asyncio.Future[AppendResult]
+
+
+def encode_rows(records: Sequence[Record]) -> tuple[list[Row], int]:
+    """``records`` as rows to insert, and their bytes; raises :class:`~bridge.records.UnstorableRecord`."""
+    rows: list[Row] = []
+    size = 0
+    for record in records:
+        body = encode_record(record)
+        rows.append((record.id, record.kind, lane_of(record), record.provenance.source, body, len(body),
+                     record.provenance.received_at.timestamp()))
+        size += len(body)
+    return rows, size
+
+
+class GroupCommit:
+    """The append front of a queue: room reserved, producers batched, one commit per batch."""
+
+    max_records: int
+    max_bytes: int
+    writable: bool
+    _count: int
+    _bytes: int
+    _reserved_count: int
+    _reserved_bytes: int
+    _pending: list[Submission]
+    _wakeup: asyncio.Event
+    _writer: asyncio.Task[None] | None
+    #: the readiness reason while the queue cannot store records
+    unwritable_reason: str = "queue cannot write to disk"
+
+    def _init_group_commit(self) -> None:
+        """The append front's state (a backend's constructor calls it)."""
+        self._pending = []
+        self._wakeup = asyncio.Event()
+        self._writer = None
+        self._reserved_count = 0
+        self._reserved_bytes = 0
+
+    async def append(
+        self,
+        records: Sequence[Record],
+        *,
+        delivery: tuple[str, str] | None = None,
+        state_updates: dict[str, str] | None = None,
+    ) -> AppendResult:
+        """Make ``records`` durable; return only after the commit that holds them succeeded.
+
+        ``delivery`` = (source, delivery id): if that delivery was seen before, nothing is stored
+        and ``duplicate_delivery`` is set. ``state_updates`` are written in the same transaction
+        (a source's "what I already emitted" memory stays consistent with what is queued).
+        Raises :class:`QueueFull`, :class:`QueueUnavailable` or
+        :class:`~bridge.records.UnstorableRecord` (a record that would not read back); in each
+        case nothing is stored.
+        """
+        rows, size = encode_rows(records)
+        if rows and (
+            self._count + self._reserved_count + len(rows) > self.max_records
+            or self._bytes + self._reserved_bytes + size > self.max_bytes
+        ):
+            metrics.QUEUE_FULL.set(1)
+            raise QueueFull(f"queue is full ({self._count} records, {self._bytes} bytes)")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._reserved_count += len(rows)
+        self._reserved_bytes += size
+        self._pending.append(Submission(rows, delivery, dict(state_updates or {}), future))
+        self._wakeup.set()
+        try:
+            # A cancelled caller (client gone) cancels only its wait: the writer still stores the
+            # rows and skips the cancelled future.
+            return await future
+        finally:
+            self._reserved_count -= len(rows)
+            self._reserved_bytes -= size
+
+    async def _commit(self, batch: list[Submission]) -> list[AppendResult]:
+        """Store ``batch`` in one transaction; raise :class:`QueueUnavailable` unless it committed."""
+        raise NotImplementedError
+
+    def _publish_gauges(self) -> None:
+        raise NotImplementedError
+
+    def _notify_ready(self) -> None:
+        raise NotImplementedError
+
+    def _start_writer(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="queue-writer")
+
+    async def _stop_writer(self) -> None:
+        """Flush pending appends, then stop the writer."""
+        if self._writer is None:
+            return
+        while self._pending:
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await self._commit(batch)
+            except QueueUnavailable as exc:
+                self.writable = False
+                metrics.QUEUE_WRITABLE.set(0)
+                err = QueueUnavailable(f"{self.unwritable_reason}: {exc}")
+                for sub in batch:
+                    if not sub.future.done():
+                        sub.future.set_exception(err)
+                continue
+            metrics.QUEUE_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            self.writable = True
+            metrics.QUEUE_WRITABLE.set(1)
+            any_new = False
+            for sub, result in zip(batch, results, strict=True):
+                any_new = any_new or bool(result.new_ids)
+                if not sub.future.done():
+                    sub.future.set_result(result)
+            self._publish_gauges()
+            if any_new:
+                self._notify_ready()
