@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from bridge import metrics
 from bridge.queue.errors import QueueError, QueueUnavailable
 from bridge.queue.schema import State
+from bridge.queue.signals import QueueSignals
 
 T = TypeVar("T")
 
@@ -52,24 +53,17 @@ def unavailable(exc: Exception, secret: str | None = None) -> QueueUnavailable:
     return QueueUnavailable(message)
 
 
-class PgCore:
+class PgCore(QueueSignals):
     """The pool, the transaction runner, depth and gauges; the operations are mixins."""
 
     unwritable_reason = "queue database unavailable"
 
     def __init__(self, pool: AsyncConnectionPool[Any], *, max_records: int, max_bytes: int,
                  history_seconds: float, settle_seconds: float, secret: str | None) -> None:
+        super().__init__(max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds,
+                         settle_seconds=settle_seconds)
         self.pool = pool
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self.history_seconds = history_seconds
-        self.settle_seconds = settle_seconds
-        self.writable = True
         self._secret = secret
-        self._count = 0
-        self._bytes = 0
-        self._ready_listeners: list[Callable[[], None]] = []
-        self._takeover_listeners: list[Callable[[], None]] = []
 
     async def _tx(self, fn: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run ``fn(conn)`` in one transaction; return only after its COMMIT succeeded.
@@ -90,29 +84,7 @@ class PgCore:
                 raise unavailable(exc, self._secret) from exc
         raise AssertionError("unreachable")
 
-    def on_sender_takeover(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` when this replica took the sender lock over (before its first claim)."""
-        self._takeover_listeners.append(callback)
-
-    def on_ready(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the event loop) whenever records became ready (new or put back)."""
-        self._ready_listeners.append(callback)
-
-    def _notify_ready(self) -> None:
-        for callback in self._ready_listeners:
-            callback()
-
     # -- depth and gauges --------------------------------------------------------------------
-
-    @property
-    def depth(self) -> int:
-        """Undelivered records (this replica's view: exact after each gauge refresh)."""
-        return self._count
-
-    @property
-    def is_full(self) -> bool:
-        """Whether the queue holds its maximum of records or bytes."""
-        return self._count >= self.max_records or self._bytes >= self.max_bytes
 
     def _counted(self, records: int, size: int) -> None:
         """This replica's operation added (or, negative, removed) ``records`` of ``size`` bytes."""

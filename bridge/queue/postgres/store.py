@@ -105,8 +105,7 @@ class PostgresQueue(PgWrites, PgSending, PgKeeping):
         if self._prepared_generation != lock.generation:
             await self._tx(self._take_over)  # a failure leaves it for the next check
             self._prepared_generation = lock.generation
-            for listener in self._takeover_listeners:
-                listener()  # e.g. the request budget re-reads what the previous sender spent
+            self._notify_takeover()  # e.g. the request budget re-reads what the previous sender spent
             self._notify_ready()
         return True
 
