@@ -74,6 +74,19 @@ def oldest_age(conn: Reader) -> float:
     return round(time.time() - head[0], 3) if head else 0.0
 
 
+def parked_count(now: float) -> tuple[str, list[object]]:
+    """The statement (and its parameters) that counts the records parked after a 404 at ``now``."""
+    where, params = parked_clause(now)
+    return f"SELECT COUNT(*) FROM records WHERE {where}", params
+
+
+def count_parked_apart(by_state: dict[str, int], parked: int) -> None:
+    """Move ``parked`` of the ``ready`` records in ``by_state`` (counts by state name) to ``parked``."""
+    if parked:
+        by_state["ready"] -= parked
+        by_state["parked"] = parked
+
+
 def stats(conn: Reader, counts: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """Depth, bytes, oldest age, records by state and kind, dead letters by reason, history size.
 
@@ -86,11 +99,8 @@ def stats(conn: Reader, counts: tuple[int, int, int] | None = None) -> dict[str,
         counts = _totals(conn)
     count, size, dead = counts
     by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
-    where, params = parked_clause(time.time())
-    parked = conn.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0]
-    if parked:
-        by_state["ready"] -= parked
-        by_state["parked"] = parked
+    sql, params = parked_count(time.time())
+    count_parked_apart(by_state, conn.execute(sql, params).fetchone()[0])
     by_kind = dict(conn.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
     dead_by_reason = dict(conn.execute("SELECT reason, COUNT(*) FROM dead GROUP BY reason").fetchall())
     delivered = conn.execute("SELECT COUNT(*) FROM delivered").fetchone()[0]

@@ -33,7 +33,7 @@ from bridge.queue.dead_letters import DLQ_CHUNK, dead_selection, replayable_sele
 from bridge.queue.errors import NotAQueue, QueueUnavailable
 from bridge.queue.outcomes import RETRY_CHUNK
 from bridge.queue.postgres.core import unavailable
-from bridge.queue.postgres.schema import check_version, stored_text
+from bridge.queue.postgres.schema import check_version, pg_statement, stored_text
 from bridge.queue.schema import parked_clause, waiting_clause
 
 T = TypeVar("T")
@@ -42,9 +42,7 @@ T = TypeVar("T")
 class QmarkConnection:
     """A psycopg connection that runs statements written with SQLite's ``?`` placeholders.
 
-    For the statements written once for both engines (inspect.py and the selections): none of
-    them holds a literal ``?`` or ``%``, which is checked, so the translation cannot misfire.
-    Text parameters are looked up as the queue stores text (:func:`stored_text`: NUL and lone
+    For the statements written once for both engines (:func:`pg_statement`). Text parameters are looked up as the queue stores text (:func:`stored_text`: NUL and lone
     surrogates escaped), so an operator's id finds the row it names and never fails to encode.
     """
 
@@ -53,9 +51,7 @@ class QmarkConnection:
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
         """Run ``sql`` with ``?`` placeholders."""
-        if "%" in sql:
-            raise ValueError("a statement for both engines must not contain '%'")
-        return self.conn.execute(sql.replace("?", "%s"),
+        return self.conn.execute(pg_statement(sql),
                                  [stored_text(p) if isinstance(p, str) else p for p in parameters])
 
 

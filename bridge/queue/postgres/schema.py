@@ -133,6 +133,18 @@ def stored_text(value: str, limit: int | None = None) -> str:
     return text.replace("\x00", "\\x00")
 
 
+def pg_statement(sql: str) -> str:
+    """A statement written for both engines (SQLite's ``?`` placeholders) as psycopg runs it.
+
+    For the statements and selections shared with SQLite (bridge/queue/inspect.py, schema.py,
+    dead_letters.py): none holds a literal ``?`` or ``%``, which is checked, so the translation
+    cannot misfire.
+    """
+    if "%" in sql:
+        raise ValueError("a statement for both engines must not contain '%'")
+    return sql.replace("?", "%s")
+
+
 async def schema_version(conn: AsyncConnection) -> int | None:
     """The applied schema version, or None when the database has no bridge schema yet."""
     cur = await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")
