@@ -245,3 +245,19 @@ async def _opened(queue_settings: QueueSettings) -> None:
     from bridge.queue.open import open_queue
 
     await (await open_queue(queue_settings)).close()
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "FileNotFoundError: No such file or directory"),
+                                                  ("", "is empty"), (b"\xffpostgresql://u:pw@h/db", "UnicodeDecodeError")])
+def test_an_unreadable_dsn_file_is_one_line_that_never_quotes_it(tmp_path: Path, content: bytes | str | None,
+                                                                 message: str) -> None:
+    dsn_file = tmp_path / "dsn"
+    if isinstance(content, bytes):
+        dsn_file.write_bytes(content)
+    elif content is not None:
+        dsn_file.write_text(content)
+    path = write_config(tmp_path, {"backend": "postgres", "postgres": {"dsn_file": str(dsn_file)}})
+    for command in (["queue", "stats"], ["dlq", "replay", "--all"], ["trace", "x"]):
+        result = cli("--config", str(path), *command)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "pw@" not in result.stderr

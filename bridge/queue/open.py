@@ -19,6 +19,9 @@ def _dsn(settings: QueueSettings) -> str:
     try:
         return settings.postgres.resolved_dsn()
     except (OSError, ValueError) as exc:
+        if type(exc) is ValueError:  # resolved_dsn's own: an empty file or no DSN, never its text
+            raise QueueUnavailable(f"cannot read the queue database DSN: {exc}") from None
+        # Not str(exc): a decoding error quotes what the file holds.
         raise QueueUnavailable(f"cannot read the queue database DSN: {type(exc).__name__}"
                                f"{': ' + exc.strerror if isinstance(exc, OSError) and exc.strerror else ''}") from None
 
