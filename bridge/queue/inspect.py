@@ -3,9 +3,9 @@
 Each function reads one connection and writes nothing: the running queue's own (``stats``,
 gauges) or an operator's, opened read-only by :func:`~bridge.queue.files.open_file` (re-exported
 here, since reading a file starts with it). The statements are written once, in SQL that SQLite
-and PostgreSQL both run: a PostgreSQL operator connection passes a :class:`Reader` that turns
-the ``?`` placeholders into psycopg's (bridge/queue/postgres/operator.py). Changing the dead-letter set (replay, purge) is
-:mod:`bridge.queue.dead_letters`. Times are ISO 8601 in UTC (what an operator reads and compares
+and PostgreSQL both run: a PostgreSQL operator passes a :class:`Reader` that turns the ``?``
+placeholders into psycopg's (bridge/queue/postgres/operator.py). Changing the dead-letter set
+(replay, purge) is :mod:`bridge.queue.dead_letters`. Times are ISO 8601 in UTC (what an operator reads and compares
 with log lines), durations are seconds. A READY record parked after a 404 shows as ``parked``.
 """
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from bridge import metrics
@@ -52,6 +53,19 @@ def unavailable(exc: Exception, secret: str | None = None) -> QueueUnavailable:
     if secret:
         message = message.replace(secret, "***")
     return QueueUnavailable(message)
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password ``dsn`` holds (what :func:`unavailable` keeps out of messages), or None.
+
+    Raises :class:`QueueUnavailable` for a DSN libpq cannot parse, not with the parser's message:
+    it quotes the part of the DSN it stumbled on.
+    """
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        raise QueueUnavailable("queue.postgres.dsn is not a valid libpq connection string or URL") from None
+    return None if password is None else str(password)
 
 
 class PgCore:

@@ -26,13 +26,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from bridge.queue import inspect
 from bridge.queue.dead_letters import DLQ_CHUNK, dead_selection, replayable_selection
-from bridge.queue.errors import NotAQueue, QueueUnavailable
+from bridge.queue.errors import NotAQueue
 from bridge.queue.outcomes import RETRY_CHUNK
-from bridge.queue.postgres.core import unavailable
+from bridge.queue.postgres.core import dsn_password, unavailable
 from bridge.queue.postgres.schema import check_version, pg_statement, stored_text
 from bridge.queue.schema import parked_clause, waiting_clause
 
@@ -69,11 +68,7 @@ class PgOperator:
         Read-only unless ``write``. Raises :class:`QueueUnavailable` (unreachable, refused, a bad
         DSN) or :class:`NotAQueue` (no bridge schema, or a newer one), never quoting the DSN.
         """
-        try:
-            password = conninfo_to_dict(dsn).get("password")
-        except psycopg.Error:
-            raise QueueUnavailable("queue.postgres.dsn is not a valid libpq connection string or URL") from None
-        secret = None if password is None else str(password)
+        secret = dsn_password(dsn)
         try:
             conn = psycopg.connect(dsn, autocommit=True, connect_timeout=max(2, math.ceil(statement_timeout_seconds)))
         except psycopg.Error as exc:
