@@ -163,6 +163,19 @@ async def test_retry_now_releases_waiting_records_all_by_id_or_only_the_parked(b
     await queue.close()
 
 
+async def test_stats_count_records_parked_after_a_404_apart(backend: Opener) -> None:
+    queue = await backend()
+    await queue.append(events(1, 2, 3))
+    first, _ = [(await queue.claim(ONE_EVENT))[0] for _ in range(2)]
+    later = time.time() + 1000
+    await queue.reschedule([first.seq], next_attempt_at=later, error="entity not found", count_attempt=True,
+                           parked=True)
+    assert (await queue.stats())["by_state"] == {"parked": 1, "ready": 1, "claimed": 1}
+    assert await queue.retry_now(parked=True) == 1
+    assert (await queue.stats())["by_state"] == {"ready": 2, "claimed": 1}
+    await queue.close()
+
+
 async def test_weighted_claims_let_a_later_event_jump_a_metric_backlog(backend: Opener) -> None:
     queue = await backend()
     await queue.append([p for lane in range(5) for p in points(*range(lane * 10, lane * 10 + 10),

@@ -22,10 +22,13 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from bridge import metrics
 from bridge.queue.errors import QueueError, QueueUnavailable
+from bridge.queue.inspect import count_parked_apart, parked_count
+from bridge.queue.postgres.schema import pg_statement
 from bridge.queue.schema import State
 from bridge.queue.signals import QueueSignals
 
@@ -51,6 +54,19 @@ def unavailable(exc: Exception, secret: str | None = None) -> QueueUnavailable:
     if secret:
         message = message.replace(secret, "***")
     return QueueUnavailable(message)
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password ``dsn`` holds (what :func:`unavailable` keeps out of messages), or None.
+
+    Raises :class:`QueueUnavailable` for a DSN libpq cannot parse, not with the parser's message:
+    it quotes the part of the DSN it stumbled on.
+    """
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        raise QueueUnavailable("queue.postgres.dsn is not a valid libpq connection string or URL") from None
+    return None if password is None else str(password)
 
 
 class PgCore(QueueSignals):
@@ -125,14 +141,19 @@ class PgCore(QueueSignals):
             cur = await conn.execute(sql)
             return {key: int(n) for key, n in await cur.fetchall()}
 
-        by_state = await grouped("SELECT state, COUNT(*) FROM records GROUP BY state")
+        by_state = {State(s).name.lower(): n
+                    for s, n in (await grouped("SELECT state, COUNT(*) FROM records GROUP BY state")).items()}
+        sql, params = parked_count(time.time())
+        cur = await conn.execute(pg_statement(sql), params)
+        parked = await cur.fetchone()
+        count_parked_apart(by_state, int(parked[0]) if parked else 0)
         cur = await conn.execute("SELECT COUNT(*) FROM delivered")
         delivered = await cur.fetchone()
         return {
             "undelivered": self._count,
             "undelivered_bytes": self._bytes,
             "oldest_age_seconds": oldest,
-            "by_state": {State(s).name.lower(): n for s, n in by_state.items()},
+            "by_state": by_state,
             "by_kind": await grouped("SELECT kind, COUNT(*) FROM records GROUP BY kind"),
             "dead_letters": dead,
             "dead_by_reason": await grouped("SELECT reason, COUNT(*) FROM dead GROUP BY reason"),
