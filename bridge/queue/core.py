@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -100,16 +100,8 @@ class QueueCore(QueueSignals):
 
     # -- writability -------------------------------------------------------------------------
 
-    async def probe_writable(self) -> bool:
-        """Try a tiny durable write; readiness comes back as soon as the disk has room again."""
-        try:
-            await self._run(self._probe_sync)
-        except QueueUnavailable:
-            self.writable = False
-        else:
-            self.writable = True
-        metrics.QUEUE_WRITABLE.set(1 if self.writable else 0)
-        return self.writable
+    def _write_probe(self) -> Awaitable[None]:
+        return self._run(self._probe_sync)
 
     def _probe_sync(self) -> None:
         # A checkpoint moves WAL frames into the database and truncates the WAL: on a small,

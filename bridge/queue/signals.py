@@ -7,7 +7,10 @@ records became ready and when this process took the sending over from another.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from bridge import metrics
+from bridge.queue.errors import QueueUnavailable
 
 
 class QueueSignals:
@@ -50,3 +53,18 @@ class QueueSignals:
     def is_full(self) -> bool:
         """Whether the queue holds its maximum of records or bytes."""
         return self._count >= self.max_records or self._bytes >= self.max_bytes
+
+    async def probe_writable(self) -> bool:
+        """Try a tiny durable write; readiness comes back as soon as the store takes writes again."""
+        try:
+            await self._write_probe()
+        except QueueUnavailable:
+            self.writable = False
+        else:
+            self.writable = True
+        metrics.QUEUE_WRITABLE.set(1 if self.writable else 0)
+        return self.writable
+
+    def _write_probe(self) -> Awaitable[None]:
+        """The backend's tiny durable write (raises :class:`QueueUnavailable`)."""
+        raise NotImplementedError

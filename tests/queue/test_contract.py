@@ -187,6 +187,15 @@ async def test_weighted_claims_let_a_later_event_jump_a_metric_backlog(backend: 
     await queue.close()
 
 
+async def test_weighted_claims_still_serve_a_kind_the_policy_does_not_name(backend: Opener) -> None:
+    # A 202'd record must never wait forever because its kind has no weight or batch size.
+    queue = await backend()
+    await queue.append(points(1, 2))
+    only_events = BatchPolicy(max_items={"event": 1}, kind_weights={"event": 16})
+    assert [q.record.kind for q in await queue.claim(only_events)] == ["metric"]
+    await queue.close()
+
+
 async def test_ambiguous_records_wait_their_settle_time(backend: Opener) -> None:
     queue = await backend(settle_seconds=100)
     await queue.append(events(1, 2))

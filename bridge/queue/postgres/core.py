@@ -162,16 +162,8 @@ class PgCore(QueueSignals):
 
     # -- writability -------------------------------------------------------------------------
 
-    async def probe_writable(self) -> bool:
-        """Try a tiny durable write; readiness comes back as soon as the database takes writes."""
-        try:
-            await self._tx(self._probe)
-        except QueueUnavailable:
-            self.writable = False
-        else:
-            self.writable = True
-        metrics.QUEUE_WRITABLE.set(1 if self.writable else 0)
-        return self.writable
+    def _write_probe(self) -> Awaitable[None]:
+        return self._tx(self._probe)
 
     async def _probe(self, conn: AsyncConnection[Any]) -> None:
         await conn.execute(
