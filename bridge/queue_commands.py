@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from bridge.queue.operator import OperatorQueue
 
 
+#: ``--queue`` of every operator command.
+QUEUE_HELP = ("a SQLite queue file (default: the queue the configuration names, its file or, with"
+              " queue.backend postgres, the shared database)")
+
+
 class CliError(Exception):
     """A failure to report as one line with exit status ``code``."""
 
