@@ -103,6 +103,11 @@ class CortexSettings(_Section):
     circuit_max_open_seconds: float = Field(
         30.0, gt=0, description="Longest interval the circuit breaker stays open between probes.",
     )
+    api_key_identifier: str | None = Field(
+        None, max_length=255,
+        description="How Cortex's audit log names the bridge's API key (its actor identifier): `cortex-bridge"
+        " doctor` then checks that Cortex recorded the bridge's recent writes under it. Not a secret.",
+    )
 
     @model_validator(mode="after")
     def _settle_after_timeout(self) -> CortexSettings:

@@ -30,6 +30,7 @@ import psycopg
 from bridge.queue import inspect
 from bridge.queue.dead_letters import DLQ_CHUNK, dead_selection, replayable_selection
 from bridge.queue.errors import NotAQueue
+from bridge.queue.operator_spend import insert_spend, spends_since
 from bridge.queue.outcomes import RETRY_CHUNK
 from bridge.queue.postgres.core import dsn_password, unavailable
 from bridge.queue.postgres.schema import check_version, pg_statement, stored_text
@@ -131,7 +132,23 @@ class PgOperator:
         """See :meth:`~bridge.queue.operator.OperatorQueue.trace`."""
         return self._run(lambda: inspect.trace(self.conn, ident))
 
+    def oldest_record(self) -> dict[str, Any] | None:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.oldest_record`."""
+        return self._run(lambda: inspect.oldest_record(self.conn))
+
+    def recent_deliveries(self, since: float) -> dict[str, int]:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.recent_deliveries`."""
+        return self._run(lambda: inspect.recent_deliveries(self.conn, since))
+
+    def load_spends(self, since: float) -> list[float]:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.load_spends`."""
+        return self._run(lambda: spends_since(self.conn, since))
+
     # -- writes ------------------------------------------------------------------------------
+
+    def record_spend(self, stamp: float) -> None:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.record_spend`."""
+        self._run(lambda: insert_spend(self.conn, stamp))
 
     def retry(self, ids: list[str] | None = None, *, parked: bool = False, chunk: int = RETRY_CHUNK) -> int:
         """See :meth:`~bridge.queue.operator.OperatorQueue.retry`."""
