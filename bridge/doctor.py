@@ -91,6 +91,8 @@ async def check_token(settings: Settings, client: CortexClient) -> Finding:
         response = await client.verify_token()
     except (NotSent, Ambiguous) as exc:
         return Finding("token", "FAIL", f"Cortex at {where} did not answer: {redact_url(str(exc))}")
+    except Exception as exc:  # e.g. a URL the HTTP client refuses: a doctor answers, never a traceback
+        return Finding("token", "FAIL", f"Cortex at {where} cannot be asked: {_described(exc)}")
     expiry = token_expiry(token)
     if response.status == 401:
         why = (f"it expired at {_when(expiry)}" if expiry is not None and expiry <= time.time()
@@ -122,7 +124,13 @@ async def _ask(send: Awaitable[CortexResponse]) -> CortexResponse | str:
         response = await send
     except (NotSent, Ambiguous) as exc:
         return f"cannot tell: {redact_url(str(exc))}"
+    except Exception as exc:
+        return f"cannot tell: {_described(exc)}"
     return response
+
+
+def _described(exc: Exception) -> str:
+    return redact_url(f"{type(exc).__name__}: {exc}")
 
 
 async def check_metric_keys(keys: dict[str, list[str]], client: CortexClient) -> list[Finding]:

@@ -77,7 +77,9 @@ def proposals(queue: OperatorQueue, settings: Settings, *, limit: int,
 
 
 def _failure(exc: Exception) -> str:
-    return f"no answer from Cortex: {redact_url(str(exc))}"
+    if isinstance(exc, NotSent | Ambiguous):
+        return f"no answer from Cortex: {redact_url(str(exc))}"
+    return redact_url(f"cannot ask Cortex: {type(exc).__name__}: {exc}")
 
 
 async def judge(client: CortexClient, proposal: Proposal) -> None:
@@ -91,7 +93,7 @@ async def judge(client: CortexClient, proposal: Proposal) -> None:
             proposal.plan, proposal.why = "unknown", f"lookup answered {found.status}: {found.message()}"
             return
         checked = await create_or_patch_entity(client, proposal.descriptor, dry_run=True)
-    except (NotSent, Ambiguous) as exc:
+    except Exception as exc:  # every proposal gets an answer, never a traceback
         proposal.plan, proposal.why = "unknown", _failure(exc)
         return
     if checked.ok:
@@ -104,7 +106,7 @@ async def create(client: CortexClient, proposal: Proposal) -> bool:
     """Create the proposed entity; whether Cortex stored it (``why`` says otherwise)."""
     try:
         response = await create_or_patch_entity(client, proposal.descriptor, dry_run=False)
-    except (NotSent, Ambiguous) as exc:
+    except Exception as exc:
         proposal.why = _failure(exc)
         return False
     if not response.ok:
