@@ -15,17 +15,11 @@ from bridge.cortex.budget import RESTORE_MARGIN, TokenBucket
 from bridge.cortex.simulator import SimulatorServer
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
-from tests.support.cortex import sim_config, sim_requests
+from tests.support.cortex import busiest_window, sim_config, sim_requests
 from tests.support.paths import ROOT
 
 LIMIT = 20
 WINDOW = 4.0
-
-
-
-def busiest_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
 
 
 async def test_kill9_restarts_inside_one_window_never_exceed_the_quota(tmp_path: Path) -> None:
