@@ -20,6 +20,7 @@ from bridge import __version__
 from bridge.config import ConfigError, Settings, redact_url
 from bridge.logs import configure_logging
 from bridge.queue_commands import (
+    QUEUE_HELP,
     CliError,
     cmd_dlq,
     cmd_queue_retry,
@@ -291,13 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("queue", help="inspect the durable queue")
     qsub = p.add_subparsers(dest="queue_command", required=True, parser_class=_Parser)
     q = qsub.add_parser("stats", help="depth, bytes, oldest age, dead letters")
-    q.add_argument("--queue", help="queue file (default: from the configuration)")
+    q.add_argument("--queue", help=QUEUE_HELP)
     q.set_defaults(fn=cmd_queue_stats)
     q = qsub.add_parser("retry", help="deliver waiting records now instead of at their next attempt")
     q.add_argument("--ids", nargs="+", metavar="ID", help="only these record ids")
     q.add_argument("--parked", action="store_true",
                    help="only records parked after a 404 (e.g. once the entity exists in Cortex)")
-    q.add_argument("--queue", help="queue file (default: from the configuration)")
+    q.add_argument("--queue", help=QUEUE_HELP)
     q.set_defaults(fn=cmd_queue_retry)
 
     p = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
@@ -305,18 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("list", help="most recent dead letters")
     d.add_argument("--limit", type=int, default=50)
     d.add_argument("--reason")
-    d.add_argument("--queue")
+    d.add_argument("--queue", help=QUEUE_HELP)
     d.set_defaults(fn=cmd_dlq)
     d = dsub.add_parser("show", help="one dead letter with its record")
     d.add_argument("id")
-    d.add_argument("--queue")
+    d.add_argument("--queue", help=QUEUE_HELP)
     d.set_defaults(fn=cmd_dlq)
     for name, text in (("replay", "move dead letters back to the queue"), ("purge", "delete dead letters")):
         d = dsub.add_parser(name, help=text)
         d.add_argument("ids", nargs="*")
         d.add_argument("--reason", help="all dead letters with this reason")
         d.add_argument("--all", action="store_true", help="every dead letter")
-        d.add_argument("--queue")
+        d.add_argument("--queue", help=QUEUE_HELP)
         d.set_defaults(fn=cmd_dlq)
 
     p = sub.add_parser("preview", help="print the records a webhook payload would produce, storing nothing")
@@ -330,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="where a record or webhook delivery stands")
     p.add_argument("id", help="record id or delivery id")
-    p.add_argument("--queue")
+    p.add_argument("--queue", help=QUEUE_HELP)
     p.set_defaults(fn=cmd_trace)
     return parser
 

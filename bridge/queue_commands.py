@@ -1,7 +1,10 @@
 """The operator commands on a queue: ``queue stats``, ``queue retry``, ``dlq``, ``trace``.
 
-They open the queue file on a connection of their own (a running bridge may hold it too), and
-share with :mod:`bridge.cli` the way a command fails (:class:`CliError`) and prints (JSON).
+They work on the queue the configuration names (``queue.backend``: the SQLite file, or the
+database PostgreSQL replicas share; ``--queue FILE`` names a SQLite file instead) through
+:class:`~bridge.queue.operator.OperatorQueue`, on a connection of their own beside running
+bridges, and share with :mod:`bridge.cli` the way a command fails (:class:`CliError`: one line,
+never the DSN) and prints (JSON).
 """
 
 from __future__ import annotations
@@ -10,10 +13,17 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridge.config import ConfigError, Settings, load_settings
+from bridge.config import ConfigError, QueueSettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from bridge.queue.operator import OperatorQueue
+
+
+#: ``--queue`` of every operator command.
+QUEUE_HELP = ("a SQLite queue file (default: the queue the configuration names, its file or, with"
+              " queue.backend postgres, the shared database)")
 
 
 class CliError(Exception):
@@ -32,10 +42,10 @@ def settings_of(args: argparse.Namespace) -> Settings:
         raise CliError(str(exc), 2) from None
 
 
-def _queue_path(args: argparse.Namespace) -> Path:
+def _queue_settings(args: argparse.Namespace) -> QueueSettings:
     if getattr(args, "queue", None):
-        return Path(args.queue)
-    return settings_of(args).queue.path
+        return QueueSettings(path=args.queue)
+    return settings_of(args).queue
 
 
 def print_json(value: Any) -> None:
@@ -43,28 +53,30 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def _with_queue(args: argparse.Namespace, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
-    from bridge.queue import QueueError, files
+def _with_queue(args: argparse.Namespace, fn: Callable[[OperatorQueue], Any], *, write: bool = False) -> Any:
+    from bridge.queue import QueueError
+    from bridge.queue.open import open_operator
 
+    settings = _queue_settings(args)
     try:
-        return files.with_file(_queue_path(args), fn, write=write)
+        queue = open_operator(settings, write=write)
+        try:
+            return fn(queue)
+        finally:
+            queue.close()
     except QueueError as exc:
         raise CliError(str(exc)) from None
 
 
 def cmd_queue_stats(args: argparse.Namespace) -> int:
-    from bridge.queue import inspect
-
-    print_json(_with_queue(args, inspect.stats))
+    print_json(_with_queue(args, lambda q: q.stats()))
     return 0
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
-    from bridge.queue.outcomes import retry_now
-
     if args.ids and args.parked:
         raise CliError("queue retry: give record ids or --parked, not both", 2)
-    n = _with_queue(args, lambda c: retry_now(c, ids=args.ids or None, parked=args.parked), write=True)
+    n = _with_queue(args, lambda q: q.retry(args.ids or None, parked=args.parked), write=True)
     which = "parked " if args.parked else ""
     print(f"released {n} {which}record(s) for delivery now")
     if args.ids and n < len(args.ids):
@@ -74,28 +86,25 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from bridge.queue import dead_letters, inspect
-
     if args.dlq_command == "list":
-        print_json(_with_queue(args, lambda c: inspect.dlq_list(c, limit=args.limit, reason=args.reason)))
+        print_json(_with_queue(args, lambda q: q.dlq_list(limit=args.limit, reason=args.reason)))
     elif args.dlq_command == "show":
-        entry = _with_queue(args, lambda c: inspect.dlq_show(c, args.id))
+        entry = _with_queue(args, lambda q: q.dlq_show(args.id))
         if entry is None:
             raise CliError(f"no dead letter with id {args.id}")
         print_json(entry)
     else:
         if not args.ids and not args.reason and not args.all:
             raise CliError(f"dlq {args.dlq_command}: give record ids, --reason, or --all", 2)
-        fn = dead_letters.replay if args.dlq_command == "replay" else dead_letters.purge
-        n = _with_queue(args, lambda c: fn(c, ids=args.ids or None, reason=args.reason), write=True)
-        verb = "replayed" if args.dlq_command == "replay" else "purged"
+        replay = args.dlq_command == "replay"
+        n = _with_queue(args, lambda q: (q.replay if replay else q.purge)(ids=args.ids or None, reason=args.reason),
+                        write=True)
+        verb = "replayed" if replay else "purged"
         print(f"{verb} {n} dead letter(s)")
     return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from bridge.queue import inspect
-
-    found = _with_queue(args, lambda c: inspect.trace(c, args.id))
+    found = _with_queue(args, lambda q: q.trace(args.id))
     print_json(found)
     return 0 if not (len(found) == 1 and found[0].get("status") == "unknown") else 1

@@ -16,8 +16,11 @@ mixin reaches them as ``self`` without a context object passed through every cal
 composed class is still one object with one thread, which is what the durability argument
 rests on. A PostgreSQL backend implements :class:`QueueBackend` with its own class.
 
-Operator commands from another process: ``files.py`` (opening a queue file), ``inspect.py``
-(read-only: stats, dead letters, trace) and ``dead_letters.replay``/``purge``.
+Operator commands from another process: ``operator.py`` (:class:`OperatorQueue`, the
+operations defined once, and its SQLite implementation), ``open.py`` (choosing the backend),
+``files.py`` (opening a queue file), ``inspect.py`` (read-only statements both engines run:
+stats, dead letters, trace) and ``dead_letters.replay``/``purge``; the PostgreSQL side is
+``postgres/operator.py``.
 """
 
 from bridge.queue.appends import AppendResult

@@ -81,8 +81,7 @@ class Claims(QueueCore):
         """The claim of the most owed kind that has due work (oldest first without weights)."""
         if not policy.kind_weights:
             return self._claim_lane(policy, now, unreadable, None)
-        if self._shares is None or self._shares.configured != policy.kind_weights:
-            self._shares = KindShares(policy.kind_weights, policy.max_items)
+        self._shares = KindShares.for_policy(self._shares, policy)
         idle: list[str] = []
         for kind in self._shares.order():
             claimed = self._claim_lane(policy, now, unreadable, kind)

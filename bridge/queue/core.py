@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,6 +21,7 @@ from bridge import metrics
 from bridge.queue import inspect
 from bridge.queue.errors import QueueUnavailable
 from bridge.queue.schema import totals, transaction
+from bridge.queue.signals import QueueSignals
 
 if TYPE_CHECKING:
     from bridge.queue.appends import Submission
@@ -28,17 +29,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class QueueCore:
+class QueueCore(QueueSignals):
     """The queue's database thread, connection, depth and gauges; the operations are mixins."""
 
     def __init__(
         self, path: Path, *, max_records: int, max_bytes: int, history_seconds: float, settle_seconds: float = 0.0
     ) -> None:
+        super().__init__(max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds,
+                         settle_seconds=settle_seconds)
         self.path = path
-        self.settle_seconds = settle_seconds
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self.history_seconds = history_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
         self._conn: sqlite3.Connection | None = None
         # group commit (bridge/queue/appends.py)
@@ -47,10 +46,6 @@ class QueueCore:
         self._writer: asyncio.Task[None] | None = None
         self._reserved_count = 0
         self._reserved_bytes = 0
-        self._count = 0
-        self._bytes = 0
-        self.writable = True
-        self._ready_listeners: list[Callable[[], None]] = []
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the database thread (package-internal: only bridge/queue calls it).
@@ -70,28 +65,7 @@ class QueueCore:
         assert self._conn is not None, "queue is closed"
         return self._conn
 
-    def on_sender_takeover(self, callback: Callable[[], None]) -> None:
-        """Never called: one process owns a SQLite queue file, so no other sender precedes it."""
-
-    def on_ready(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the event loop) whenever records became ready (new or put back)."""
-        self._ready_listeners.append(callback)
-
-    def _notify_ready(self) -> None:
-        for callback in self._ready_listeners:
-            callback()
-
     # -- depth and gauges --------------------------------------------------------------------
-
-    @property
-    def depth(self) -> int:
-        """Undelivered records."""
-        return self._count
-
-    @property
-    def is_full(self) -> bool:
-        """Whether the queue holds its maximum of records or bytes."""
-        return self._count >= self.max_records or self._bytes >= self.max_bytes
 
     async def stats(self) -> dict[str, Any]:
         """Depth, bytes, oldest age, states, kinds, dead letters (see :func:`inspect.stats`)."""
@@ -126,16 +100,8 @@ class QueueCore:
 
     # -- writability -------------------------------------------------------------------------
 
-    async def probe_writable(self) -> bool:
-        """Try a tiny durable write; readiness comes back as soon as the disk has room again."""
-        try:
-            await self._run(self._probe_sync)
-        except QueueUnavailable:
-            self.writable = False
-        else:
-            self.writable = True
-        metrics.QUEUE_WRITABLE.set(1 if self.writable else 0)
-        return self.writable
+    def _write_probe(self) -> Awaitable[None]:
+        return self._run(self._probe_sync)
 
     def _probe_sync(self) -> None:
         # A checkpoint moves WAL frames into the database and truncates the WAL: on a small,

@@ -149,7 +149,8 @@ def move_to_dead(
 # -- operator commands (another process, its own connection) ---------------------------------
 
 
-def _select_dead(ids: list[str] | None, reason: str | None) -> tuple[str, list[Any]]:
+def dead_selection(ids: list[str] | None, reason: str | None) -> tuple[str, list[Any]]:
+    """The `` WHERE ...`` (and its parameters) on ``dead`` that an operator's ids and ``--reason`` select."""
     where, params = [], []
     if ids:
         where.append(f"id IN ({','.join('?' * len(ids))})")
@@ -160,13 +161,17 @@ def _select_dead(ids: list[str] | None, reason: str | None) -> tuple[str, list[A
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
+def replayable_selection(ids: list[str] | None, reason: str | None) -> tuple[str, list[Any]]:
+    """:func:`dead_selection` narrowed to the dead letters that are records (``dlq replay``)."""
+    where, params = dead_selection(ids, reason)
+    kinds = f"kind IN ({','.join('?' * len(REPLAYABLE_KINDS))})"
+    return (f"{where} AND {kinds}" if where else f" WHERE {kinds}"), [*params, *REPLAYABLE_KINDS]
+
+
 def replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None,
            chunk: int = DLQ_CHUNK) -> int:
     """Move dead letters back to the queue as fresh records (attempts reset); returns how many."""
-    where, params = _select_dead(ids, reason)
-    kinds = f"kind IN ({','.join('?' * len(REPLAYABLE_KINDS))})"
-    where = f"{where} AND {kinds}" if where else f" WHERE {kinds}"
-    params = [*params, *REPLAYABLE_KINDS]
+    where, params = replayable_selection(ids, reason)
     moved = 0
     while True:
         now = time.time()
@@ -188,7 +193,7 @@ def replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: st
 def purge(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: str | None = None,
           chunk: int = DLQ_CHUNK) -> int:
     """Delete dead letters for good; returns how many."""
-    where, params = _select_dead(ids, reason)
+    where, params = dead_selection(ids, reason)
     deleted = 0
     while True:
         with transaction(conn):

@@ -2,8 +2,10 @@
 
 Each function reads one connection and writes nothing: the running queue's own (``stats``,
 gauges) or an operator's, opened read-only by :func:`~bridge.queue.files.open_file` (re-exported
-here, since reading a file starts with it). Changing the dead-letter set (replay, purge) is
-:mod:`bridge.queue.dead_letters`. Times are ISO 8601 in UTC (what an operator reads and compares
+here, since reading a file starts with it). The statements are written once, in SQL that SQLite
+and PostgreSQL both run: a PostgreSQL operator passes a :class:`Reader` that turns the ``?``
+placeholders into psycopg's (bridge/queue/postgres/operator.py). Changing the dead-letter set
+(replay, purge) is :mod:`bridge.queue.dead_letters`. Times are ISO 8601 in UTC (what an operator reads and compares
 with log lines), durations are seconds. A READY record parked after a 404 shows as ``parked``.
 """
 
@@ -12,20 +14,46 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.queue.files import open_file
 from bridge.queue.schema import State, is_parked, parked_clause, totals
 from bridge.records import format_timestamp
 
-__all__ = ["dlq_list", "dlq_show", "oldest_age", "open_file", "stats", "trace"]
+__all__ = ["Reader", "count_totals", "dlq_list", "dlq_show", "oldest_age", "open_file", "stats", "trace"]
+
+
+class Rows(Protocol):
+    """What a statement returns: rows to fetch or iterate (a DB-API cursor)."""
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+
+    def __iter__(self) -> Any:
+        """The remaining rows, one by one."""
+
+
+class Reader(Protocol):
+    """A connection that runs a statement with ``?`` placeholders (a ``sqlite3.Connection`` is one)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Rows:
+        """Run ``sql`` with ``parameters``."""
 
 
 def _totals(conn: sqlite3.Connection) -> tuple[int, int, int]:
     # Read-only: a version-1 file has no `totals` table yet (the daemon adds it), so count.
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'totals'").fetchone() is not None:
         return totals(conn)
+    return count_totals(conn)
+
+
+def count_totals(conn: Reader) -> tuple[int, int, int]:
+    """(undelivered records, their bytes, dead letters), counted from the tables."""
     count, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
     return int(count), int(size), int(conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
 
@@ -40,21 +68,39 @@ def state_name(state: int, last_error: str | None, next_attempt_at: float, now: 
     return "parked" if is_parked(state, last_error, next_attempt_at, now) else State(state).name.lower()
 
 
-def oldest_age(conn: sqlite3.Connection) -> float:
+def oldest_age(conn: Reader) -> float:
     """Seconds since the oldest undelivered record was received (0 when empty)."""
     head = conn.execute("SELECT received_at FROM records WHERE seq = (SELECT MIN(seq) FROM records)").fetchone()
     return round(time.time() - head[0], 3) if head else 0.0
 
 
-def stats(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Depth, bytes, oldest age, records by state and kind, dead letters by reason, history size."""
-    count, size, dead = _totals(conn)
-    by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
-    where, params = parked_clause(time.time())
-    parked = conn.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0]
+def parked_count(now: float) -> tuple[str, list[object]]:
+    """The statement (and its parameters) that counts the records parked after a 404 at ``now``."""
+    where, params = parked_clause(now)
+    return f"SELECT COUNT(*) FROM records WHERE {where}", params
+
+
+def count_parked_apart(by_state: dict[str, int], parked: int) -> None:
+    """Move ``parked`` of the ``ready`` records in ``by_state`` (counts by state name) to ``parked``."""
     if parked:
         by_state["ready"] -= parked
         by_state["parked"] = parked
+
+
+def stats(conn: Reader, counts: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """Depth, bytes, oldest age, records by state and kind, dead letters by reason, history size.
+
+    ``counts``: (records, bytes, dead letters) when the caller has them; by default a SQLite
+    connection's totals row.
+    """
+    if counts is None:
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError("stats: give the counts with a connection that is not SQLite's")
+        counts = _totals(conn)
+    count, size, dead = counts
+    by_state = {State(s).name.lower(): n for s, n in conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
+    sql, params = parked_count(time.time())
+    count_parked_apart(by_state, conn.execute(sql, params).fetchone()[0])
     by_kind = dict(conn.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
     dead_by_reason = dict(conn.execute("SELECT reason, COUNT(*) FROM dead GROUP BY reason").fetchall())
     delivered = conn.execute("SELECT COUNT(*) FROM delivered").fetchone()[0]
@@ -70,7 +116,7 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-def dlq_list(conn: sqlite3.Connection, *, limit: int = 50, reason: str | None = None) -> list[dict[str, Any]]:
+def dlq_list(conn: Reader, *, limit: int = 50, reason: str | None = None) -> list[dict[str, Any]]:
     """The newest dead letters (optionally of one ``reason``), without their bodies."""
     sql = "SELECT id, kind, source, reason, status, detail, dead_at, attempts FROM dead"
     params: list[Any] = []
@@ -89,7 +135,7 @@ def _dead_entry(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
+def dlq_show(conn: Reader, record_id: str) -> dict[str, Any] | None:
     """One dead letter with what it holds (``record``), or None."""
     row = conn.execute(
         "SELECT id, kind, source, reason, status, detail, dead_at, attempts, body FROM dead WHERE id = ?",
@@ -105,7 +151,7 @@ def dlq_show(conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
     return out
 
 
-def trace(conn: sqlite3.Connection, ident: str) -> list[dict[str, Any]]:
+def trace(conn: Reader, ident: str) -> list[dict[str, Any]]:
     """Where a record (by record id) or a whole delivery (by delivery id) stands."""
     ids = [ident]
     now = time.time()

@@ -11,6 +11,12 @@ pace, not with a burst. Backend-neutral: the PostgreSQL backend uses the same ch
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, get_args
+
+from bridge.records import RecordKind
+
+if TYPE_CHECKING:
+    from bridge.queue.claims import BatchPolicy
 
 
 class KindShares:
@@ -25,6 +31,14 @@ class KindShares:
         self.weights = {**dict.fromkeys(kinds, 1), **weights}
         # Each kind starts one stride in, so the heaviest goes first and shares hold from the start.
         self._pass = {kind: 1.0 / weight for kind, weight in self.weights.items()}
+
+    @classmethod
+    def for_policy(cls, current: KindShares | None, policy: BatchPolicy) -> KindShares:
+        """``current`` if it still follows ``policy``'s weights, else a fresh chooser. Every record
+        kind is served (unweighted ones at weight 1), so no queued record can wait forever."""
+        if current is not None and current.configured == policy.kind_weights:
+            return current
+        return cls(policy.kind_weights, (*get_args(RecordKind), *policy.max_items))
 
     def order(self) -> list[str]:
         """Every kind, most owed first."""

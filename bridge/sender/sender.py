@@ -71,6 +71,9 @@ class Sender:
         self._unrecorded: list[list[QueuedRecord]] = []
         self._wakers: set[asyncio.Task[None]] = set()
         queue.on_ready(self.notify)
+        # A replica that takes the sending over inherits its predecessor's in-flight requests as
+        # ambiguous: the read-back loop must look again, not wait for an ambiguity of its own.
+        queue.on_sender_takeover(self._ambiguous_pending.set)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

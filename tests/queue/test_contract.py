@@ -163,6 +163,19 @@ async def test_retry_now_releases_waiting_records_all_by_id_or_only_the_parked(b
     await queue.close()
 
 
+async def test_stats_count_records_parked_after_a_404_apart(backend: Opener) -> None:
+    queue = await backend()
+    await queue.append(events(1, 2, 3))
+    first, _ = [(await queue.claim(ONE_EVENT))[0] for _ in range(2)]
+    later = time.time() + 1000
+    await queue.reschedule([first.seq], next_attempt_at=later, error="entity not found", count_attempt=True,
+                           parked=True)
+    assert (await queue.stats())["by_state"] == {"parked": 1, "ready": 1, "claimed": 1}
+    assert await queue.retry_now(parked=True) == 1
+    assert (await queue.stats())["by_state"] == {"ready": 2, "claimed": 1}
+    await queue.close()
+
+
 async def test_weighted_claims_let_a_later_event_jump_a_metric_backlog(backend: Opener) -> None:
     queue = await backend()
     await queue.append([p for lane in range(5) for p in points(*range(lane * 10, lane * 10 + 10),
@@ -171,6 +184,15 @@ async def test_weighted_claims_let_a_later_event_jump_a_metric_backlog(backend: 
     weighted = BatchPolicy(max_items=ONE_EVENT.max_items, kind_weights={"event": 16, "metric": 1})
     assert (await queue.claim(weighted))[0].record.kind == "event"
     assert (await queue.claim(weighted))[0].record.kind == "metric"
+    await queue.close()
+
+
+async def test_weighted_claims_still_serve_a_kind_the_policy_does_not_name(backend: Opener) -> None:
+    # A 202'd record must never wait forever because its kind has no weight or batch size.
+    queue = await backend()
+    await queue.append(points(1, 2))
+    only_events = BatchPolicy(max_items={"event": 1}, kind_weights={"event": 16})
+    assert [q.record.kind for q in await queue.claim(only_events)] == ["metric"]
     await queue.close()
 
 

@@ -22,11 +22,15 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from bridge import metrics
 from bridge.queue.errors import QueueError, QueueUnavailable
+from bridge.queue.inspect import count_parked_apart, parked_count
+from bridge.queue.postgres.schema import pg_statement
 from bridge.queue.schema import State
+from bridge.queue.signals import QueueSignals
 
 T = TypeVar("T")
 
@@ -52,24 +56,30 @@ def unavailable(exc: Exception, secret: str | None = None) -> QueueUnavailable:
     return QueueUnavailable(message)
 
 
-class PgCore:
+def dsn_password(dsn: str) -> str | None:
+    """The password ``dsn`` holds (what :func:`unavailable` keeps out of messages), or None.
+
+    Raises :class:`QueueUnavailable` for a DSN libpq cannot parse, not with the parser's message:
+    it quotes the part of the DSN it stumbled on.
+    """
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        raise QueueUnavailable("queue.postgres.dsn is not a valid libpq connection string or URL") from None
+    return None if password is None else str(password)
+
+
+class PgCore(QueueSignals):
     """The pool, the transaction runner, depth and gauges; the operations are mixins."""
 
     unwritable_reason = "queue database unavailable"
 
     def __init__(self, pool: AsyncConnectionPool[Any], *, max_records: int, max_bytes: int,
                  history_seconds: float, settle_seconds: float, secret: str | None) -> None:
+        super().__init__(max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds,
+                         settle_seconds=settle_seconds)
         self.pool = pool
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self.history_seconds = history_seconds
-        self.settle_seconds = settle_seconds
-        self.writable = True
         self._secret = secret
-        self._count = 0
-        self._bytes = 0
-        self._ready_listeners: list[Callable[[], None]] = []
-        self._takeover_listeners: list[Callable[[], None]] = []
 
     async def _tx(self, fn: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run ``fn(conn)`` in one transaction; return only after its COMMIT succeeded.
@@ -90,29 +100,7 @@ class PgCore:
                 raise unavailable(exc, self._secret) from exc
         raise AssertionError("unreachable")
 
-    def on_sender_takeover(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` when this replica took the sender lock over (before its first claim)."""
-        self._takeover_listeners.append(callback)
-
-    def on_ready(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the event loop) whenever records became ready (new or put back)."""
-        self._ready_listeners.append(callback)
-
-    def _notify_ready(self) -> None:
-        for callback in self._ready_listeners:
-            callback()
-
     # -- depth and gauges --------------------------------------------------------------------
-
-    @property
-    def depth(self) -> int:
-        """Undelivered records (this replica's view: exact after each gauge refresh)."""
-        return self._count
-
-    @property
-    def is_full(self) -> bool:
-        """Whether the queue holds its maximum of records or bytes."""
-        return self._count >= self.max_records or self._bytes >= self.max_bytes
 
     def _counted(self, records: int, size: int) -> None:
         """This replica's operation added (or, negative, removed) ``records`` of ``size`` bytes."""
@@ -153,14 +141,19 @@ class PgCore:
             cur = await conn.execute(sql)
             return {key: int(n) for key, n in await cur.fetchall()}
 
-        by_state = await grouped("SELECT state, COUNT(*) FROM records GROUP BY state")
+        by_state = {State(s).name.lower(): n
+                    for s, n in (await grouped("SELECT state, COUNT(*) FROM records GROUP BY state")).items()}
+        sql, params = parked_count(time.time())
+        cur = await conn.execute(pg_statement(sql), params)
+        parked = await cur.fetchone()
+        count_parked_apart(by_state, int(parked[0]) if parked else 0)
         cur = await conn.execute("SELECT COUNT(*) FROM delivered")
         delivered = await cur.fetchone()
         return {
             "undelivered": self._count,
             "undelivered_bytes": self._bytes,
             "oldest_age_seconds": oldest,
-            "by_state": {State(s).name.lower(): n for s, n in by_state.items()},
+            "by_state": by_state,
             "by_kind": await grouped("SELECT kind, COUNT(*) FROM records GROUP BY kind"),
             "dead_letters": dead,
             "dead_by_reason": await grouped("SELECT reason, COUNT(*) FROM dead GROUP BY reason"),
@@ -169,16 +162,8 @@ class PgCore:
 
     # -- writability -------------------------------------------------------------------------
 
-    async def probe_writable(self) -> bool:
-        """Try a tiny durable write; readiness comes back as soon as the database takes writes."""
-        try:
-            await self._tx(self._probe)
-        except QueueUnavailable:
-            self.writable = False
-        else:
-            self.writable = True
-        metrics.QUEUE_WRITABLE.set(1 if self.writable else 0)
-        return self.writable
+    def _write_probe(self) -> Awaitable[None]:
+        return self._tx(self._probe)
 
     async def _probe(self, conn: AsyncConnection[Any]) -> None:
         await conn.execute(

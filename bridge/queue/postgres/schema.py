@@ -133,6 +133,18 @@ def stored_text(value: str, limit: int | None = None) -> str:
     return text.replace("\x00", "\\x00")
 
 
+def pg_statement(sql: str) -> str:
+    """A statement written for both engines (SQLite's ``?`` placeholders) as psycopg runs it.
+
+    For the statements and selections shared with SQLite (bridge/queue/inspect.py, schema.py,
+    dead_letters.py): none holds a literal ``?`` or ``%``, which is checked, so the translation
+    cannot misfire.
+    """
+    if "%" in sql:
+        raise ValueError("a statement for both engines must not contain '%'")
+    return sql.replace("?", "%s")
+
+
 async def schema_version(conn: AsyncConnection) -> int | None:
     """The applied schema version, or None when the database has no bridge schema yet."""
     cur = await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")
@@ -174,21 +186,16 @@ async def verify_database(dsn: str, *, timeout_seconds: float = 10.0) -> str:
     :class:`QueueUnavailable` (unreachable, refused, read-only) or :class:`NotAQueue` (a schema
     newer than this release), with messages that never quote the DSN or its password.
     """
-    from psycopg.conninfo import conninfo_to_dict
+    from bridge.queue.postgres.core import dsn_password, unavailable
 
-    from bridge.queue.postgres.core import unavailable
-
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        raise QueueUnavailable("queue.postgres.dsn is not a valid libpq connection string or URL") from None
+    password = dsn_password(dsn)
     try:
         async with await AsyncConnection.connect(dsn, autocommit=True, connect_timeout=max(2, int(timeout_seconds))) as conn:
             version = await schema_version(conn)
             cur = await conn.execute("SHOW transaction_read_only")
             row = await cur.fetchone()
     except psycopg.Error as exc:
-        raise unavailable(exc, None if password is None else str(password)) from None
+        raise unavailable(exc, password) from None
     if row is not None and row[0] == "on":
         raise QueueUnavailable("the queue database is read-only (a standby?): the bridge could not store input")
     check_version(version)

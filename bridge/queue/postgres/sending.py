@@ -65,8 +65,7 @@ class PgSending(PgCore):
         """The claim of the most owed kind that has due work (bridge/queue/shares.py), as on SQLite."""
         if not policy.kind_weights:
             return await self._claim_lane(conn, policy, now, unreadable, None)
-        if self._shares is None or self._shares.configured != policy.kind_weights:
-            self._shares = KindShares(policy.kind_weights, policy.max_items)
+        self._shares = KindShares.for_policy(self._shares, policy)
         idle: list[str] = []
         for kind in self._shares.order():
             claimed = await self._claim_lane(conn, policy, now, unreadable, kind)

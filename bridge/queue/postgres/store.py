@@ -12,11 +12,10 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from bridge.queue.errors import QueueError, QueueUnavailable
-from bridge.queue.postgres.core import unavailable
+from bridge.queue.errors import QueueError
+from bridge.queue.postgres.core import dsn_password, unavailable
 from bridge.queue.postgres.keeping import PgKeeping
 from bridge.queue.postgres.schema import migrate
 from bridge.queue.postgres.sender_lock import SenderLock
@@ -53,12 +52,7 @@ class PostgresQueue(PgWrites, PgSending, PgKeeping):
         records. Raises :class:`QueueUnavailable` when the database cannot be reached, and
         :class:`~bridge.queue.errors.NotAQueue` for a schema newer than this release.
         """
-        try:
-            password = conninfo_to_dict(dsn).get("password")
-        except psycopg.Error:
-            # Not the parser's message: it quotes the part of the DSN it stumbled on.
-            raise QueueUnavailable("queue.postgres.dsn is not a valid libpq connection string or URL") from None
-        secret = None if password is None else str(password)
+        secret = dsn_password(dsn)
         timeout_ms = max(1, int(statement_timeout_seconds * 1000))
 
         async def configure(conn: AsyncConnection[Any]) -> None:
@@ -105,8 +99,7 @@ class PostgresQueue(PgWrites, PgSending, PgKeeping):
         if self._prepared_generation != lock.generation:
             await self._tx(self._take_over)  # a failure leaves it for the next check
             self._prepared_generation = lock.generation
-            for listener in self._takeover_listeners:
-                listener()  # e.g. the request budget re-reads what the previous sender spent
+            self._notify_takeover()  # e.g. the request budget re-reads what the previous sender spent
             self._notify_ready()
         return True
 
