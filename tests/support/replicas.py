@@ -38,8 +38,9 @@ from tests.support.webhooks import FIXTURES, github_signature
 GITHUB_REPOSITORY = "octo-org/octo-repo"
 GITHUB_ENTITY = "octo-repo"
 WORKFLOW_RUN = json.loads((FIXTURES / "github" / "workflow_run.completed.success.json").read_bytes())
-#: The repository is mapped statically: a catalog lookup would be a Cortex request of an ingesting
-#: replica, which the sender's budget does not count (docs/reliability.md, scenario 11).
+#: The repository is mapped statically, so that what Cortex stores depends on the load alone (a
+#: catalog lookup would count in the shared budget like every request, but its cache makes the
+#: request count depend on which replica gets which delivery).
 WEBHOOK_SECRET = "replica-webhook-secret"
 GITHUB_SOURCE: dict[str, Any] = {"name": "github", "type": "github", "secrets": [WEBHOOK_SECRET],
                  "deploy_workflows": [{"workflow": "test.yml", "environment": "production"}],
