@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import aiohttp
 
 from bridge.cortex.simulator import SimEntity, SimFaults, SimulatorServer
 from tests.support.cortex import ENTITIES, busiest_window, sim_config, sim_state, wait_until
+from tests.support.kafka import Tansu, create_topic, kafka_source, produce, unique
 from tests.support.ledger import Ledger, scaled
 from tests.support.postgres import PostgresCluster
 from tests.support.replicas import (
@@ -220,3 +222,57 @@ async def test_one_github_delivery_posted_to_two_replicas_at_once_is_stored_and_
             assert stats["delivered_history"] == len(deliveries.acked), stats  # stored once each
         finally:
             replicas.cleanup()
+
+
+async def test_kafka_partitions_spread_over_replicas_and_a_killed_one_loses_and_repeats_nothing(
+    tmp_path: Path, pg_dsn: str, broker: Tansu
+) -> None:
+    # Three replicas in one consumer group on one PostgreSQL queue. Offsets are committed only
+    # every 30 s, so a killed replica's partitions are read again from the start by whoever takes
+    # them over: every re-read message must be recognised by record id in the shared queue.
+    topic, group = unique("replicas"), unique("g")
+    await create_topic(broker.bootstrap, topic, 6)
+    total = scaled(600, 3000)
+    source = kafka_source(broker.bootstrap, topic, group, max_poll_records=20, commit_interval_seconds=30)
+
+    def deploy(n: int) -> bytes:
+        return json.dumps({"kind": "deploy", "entity": ENTITIES[n % len(ENTITIES)], "title": f"kafka-{n}",
+                           "timestamp": 1_760_000_000 + n, "sha": f"{n:040x}"}).encode()
+
+    # Not the quota under test here: Cortex without a limit, the replicas' default budget.
+    async with SimulatorServer(sim_config(rate_limit_per_minute=0, faults=SimFaults(latency_ms=10))) as sim:
+        replicas = Replicas(tmp_path, sim.url, pg_dsn, 3, sources=[source])
+        try:
+            await replicas.start()
+
+            async def spread() -> bool:
+                assigned = [await p.metric("cortex_bridge_kafka_assigned_partitions") for p in replicas.processes]
+                return sum(assigned) == 6 and min(assigned) >= 1
+
+            await wait_until(spread, timeout=30, interval=0.3)
+            await produce(broker.bootstrap, topic, [(n % 6, None, deploy(n), []) for n in range(total // 2)])
+
+            async def some_delivered() -> bool:
+                return sum(len(d) for d in (await sim_state(sim))["deploys"].values()) >= total // 6
+
+            await wait_until(some_delivered, timeout=60)
+            replicas.processes[0].kill9()
+            await produce(broker.bootstrap, topic, [(n % 6, None, deploy(n), []) for n in range(total // 2, total)])
+
+            async def drained() -> bool:
+                return sum(len(d) for d in (await sim_state(sim))["deploys"].values()) >= total
+
+            try:
+                await wait_until(drained, timeout=scaled(90, 300), interval=0.5)
+            except AssertionError:
+                raise AssertionError(f"{await queue_stats(replicas.dsn)}\n{replicas.logs()}") from None
+            await asyncio.sleep(1)
+            titles = [d["title"] for deploys in (await sim_state(sim))["deploys"].values() for d in deploys]
+            stats = await queue_stats(replicas.dsn)
+            repeated = sum([await p.metric("cortex_bridge_records_duplicate_total", {"kind": "deploy"})
+                            for p in replicas.running()])
+        finally:
+            replicas.cleanup()
+    assert sorted(titles) == sorted(f"kafka-{n}" for n in range(total)), "lost or twice"
+    assert stats["undelivered"] == 0 and stats["dead_letters"] == 0, stats
+    assert repeated > 0, "the killed replica's uncommitted messages were read again and recognised"

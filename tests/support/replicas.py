@@ -99,15 +99,17 @@ class GitHubDeliveries:
 class Replicas:
     """``count`` bridge processes sharing the database ``dsn`` and the Cortex at ``cortex_url``."""
 
-    def __init__(self, tmp: Path, cortex_url: str, dsn: str, count: int, **extra: Any) -> None:
+    def __init__(self, tmp: Path, cortex_url: str, dsn: str, count: int, *,
+                 sources: list[dict[str, Any]] | None = None, **extra: Any) -> None:
         self.dsn = dsn
+        sources = [GITHUB_SOURCE] if sources is None else sources
         self.processes: list[BridgeProcess] = []
         for n in range(count):
             directory = tmp / f"replica-{n}"
             directory.mkdir(parents=True, exist_ok=True)
             queue = {"backend": "postgres", "postgres": {"dsn": replica_dsn(dsn, f"replica-{n}"),
                                                          "statement_timeout_seconds": 2}}
-            self.processes.append(BridgeProcess(directory, cortex_url, queue=queue, sources=[GITHUB_SOURCE], **extra))
+            self.processes.append(BridgeProcess(directory, cortex_url, queue=queue, sources=sources, **extra))
 
     async def start(self) -> None:
         """Start every replica (one after the other: each migrates the schema under a lock)."""

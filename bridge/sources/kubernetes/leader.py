@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
