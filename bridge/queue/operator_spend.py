@@ -5,13 +5,17 @@ count its requests where the bridge counts its own, in the queue database's ``sp
 (bridge/queue/spend.py), or the two together could exceed Cortex's quota. Opening the queue
 as the daemon does would run crash recovery under the running bridge; so the command records
 through its :class:`~bridge.queue.operator.OperatorQueue` connection instead, one committed
-row per request, in SQL both engines run.
+row per request: on SQLite recorded (and loaded at the first request) in SQL both engines run;
+on PostgreSQL, where replicas share the log, each request admitted as a replica's is.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bridge.queue.inspect import Reader
 
@@ -30,6 +34,15 @@ def insert_spend(conn: Reader, stamp: float) -> None:
     conn.execute("INSERT INTO spend (sent_at) VALUES (?)", (stamp,))
 
 
+@runtime_checkable
+class SharedOperatorSpend(Protocol):
+    """An operator's connection to a spend log replicas share (PostgreSQL): each request takes
+    its slot as a replica's does, under the same lock (bridge/queue/postgres/keeping.py)."""
+
+    def admit_spend(self, replica: str, *, room: int, span: float) -> float | None:
+        """``None`` once the request is recorded, else the seconds until one may be."""
+
+
 class OperatorSpendLog:
     """:class:`~bridge.cortex.budget.SpendLog` on an operator's connection.
 
@@ -39,6 +52,19 @@ class OperatorSpendLog:
 
     def __init__(self, queue: OperatorQueue) -> None:
         self.queue = queue
+        #: the command among the processes sharing the log (host and pid say which, when read)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:operator-{uuid.uuid4().hex[:8]}"
+
+    @property
+    def shared(self) -> bool:
+        """Whether replicas spend from the log at the same time (then every request is admitted)."""
+        return isinstance(self.queue, SharedOperatorSpend)
+
+    async def admit(self, room: int, span: float) -> float:
+        """Record one request now if the others' requests of the last ``span`` seconds leave room."""
+        assert isinstance(self.queue, SharedOperatorSpend)
+        wait = self.queue.admit_spend(self.replica, room=room, span=span)
+        return 0.0 if wait is None else max(0.01, wait)
 
     async def load(self, since: float) -> list[float]:
         """What every process recorded since ``since``."""
