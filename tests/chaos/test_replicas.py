@@ -20,10 +20,13 @@ spent, would show as a window over the limit (or as 429s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import random
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,36 +92,53 @@ def sent_after(sim: SimulatorServer, instant: float) -> bool:
     return bool(sim.store.requests) and float(sim.store.requests[-1]["t"]) > instant
 
 
-async def load_for(replicas: Replicas, ledger: Ledger, deliveries: GitHubDeliveries, rng: random.Random,
-                   stop: asyncio.Event) -> list[asyncio.Task[None]]:
-    return [asyncio.create_task(spread_load(replicas, ledger, deliveries, stop, rng, pause=PAUSE))
-            for _ in range(3)]
+@dataclass
+class UnderLoad:
+    """Three replicas, the simulator, and three producers spreading mixed load over the replicas."""
+
+    sim: SimulatorServer
+    replicas: Replicas
+    rng: random.Random
+    ledger: Ledger = field(default_factory=Ledger)
+    deliveries: GitHubDeliveries = field(default_factory=GitHubDeliveries)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    producers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def recovered(self) -> dict[str, Any]:
+        """Stop the load, then :func:`verify_recovered`."""
+        self.stop.set()
+        await asyncio.gather(*self.producers)
+        return await verify_recovered(self.sim, self.replicas, self.deliveries, self.ledger)
+
+
+@contextlib.asynccontextmanager
+async def under_load(tmp_path: Path, dsn: str, faults: SimFaults, seed: int) -> AsyncIterator[UnderLoad]:
+    async with SimulatorServer(tenant(faults)) as sim:
+        run = UnderLoad(sim, Replicas(tmp_path, sim.url, dsn, 3, cortex=CORTEX), random.Random(seed))
+        try:
+            await run.replicas.start()
+            run.producers = [asyncio.create_task(spread_load(run.replicas, run.ledger, run.deliveries, run.stop,
+                                                             run.rng, pause=PAUSE)) for _ in range(3)]
+            yield run
+        finally:
+            run.stop.set()
+            await asyncio.gather(*run.producers)
+            run.replicas.cleanup()
 
 
 async def test_kill9_of_random_replicas_under_load_loses_and_duplicates_nothing(tmp_path: Path, pg_dsn: str) -> None:
-    rng = random.Random(11)
-    ledger, deliveries = Ledger(), GitHubDeliveries()
-    async with SimulatorServer(tenant(SimFaults(latency_ms=20))) as sim:
-        replicas = Replicas(tmp_path, sim.url, pg_dsn, 3, cortex=CORTEX)
-        try:
-            await replicas.start()
-            stop = asyncio.Event()
-            producers = await load_for(replicas, ledger, deliveries, rng, stop)
-            killed_senders = 0
-            for round_ in range(scaled(3, 20)):
-                await asyncio.sleep(rng.uniform(1.0, 2.0))
-                sender = replicas.sender()
-                # The first kill always hits the sender; then any replica, the sender included.
-                victim = sender if round_ == 0 and sender is not None else rng.randrange(3)
-                killed_senders += victim == sender
-                replicas.processes[victim].kill9()
-                await asyncio.sleep(rng.uniform(0.2, 1.0))
-                await replicas.processes[victim].start(timeout=30)
-            stop.set()
-            await asyncio.gather(*producers)
-            summary = await verify_recovered(sim, replicas, deliveries, ledger)
-        finally:
-            replicas.cleanup()
+    async with under_load(tmp_path, pg_dsn, SimFaults(latency_ms=20), seed=11) as run:
+        killed_senders = 0
+        for round_ in range(scaled(3, 20)):
+            await asyncio.sleep(run.rng.uniform(1.0, 2.0))
+            sender = run.replicas.sender()
+            # The first kill always hits the sender; then any replica, the sender included.
+            victim = sender if round_ == 0 and sender is not None else run.rng.randrange(3)
+            killed_senders += victim == sender
+            run.replicas.processes[victim].kill9()
+            await asyncio.sleep(run.rng.uniform(0.2, 1.0))
+            await run.replicas.processes[victim].start(timeout=30)
+        summary = await run.recovered()
     assert killed_senders >= 1, "the sending replica was never killed"
     assert all(n > 10 for n in summary["records"].values()), summary
 
@@ -126,76 +146,56 @@ async def test_kill9_of_random_replicas_under_load_loses_and_duplicates_nothing(
 async def test_postgres_restart_mid_load_answers_503_then_delivers_everything(
     tmp_path: Path, pg_cluster: PostgresCluster, pg_dsn: str
 ) -> None:
-    rng = random.Random(12)
-    ledger, deliveries = Ledger(), GitHubDeliveries()
-    async with SimulatorServer(tenant(SimFaults(latency_ms=20))) as sim:
-        replicas = Replicas(tmp_path, sim.url, pg_dsn, 3, cortex=CORTEX)
+    async with under_load(tmp_path, pg_dsn, SimFaults(latency_ms=20), seed=12) as run:
+        statuses = run.ledger.statuses
+        await asyncio.sleep(2)
+        pg_cluster.stop()  # fast shutdown: every session is terminated, as in a failover
         try:
-            await replicas.start()
-            stop = asyncio.Event()
-            producers = await load_for(replicas, ledger, deliveries, rng, stop)
-            await asyncio.sleep(2)
-            pg_cluster.stop()  # fast shutdown: every session is terminated, as in a failover
-            try:
-                refused_before = ledger.statuses["503"]
-                # The first refusals wait for the pool (at most statement_timeout_seconds, 2 s
-                # here), then the replica knows the database is down and refuses at once.
-                await asyncio.sleep(scaled(4, 10))
-                assert ledger.statuses["503"] > refused_before, ledger.statuses
-                async with aiohttp.ClientSession() as http, http.get(f"{replicas.urls()[0]}/readyz") as resp:
-                    assert resp.status == 503 and "queue database unavailable" in (await resp.json())["reasons"]
-            finally:
-                pg_cluster.start()
-            accepted_before = ledger.statuses["202"]
-            await wait_until(lambda: ledger.statuses["202"] > accepted_before + 20, timeout=30)
-            await asyncio.sleep(2)
-            stop.set()
-            await asyncio.gather(*producers)
-            await verify_recovered(sim, replicas, deliveries, ledger)
-            assert len(replicas.running()) == 3, replicas.logs()  # none gave up on the database
+            refused_before = statuses["503"]
+            # The first refusals wait for the pool (at most statement_timeout_seconds, 2 s
+            # here), then the replica knows the database is down and refuses at once.
+            await asyncio.sleep(scaled(4, 10))
+            assert statuses["503"] > refused_before, statuses
+            async with aiohttp.ClientSession() as http, http.get(f"{run.replicas.urls()[0]}/readyz") as resp:
+                assert resp.status == 503 and "queue database unavailable" in (await resp.json())["reasons"]
         finally:
-            replicas.cleanup()
+            pg_cluster.start()
+        accepted_before = statuses["202"]
+        await wait_until(lambda: statuses["202"] > accepted_before + 20, timeout=30)
+        await asyncio.sleep(2)
+        await run.recovered()
+        assert len(run.replicas.running()) == 3, run.replicas.logs()  # none gave up on the database
 
 
 async def test_sender_killed_mid_request_with_lost_answers_is_read_back_not_resent(tmp_path: Path, pg_dsn: str) -> None:
-    rng = random.Random(13)
-    ledger, deliveries = Ledger(), GitHubDeliveries()
     # Slow answers keep requests in flight; every 4th write is stored and its answer dropped.
     faults = SimFaults(latency_ms=150, drop_after_commit_every=4)
-    async with SimulatorServer(tenant(faults)) as sim:
-        replicas = Replicas(tmp_path, sim.url, pg_dsn, 3, cortex=CORTEX)
-        try:
-            await replicas.start()
-            stop = asyncio.Event()
-            producers = await load_for(replicas, ledger, deliveries, rng, stop)
-            for _ in range(scaled(2, 8)):
-                await asyncio.sleep(rng.uniform(1.5, 2.5))
-                await wait_until(lambda: replicas.sender() is not None, timeout=15)
-                sender = replicas.sender()
-                assert sender is not None
+    async with under_load(tmp_path, pg_dsn, faults, seed=13) as run:
+        sim, replicas = run.sim, run.replicas
+        for _ in range(scaled(2, 8)):
+            await asyncio.sleep(run.rng.uniform(1.5, 2.5))
+            await wait_until(lambda: replicas.sender() is not None, timeout=15)
+            sender = replicas.sender()
+            assert sender is not None
 
-                def in_flight() -> bool:
-                    now = time.time()
-                    return any(r["status"] == 0 and now - r["t"] < 0.1 for r in list(sim.store.requests)[-20:])
+            def in_flight() -> bool:
+                now = time.time()
+                return any(r["status"] == 0 and now - r["t"] < 0.1 for r in list(sim.store.requests)[-20:])
 
-                # After a takeover the predecessor's requests hold their slots for a window plus
-                # the request timeout and margin (10 s here): the new sender may wait that long.
-                try:
-                    await wait_until(in_flight, timeout=20, interval=0.01)
-                except AssertionError:
-                    raise AssertionError(f"sender {sender} sends nothing: {list(sim.store.requests)[-5:]}"
-                                         f"\n{await queue_stats(replicas.dsn)}\n{replicas.logs()}") from None
-                killed_at = time.time()
-                replicas.processes[sender].kill9()
-                await wait_until(functools.partial(sent_after, sim, killed_at), timeout=15, interval=0.01)
-                successor = replicas.sender()
-                assert successor is not None and successor != sender, (sender, successor)
-                await replicas.processes[sender].start(timeout=30)
-            stop.set()
-            await asyncio.gather(*producers)
-            await verify_recovered(sim, replicas, deliveries, ledger)
-        finally:
-            replicas.cleanup()
+            # After a takeover the predecessor's requests hold their slots for a window plus
+            # the request timeout and margin (10 s here): the new sender may wait that long.
+            try:
+                await wait_until(in_flight, timeout=20, interval=0.01)
+            except AssertionError:
+                raise AssertionError(f"sender {sender} sends nothing: {list(sim.store.requests)[-5:]}"
+                                     f"\n{await queue_stats(replicas.dsn)}\n{replicas.logs()}") from None
+            killed_at = time.time()
+            replicas.processes[sender].kill9()
+            await wait_until(functools.partial(sent_after, sim, killed_at), timeout=15, interval=0.01)
+            successor = replicas.sender()
+            assert successor is not None and successor != sender, (sender, successor)
+            await replicas.processes[sender].start(timeout=30)
+        await run.recovered()
     dropped = sum(1 for r in sim.store.requests if r["status"] == 0)
     assert dropped > 0, "no answer was dropped: the ambiguous path was not exercised"
 
