@@ -87,6 +87,11 @@ async def verify_recovered(sim: SimulatorServer, replicas: Replicas, deliveries:
     return {"records": counts, "github": webhooks, "busiest": busiest, "requests": len(log)}
 
 
+def taken_over(replicas: Replicas, killed: int) -> bool:
+    """Whether a replica other than ``killed`` holds the sender lock."""
+    return replicas.sender() not in (None, killed)
+
+
 def sent_after(sim: SimulatorServer, instant: float) -> bool:
     """Whether Cortex has seen a request that arrived after ``instant``."""
     return bool(sim.store.requests) and float(sim.store.requests[-1]["t"]) > instant
@@ -192,7 +197,7 @@ async def test_sender_killed_mid_request_with_lost_answers_is_read_back_not_rese
             replicas.processes[sender].kill9()
             # A request the killed sender wrote just before the kill may still reach Cortex after
             # it: wait for another replica to take the lock, then for a request of its own.
-            await wait_until(lambda killed=sender: replicas.sender() not in (None, killed), timeout=15, interval=0.05)
+            await wait_until(functools.partial(taken_over, replicas, sender), timeout=15, interval=0.05)
             taken_at = time.time()
             await wait_until(functools.partial(sent_after, sim, taken_at), timeout=30, interval=0.01)
             await replicas.processes[sender].start(timeout=30)
