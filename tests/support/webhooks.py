@@ -44,7 +44,7 @@ ENTITIES = {
     "fabrikam": None,
     "test-ci": None,
 }
-METRIC_KEYS = ["ci-workflow-duration", "ci-pipeline-duration", "ci-job-duration", "ci-build-duration"]
+METRIC_KEYS = ["ci-workflow-duration", "ci-pipeline-duration", "ci-job-duration", "ci-build-duration", "time-to-restore"]
 
 
 def fixture_bytes(relative: str) -> bytes:
@@ -225,6 +225,9 @@ SOURCES: list[dict[str, Any]] = [
     {"name": "flux", "type": "flux", "secrets": [SECRET]},
     {"name": "cloudevents", "type": "cloudevents", "secrets": [SECRET], "pipeline_duration_metric": "ci-pipeline-duration"},
     example_source("circleci.yaml", "circleci"),
+    {"name": "alertmanager", "type": "alertmanager", "secrets": [SECRET], "restore_metric": "time-to-restore"},
+    {"name": "pagerduty", "type": "pagerduty", "secrets": [SECRET], "restore_metric": "time-to-restore"},
+    {"name": "opsgenie", "type": "opsgenie", "secrets": [SECRET], "restore_metric": "time-to-restore"},
 ]
 
 
@@ -236,6 +239,8 @@ def credentials(source: str, body: bytes) -> dict[str, str]:
         return {"X-Gitlab-Token": SECRET}
     if source == "circleci":
         return {"circleci-signature": "v1=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
+    if source == "pagerduty":
+        return {"X-PagerDuty-Signature": "v1=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
     return {"Authorization": f"Bearer {SECRET}"}
 
 
@@ -251,6 +256,10 @@ FIXTURES_BY_SOURCE: dict[str, list[tuple[str | None, str]]] = {
     "cloudevents": [(None, "cdevents/service_deployed.json"), (None, "cdevents/pipelinerun_finished.json"),
                     (None, "cdevents/incident_detected.json")],
     "circleci": [(None, "circleci/workflow-completed.github-oauth.json"), (None, "circleci/job-completed.github-oauth.json")],
+    "alertmanager": [(None, "alertmanager/zulip.firing.2-alerts.High-CPU-Temperature.json"),
+                     (None, "alertmanager/alertmanager-bot.resolved.Fire.json")],
+    "pagerduty": [(None, "pagerduty/v3.incident.triggered.json"), (None, "pagerduty/v3.incident.resolved.json")],
+    "opsgenie": [(None, "opsgenie/webhook.Create.json"), (None, "opsgenie/webhook.Close.json")],
 }
 
 
