@@ -118,8 +118,11 @@ CREATE TABLE meta (
 );
 """
 
+# Turns inside a kind (bridge/queue/turns.py): the next source, its next lane, whether it is due.
+_V2 = "CREATE INDEX records_turns ON records (kind, state, source, lane, next_attempt_at);"
+
 #: Migration ``n`` (1-based) brings the schema from version n-1 to n.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
