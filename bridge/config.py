@@ -71,6 +71,11 @@ class CortexSettings(_Section):
     token_file: Path | None = Field(None, description="File holding the Cortex API token; re-read on 401.")
     rate_limit_per_minute: int = Field(1000, ge=1, le=100_000, description="Requests per minute, all kinds.")
     burst: int = Field(50, ge=1, description="Token bucket capacity (requests that may leave back to back).")
+    rate_limit_window_seconds: float = Field(
+        60.0, gt=0, le=3600,
+        description="The quota window: at most rate_limit_per_minute requests in any window this long. Leave at"
+        " 60 for Cortex; a shorter one matches a simulator whose window is compressed (benchmarks).",
+    )
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one Cortex request.")
     max_concurrency: int = Field(8, ge=1, le=256, description="Cortex requests in flight at once.")
     linger_ms: int = Field(50, ge=0, le=60_000, description="Wait this long for more records when idle.")

@@ -264,4 +264,5 @@ class TokenBucket:
 def budget_from_settings(cortex: CortexSettings, spend_log: SpendLog | None = None) -> TokenBucket:
     """The request budget the configuration describes; with ``spend_log``, restored across restarts."""
     return TokenBucket(cortex.rate_limit_per_minute, cortex.burst, spend_log=spend_log,
+                       window_seconds=cortex.rate_limit_window_seconds,
                        request_timeout_seconds=cortex.request_timeout_seconds)
