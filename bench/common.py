@@ -95,6 +95,20 @@ class WrkResult:
         return self.ok / self.seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk_cpu(pid: int, url: str, script: str, **options: Any) -> tuple[WrkResult, float]:
+    """:func:`run_wrk`, and the CPU seconds ``pid`` used per 2xx meanwhile (the steadier figure
+    on a shared machine: it does not depend on how much of a core the process was given)."""
+    before = cpu_seconds(pid)
+    result = run_wrk(url, script, **options)
+    return result, (cpu_seconds(pid) - before) / max(1, result.ok)
+
+
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
@@ -205,6 +219,11 @@ class Child:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
