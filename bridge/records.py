@@ -125,8 +125,11 @@ def json_problem(value: Any, where: str = "") -> str | None:
     they would be stored as ``null``), nesting deeper than :data:`MAX_JSON_DEPTH`. Iterative,
     so a hostile depth cannot exhaust the stack.
     """
-    if _plainly_storable(value):
-        return None
+    return None if _plainly_storable(value) else walk_for_problem(value, where)
+
+
+def walk_for_problem(value: Any, where: str = "") -> str | None:
+    """:func:`json_problem` by walking every value with its path (what the fast check defers to)."""
     stack: list[tuple[Any, tuple[str, ...], int]] = [(value, (where,) if where else (), 0)]
     while stack:
         item, path, depth = stack.pop()
@@ -157,25 +160,27 @@ def json_problem(value: Any, where: str = "") -> str | None:
 _PLAIN_TYPES = (type(None), bool, int, datetime)
 
 
-def _plainly_storable(value: Any) -> bool:
-    """Whether ``value`` is a model of flat fields that are all storable (the common record, checked
-    without building paths); False means "walk it": it nests JSON, or something is wrong."""
-    if not isinstance(value, BaseModel):
-        return False
-    for item in value.__dict__.values():
-        kind = type(item)
-        if kind is str:
-            if not _is_unicode(item):
-                return False
-        elif kind is float:
-            if not math.isfinite(item):
-                return False
-        elif isinstance(item, BaseModel):
-            if not _plainly_storable(item):
-                return False
-        elif not isinstance(item, _PLAIN_TYPES):
+def _plainly_storable(item: Any, depth: int = 0) -> bool:
+    """True only if :func:`json_problem` finds nothing in ``item`` (the common record, checked
+    without building paths); False means "walk it": something may be wrong, or it is a type only
+    the walk knows (a ``str`` subclass ...). Recursive, but never deeper than MAX_JSON_DEPTH."""
+    kind = type(item)
+    if kind is str:
+        return _is_unicode(item)
+    if kind is float:
+        return math.isfinite(item)
+    if kind in _PLAIN_TYPES:
+        return True
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_JSON_DEPTH:
             return False
-    return True
+        if kind is dict:
+            return all(type(key) is str and _is_unicode(key) and _plainly_storable(child, depth + 1)
+                       for key, child in item.items())
+        return all(_plainly_storable(child, depth + 1) for child in item)
+    if isinstance(item, BaseModel):
+        return all(_plainly_storable(child, depth) for child in item.__dict__.values())
+    return False
 
 
 def _dotted(path: tuple[str, ...]) -> str:

@@ -108,10 +108,10 @@ class BatchWriter:
                 for record in item.records:
                     produced[record.kind] = produced.get(record.kind, 0) + 1
             for kind, n in produced.items():
-                metrics.KAFKA_RECORDS_PRODUCED.labels(self.name, tp.topic, kind).inc(n)
-                metrics.RECORDS_RECEIVED.labels(self.name, kind).inc(n)
+                metrics.counter_of(metrics.KAFKA_RECORDS_PRODUCED, self.name, tp.topic, kind).inc(n)
+                metrics.counter_of(metrics.RECORDS_RECEIVED, self.name, kind).inc(n)
             if ignored:
-                metrics.KAFKA_MESSAGES_IGNORED.labels(self.name, tp.topic).inc(len(ignored))
+                metrics.counter_of(metrics.KAFKA_MESSAGES_IGNORED, self.name, tp.topic).inc(len(ignored))
                 part.durable(ignored)
         if work:
             await self._persist(work)
