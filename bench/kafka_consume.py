@@ -43,7 +43,7 @@ from prometheus_client import REGISTRY
 from bridge.config import load_settings
 from bridge.logs import configure_logging
 from bridge.queue import DurableQueue
-from bridge.records import Record
+from bridge.records import Record, encode_record
 from bridge.sources.base import SourceContext
 from bridge.sources.kafka.settings import KafkaSourceSettings
 from bridge.sources.kafka.source import KafkaSource
@@ -194,7 +194,8 @@ async def core_stages(count: int, workdir: Path) -> dict[str, float]:
     """Per-message cost of the two core steps every Kafka message goes through, without Kafka.
 
     ``parse_native`` (validation, content-derived id) and ``DurableQueue.append`` (serialization,
-    dedup lookup, insert, fsync'd commit; batches of MAX_POLL_RECORDS). Their sum bounds what any
+    dedup lookup, insert, fsync'd commit; batches of MAX_POLL_RECORDS); and, inside the append,
+    ``encode_record`` alone (serialization and the read-back check). Their sum bounds what any
     source can reach on this machine; the Kafka source's own overhead is the gap to it.
     """
     payloads = [json.loads(message(i)) for i in range(count)]
@@ -203,6 +204,10 @@ async def core_stages(count: int, workdir: Path) -> dict[str, float]:
     for i, payload in enumerate(payloads):
         records.extend(parse_native(payload, source="bench", delivery_id=f"t/0/{i}"))
     parse_us = (time.perf_counter() - started) / count * 1e6
+    started = time.perf_counter()
+    for record in records:
+        encode_record(record)
+    encode_us = (time.perf_counter() - started) / count * 1e6
     queue = await DurableQueue.open(workdir / "stages.db", max_records=count * 2, max_bytes=1 << 34)
     try:
         started = time.perf_counter()
@@ -212,6 +217,7 @@ async def core_stages(count: int, workdir: Path) -> dict[str, float]:
     finally:
         await queue.close()
     return {"parse_native_us_per_msg": round(parse_us, 1), "queue_append_us_per_record": round(append_us, 1),
+            "encode_record_us_per_record": round(encode_us, 1),
             "core_ceiling_msgs_per_s": round(1e6 / (parse_us + append_us))}
 
 
