@@ -46,10 +46,10 @@ from typing import Any
 from bench.common import Row, table
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.budget import TokenBucket
 from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 from bridge.logs import configure_logging
-from bridge.queue import DurableQueue
+from bridge.queue.backend import QueueBackend
+from bridge.queue.open import open_queue
 from bridge.sources.native import parse_native
 from tests.support.cortex import SIM_TOKEN
 
@@ -153,15 +153,10 @@ def status_quo(records: int, *, limit: int = LIMIT, window: float = WINDOW, burs
 # -- the bridge ------------------------------------------------------------------------------
 
 
-async def fill_queue(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records to a queue file the way ingest does (validated records, group commits)."""
-    queue = await DurableQueue.open(path, max_records=10_000_000, max_bytes=1 << 34)
-    try:
-        for start in range(0, len(records), 1000):
-            parsed = parse_native({"records": records[start:start + 1000]}, source="bench")
-            await queue.append(parsed)
-    finally:
-        await queue.close()
+async def fill_queue(queue: QueueBackend, records: list[dict[str, Any]]) -> None:
+    """Append records to a queue the way ingest does (validated records, group commits)."""
+    for start in range(0, len(records), 1000):
+        await queue.append(parse_native({"records": records[start:start + 1000]}, source="bench"))
 
 
 @dataclass
@@ -173,24 +168,32 @@ class Delivery:
     stored: dict[str, int]
 
 
-async def deliver(records: list[dict[str, Any]], compress: float, tmp: Path) -> Delivery:
-    """Start a bridge on a queue holding ``records``; deliver all under the compressed quota."""
+async def deliver(records: list[dict[str, Any]], compress: float, tmp: Path,
+                  queue: dict[str, Any] | None = None) -> Delivery:
+    """Start a bridge on a queue holding ``records``; deliver all under the compressed quota.
+
+    ``queue``: the bridge's queue settings (default: a new SQLite file under ``tmp``).
+    """
     window = WINDOW / compress
     configure_logging("warning")  # an in-process bridge: keep per-request debug lines off the report
-    queue_path = tmp / f"delivery-{time.monotonic_ns()}.db"
-    await fill_queue(queue_path, records)
+    queue = queue or {"path": tmp / f"delivery-{time.monotonic_ns()}.db"}
     config = SimulatorConfig(tokens=[SIM_TOKEN], entities=[SimEntity(tag=t) for t in ENTITIES],
                              metric_keys=METRIC_KEYS, rate_limit_per_minute=LIMIT,
                              rate_limit_window_seconds=window)  # Cortex's quota window, compressed K times
     async with SimulatorServer(config) as sim:
+        # The bridge's request budget with the same compressed window (1000 per window, burst 50).
         settings = load_settings(
-            None, cortex={"url": sim.url, "token": SIM_TOKEN, "rate_limit_per_minute": LIMIT, "burst": 50},
-            queue={"path": queue_path, "max_records": 10_000_000},
+            None, cortex={"url": sim.url, "token": SIM_TOKEN, "rate_limit_per_minute": LIMIT, "burst": 50,
+                          "rate_limit_window_seconds": window},
+            queue={**queue, "max_records": 10_000_000, "max_bytes": 1 << 34},
             http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
             log={"level": "warning"}, ingest={"allow_unauthenticated": True})
+        filling = await open_queue(settings.queue)
+        try:
+            await fill_queue(filling, records)
+        finally:
+            await filling.close()
         bridge = await Bridge.create(settings)
-        # The bridge's request budget with the same compressed window (1000 per window, burst 50).
-        bridge.client.bucket = TokenBucket(LIMIT, 50, window_seconds=window)
         started = time.monotonic()
         await bridge.start()
         while bridge.queue.depth > 0:

@@ -40,6 +40,7 @@ from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 from bridge.logs import configure_logging
+from bridge.queue import DurableQueue
 from tests.support.cortex import SIM_TOKEN
 
 ENTITIES = [f"svc-{i:03d}" for i in range(200)]
@@ -89,7 +90,11 @@ async def run(scale: float = 1.0, compress: float = 10.0) -> tuple[list[Row], di
     records = backlog(scale)
     with tempfile.TemporaryDirectory(prefix="bench-priority-") as tmp:
         queue_path = Path(tmp) / "priority.db"
-        await fill_queue(queue_path, records)
+        filling = await DurableQueue.open(queue_path, max_records=10_000_000, max_bytes=1 << 34)
+        try:
+            await fill_queue(filling, records)
+        finally:
+            await filling.close()
         config = SimulatorConfig(tokens=[SIM_TOKEN], entities=[SimEntity(tag=t) for t in ENTITIES],
                                  metric_keys=METRIC_KEYS, rate_limit_per_minute=LIMIT,
                                  rate_limit_window_seconds=window)

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery, ingest, latency, peer, priority, scale
+from bench import delivery, ingest, latency, peer, priority, replicas, scale
 from bench.common import BENCH_DIR, Row, machine, table
 
-ALL = ["ingest", "peer", "delivery", "priority", "latency", "kafka", "scale"]
+ALL = ["ingest", "peer", "delivery", "priority", "latency", "kafka", "scale", "replicas"]
 
 
 def kafka(messages: int, rounds: int) -> tuple[list[Row], dict[str, Any]]:
@@ -64,6 +64,8 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
             got = await asyncio.to_thread(kafka, args.kafka_messages, args.rounds)
         elif name == "scale":
             got = await scale.run(args.scale)
+        elif name == "replicas":
+            got = await replicas.run(args.seconds, args.compress, args.scale, failovers=2 if args.quick else 5)
         else:
             raise SystemExit(f"unknown benchmark {name!r} (known: {', '.join(ALL)})")
         rows += got[0]

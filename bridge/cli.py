@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import platform
 import sys
@@ -320,6 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--queue", help=QUEUE_HELP)
         d.set_defaults(fn=cmd_dlq)
 
+    d = dsub.add_parser("register-entities", help="create the entities of unresolved dead letters, then replay them")
+    d.add_argument("--reason", required=True, choices=["entity-unresolved"], help="which dead letters")
+    d.add_argument("--dry-run", action="store_true", help="only propose (Cortex validates each entity)")
+    d.add_argument("--yes", action="store_true", help="create the proposed entities and replay their dead letters")
+    d.add_argument("--git-provider", choices=["github", "gitlab", "bitbucket", "azure"],
+                   help="provider of the repositories (default: gitlab for gitlab sources, else github)")
+    d.add_argument("--limit", type=int, default=1000, help="newest dead letters to consider")
+    d.add_argument("--queue", help=QUEUE_HELP)
+    d.set_defaults(fn=_lazy("bridge.register_entities", "cmd_register_entities"))
+
+    p = sub.add_parser("doctor", help="why Cortex shows nothing: token, metric keys, entities, queue, audit log")
+    p.add_argument("--since-minutes", type=float, default=60.0, help="audit-log window (default 60)")
+    p.add_argument("--stuck-after", type=float, default=300.0,
+                   help="seconds after which the oldest waiting record is a problem (default 300)")
+    p.add_argument("--api-key-identifier", help="the bridge's API key as the audit log names it "
+                   "(default: cortex.api_key_identifier)")
+    p.add_argument("--queue", help=QUEUE_HELP)
+    p.set_defaults(fn=_lazy("bridge.doctor", "cmd_doctor"))
+
     p = sub.add_parser("preview", help="print the records a webhook payload would produce, storing nothing")
     p.add_argument("--source", required=True, help="name of a configured webhook source")
     p.add_argument("file", help="payload file ('-' for stdin)")
@@ -334,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", help=QUEUE_HELP)
     p.set_defaults(fn=cmd_trace)
     return parser
+
+
+def _lazy(module: str, name: str) -> Any:
+    """A command function imported when it runs, so ``--help`` loads none of its layers."""
+    def run(args: argparse.Namespace) -> int:
+        fn: Any = getattr(importlib.import_module(module), name)
+        return int(fn(args))
+    return run
 
 
 def version_text() -> str:

@@ -72,9 +72,9 @@ class CortexSettings(_Section):
     rate_limit_per_minute: int = Field(1000, ge=1, le=100_000, description="Requests per minute, all kinds.")
     burst: int = Field(50, ge=1, description="Token bucket capacity (requests that may leave back to back).")
     rate_limit_window_seconds: float = Field(
-        60.0, gt=0, le=3600,
-        description="The quota window: at most rate_limit_per_minute requests in any window this long. Leave at"
-        " 60 for Cortex; a shorter one matches a simulator whose window is compressed (benchmarks).",
+        60.0, gt=0, le=60,
+        description="The sliding window rate_limit_per_minute counts in. Cortex counts 60 s: shorten it only "
+        "against a simulator started with the same rate_limit_window_seconds (to test the quota quickly).",
     )
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one Cortex request.")
     max_concurrency: int = Field(8, ge=1, le=256, description="Cortex requests in flight at once.")
@@ -107,6 +107,11 @@ class CortexSettings(_Section):
     )
     circuit_max_open_seconds: float = Field(
         30.0, gt=0, description="Longest interval the circuit breaker stays open between probes.",
+    )
+    api_key_identifier: str | None = Field(
+        None, max_length=255,
+        description="How Cortex's audit log names the bridge's API key (its actor identifier): `cortex-bridge"
+        " doctor` then checks that Cortex recorded the bridge's recent writes under it. Not a secret.",
     )
 
     @model_validator(mode="after")

@@ -112,8 +112,9 @@ RATE_LIMIT_PAUSE_SECONDS = Counter(
 )
 RATE_LIMIT_SPEND_LOG_ERRORS = Counter(
     "cortex_bridge_rate_limit_spend_log_errors",
-    "Requests sent although their send could not be recorded in the queue database "
-    "(a restart within a minute may then exceed the quota).",
+    "Spend log failures. SQLite: a request sent although its send could not be recorded (a restart "
+    "within a minute may then exceed the quota). PostgreSQL: a request that could not take its slot "
+    "in the shared log and waited.",
 )
 CORTEX_CIRCUIT_STATE = Gauge(
     "cortex_bridge_cortex_circuit_state",

@@ -42,7 +42,8 @@ def settings_of(args: argparse.Namespace) -> Settings:
         raise CliError(str(exc), 2) from None
 
 
-def _queue_settings(args: argparse.Namespace) -> QueueSettings:
+def queue_settings_of(args: argparse.Namespace) -> QueueSettings:
+    """The queue a command works on: ``--queue FILE``, else the configuration's."""
     if getattr(args, "queue", None):
         return QueueSettings(path=args.queue)
     return settings_of(args).queue
@@ -57,7 +58,7 @@ def _with_queue(args: argparse.Namespace, fn: Callable[[OperatorQueue], Any], *,
     from bridge.queue import QueueError
     from bridge.queue.open import open_operator
 
-    settings = _queue_settings(args)
+    settings = queue_settings_of(args)
     try:
         queue = open_operator(settings, write=write)
         try:

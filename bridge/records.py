@@ -197,6 +197,9 @@ class Provenance(BaseModel):
     source: str
     delivery_id: str | None = None
     received_at: AwareDatetime = Field(default_factory=utc_now)
+    #: The git repository (``org/repo``) the input named, kept on a record whose entity was not
+    #: resolved, so that ``dlq register-entities`` can create the entity with it.
+    repository: str | None = Field(None, max_length=512)
 
 
 class Deployer(BaseModel):

@@ -20,7 +20,7 @@ from bridge.records import parse_timestamp, utc_now
 from bridge.sources.native import parse_native
 
 SUBCOMMANDS = [[], ["run"], ["check-config"], ["sim"], ["demo"], ["queue", "stats"], ["queue", "retry"], ["dlq", "list"],
-               ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["trace"]]
+               ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["dlq", "register-entities"], ["doctor"], ["trace"]]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,16 @@ was spent (it waits rather than risk a 429); if a spend cannot be recorded, the 
 anyway and ``cortex_bridge_rate_limit_spend_log_errors`` counts it (only a restart within the
 next minute could then over-send).
 
+**Replicas.** When several processes spend from one log at once (the PostgreSQL queue), restoring
+at start is not enough: each must see what the others spend *now*. Then the log is ``shared``
+and every request, once this process's own window and bucket allow it, also takes its slot in
+the log (:meth:`SpendLog.admit`): admitted only while the other processes' requests of the last
+``window + request_timeout + RESTORE_MARGIN`` seconds (counted from their stamps, as restored
+ones are) and this process's own (counted exactly) leave room under the limit. That check and
+the insert are one transaction under a database lock, so the whole deployment stays inside
+one quota even when every replica calls Cortex (token checks, catalog lookups, a new sender
+after a failover). A log that cannot be reached admits nothing: the request waits.
+
 **429 pauses.** A 429 pauses everything for ``Retry-After``: no request leaves during the pause
 and no tokens accrue during it. After the pause the refill rate and the bucket's capacity ramp
 linearly from ``RAMP_FLOOR`` (10 %) to 100 % over ``ramp_seconds`` (10 s by default), so the
@@ -67,6 +77,16 @@ class SpendLog(Protocol):
 
         Returns once it is durable; the stamp is taken as late as possible before that.
         """
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes spend from this log at the same time."""
+        ...
+
+    async def admit(self, room: int, span: float) -> float:
+        """Record one request now if other processes' requests of the last ``span`` seconds are
+        fewer than ``room``: 0 once recorded, else the seconds until asking again may succeed."""
         ...
 
 
@@ -122,7 +142,10 @@ class TokenBucket:
         self._restored: deque[float] = deque()
         self._hold = request_timeout_seconds + RESTORE_MARGIN
         self._spend_log = spend_log
-        self._loaded = spend_log is None
+        #: every request takes its slot from a log other processes spend from too
+        self._shared = spend_log is not None and spend_log.shared
+        self._loaded = spend_log is None or self._shared
+        self._admit_failing = False
         self._in_flight = 0
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -145,7 +168,7 @@ class TokenBucket:
     def reload(self) -> None:
         """Read the spend log again before the next request: another process sent meanwhile (a
         replica that just became the sender counts what its predecessor spent in the window)."""
-        if self._spend_log is not None:
+        if self._spend_log is not None and not self._shared:  # shared: every request counts the others
             self._loaded = False
 
     async def acquire(self) -> Permit:
@@ -155,6 +178,8 @@ class TokenBucket:
                 await self._restore()
             while True:
                 wait = self._wait_needed(self._clock())
+                if wait <= 0 and self._shared:
+                    wait = await self._admit()
                 if wait <= 0:
                     self._tokens -= 1
                     self._in_flight += 1
@@ -164,7 +189,7 @@ class TokenBucket:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=wait)
         permit = Permit(self)
-        if self._spend_log is not None:
+        if self._spend_log is not None and not self._shared:
             # Outside the lock, so concurrent acquirers share one commit of the log.
             try:
                 await self._spend_log.record()
@@ -176,6 +201,25 @@ class TokenBucket:
                 log.warning("request_spend_not_recorded", error=repr(exc),
                             hint="a restart within a minute may exceed the Cortex quota")
         return permit
+
+    async def _admit(self) -> float:
+        """Take this request's slot in the shared log; seconds to wait when there is none."""
+        assert self._spend_log is not None
+        mine = len(self._completed) + self._in_flight
+        try:
+            wait = await self._spend_log.admit(self.limit - mine, self.window + self._hold)
+        except Exception as exc:
+            # The others' spending is unknown: wait rather than risk the deployment's quota.
+            metrics.RATE_LIMIT_SPEND_LOG_ERRORS.inc()
+            if not self._admit_failing:
+                log.warning("request_spend_not_admitted", error=repr(exc),
+                            hint="requests to Cortex wait until the shared spend log is reachable")
+            self._admit_failing = True
+            return 1.0
+        if self._admit_failing:
+            log.info("request_spend_admitted_again")
+            self._admit_failing = False
+        return wait
 
     async def _restore(self) -> None:
         assert self._spend_log is not None

@@ -124,8 +124,11 @@ class CortexClient:
         params: dict[str, str] | None = None,
         body: Any = None,
         permit: Permit | None = None,
+        content_type: str = "application/json",
     ) -> CortexResponse:
         """Send one request under the rate limit; ``endpoint`` labels metrics (no ids in it).
+
+        ``body`` is sent as JSON, or as it is when it is ``bytes`` (of ``content_type``).
 
         Raises :class:`NotSent` without sending when the circuit breaker is open.
         """
@@ -146,8 +149,8 @@ class CortexClient:
             headers["Authorization"] = f"Bearer {token}"
         data = None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
-            headers["Content-Type"] = "application/json"
+            data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = content_type
         started = time.perf_counter()
         status_label = "error"
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bridge.queue.appends import AppendResult
 from bridge.queue.claims import BatchPolicy, QueuedRecord
@@ -40,6 +40,10 @@ class QueueBackend(Protocol):
     def on_sender_takeover(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when this process becomes the deployment's one sender after another
         (never, for a backend only one process uses)."""
+
+    async def may_send(self) -> bool:
+        """Whether this process is (now) the one that claims and sends; a replica that is not
+        takes no request budget for sending."""
 
     def on_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever records became ready."""
@@ -128,3 +132,18 @@ class QueueBackend(Protocol):
     async def record_spends(self, count: int, *, clock: Callable[[], float],
                             expiry: Callable[[float], float | None]) -> None:
         """Durably note ``count`` requests sent at ``clock()``."""
+
+
+@runtime_checkable
+class SharedSpend(Protocol):
+    """A queue several processes use at once, whose spend log admits each Cortex request.
+
+    With one process per queue (SQLite), restoring the log at start is enough; with replicas,
+    each must see what the others are spending *now*, so every request takes its slot from the
+    shared log (``PostgresQueue.admit_spend`` documents the operation).
+    """
+
+    async def admit_spend(self, replica: str, *, room: int, span: float,
+                          expiry: Callable[[float], float | None]) -> float | None:
+        """Record one request if fewer than ``room`` others' requests fall in the last ``span``
+        seconds; ``None`` when recorded, else the seconds until one of them stops counting."""

@@ -22,7 +22,8 @@ from bridge.queue.files import open_file
 from bridge.queue.schema import State, is_parked, parked_clause, totals
 from bridge.records import format_timestamp
 
-__all__ = ["Reader", "count_totals", "dlq_list", "dlq_show", "oldest_age", "open_file", "stats", "trace"]
+__all__ = ["Reader", "count_totals", "dlq_list", "dlq_show", "oldest_age", "oldest_record", "open_file",
+           "recent_deliveries", "stats", "trace"]
 
 
 class Rows(Protocol):
@@ -191,3 +192,27 @@ def trace(conn: Reader, ident: str) -> list[dict[str, Any]]:
         if rid != ident or not out:
             out.append({"id": rid, "status": "unknown"})
     return out
+
+
+def oldest_record(conn: Reader) -> dict[str, Any] | None:
+    """The undelivered record that has waited longest, and what it waits for, or None."""
+    row = conn.execute(
+        "SELECT id, kind, source, state, attempts, last_error, received_at, next_attempt_at, body FROM records"
+        " WHERE seq = (SELECT MIN(seq) FROM records)").fetchone()
+    if row is None:
+        return None
+    now = time.time()
+    try:
+        entity = json.loads(row[8]).get("entity")
+    except (ValueError, AttributeError):
+        entity = None
+    return {"id": row[0], "kind": row[1], "source": row[2], "entity": entity,
+            "state": state_name(row[3], row[5], row[7], now), "attempts": row[4], "last_error": row[5],
+            "received_at": iso_time(row[6]), "age_seconds": round(now - row[6], 3),
+            "next_attempt_at": iso_time(row[7]), "due_in_seconds": round(max(0.0, row[7] - now), 3)}
+
+
+def recent_deliveries(conn: Reader, since: float) -> dict[str, int]:
+    """Records delivered at or after ``since`` (epoch seconds), counted by entity."""
+    rows = conn.execute("SELECT entity, COUNT(*) FROM delivered WHERE delivered_at >= ? GROUP BY entity", (since,))
+    return {str(entity): int(n) for entity, n in rows}

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 from bridge.queue import dead_letters, inspect
 from bridge.queue.errors import QueueUnavailable
 from bridge.queue.files import open_file
+from bridge.queue.operator_spend import insert_spend, spends_since
 from bridge.queue.outcomes import retry_now
 from bridge.queue.schema import column_text
 
@@ -64,6 +65,18 @@ class OperatorQueue(Protocol):
     def trace(self, ident: str) -> list[dict[str, Any]]:
         """Where a record (by record id) or a whole delivery (by delivery id) stands."""
 
+    def oldest_record(self) -> dict[str, Any] | None:
+        """The record that has waited longest and what it waits for (state, attempts, last error)."""
+
+    def recent_deliveries(self, since: float) -> dict[str, int]:
+        """Records delivered since ``since`` (epoch seconds), counted by entity."""
+
+    def load_spends(self, since: float) -> list[float]:
+        """Send stamps of the requests any process recorded since ``since`` (the spend log)."""
+
+    def record_spend(self, stamp: float) -> None:
+        """Note one request to Cortex sent at ``stamp`` (needs a connection opened to write)."""
+
     def close(self) -> None:
         """Close the connection."""
 
@@ -107,6 +120,22 @@ class SqliteOperator:
     def trace(self, ident: str) -> list[dict[str, Any]]:
         """See :meth:`OperatorQueue.trace`."""
         return self._run(lambda: inspect.trace(self.conn, _stored(ident)))
+
+    def oldest_record(self) -> dict[str, Any] | None:
+        """See :meth:`OperatorQueue.oldest_record`."""
+        return self._run(lambda: inspect.oldest_record(self.conn))
+
+    def recent_deliveries(self, since: float) -> dict[str, int]:
+        """See :meth:`OperatorQueue.recent_deliveries`."""
+        return self._run(lambda: inspect.recent_deliveries(self.conn, since))
+
+    def load_spends(self, since: float) -> list[float]:
+        """See :meth:`OperatorQueue.load_spends`."""
+        return self._run(lambda: spends_since(self.conn, since))
+
+    def record_spend(self, stamp: float) -> None:
+        """See :meth:`OperatorQueue.record_spend`."""
+        self._run(lambda: insert_spend(self.conn, stamp))
 
     def close(self) -> None:
         """Close the file."""

@@ -36,6 +36,10 @@ class QueueSignals:
         for callback in self._takeover_listeners:
             callback()
 
+    async def may_send(self) -> bool:
+        """Whether this process may claim and send now. A SQLite file has one process: always."""
+        return True
+
     def on_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the event loop) whenever records became ready (new or put back)."""
         self._ready_listeners.append(callback)

@@ -16,10 +16,13 @@ few tens of microseconds instead of an fsync per request. The queue's own commit
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 
-from bridge.queue.backend import QueueBackend
+from bridge.queue.backend import QueueBackend, SharedSpend
 from bridge.queue.core import QueueCore
 from bridge.queue.schema import transaction
 
@@ -76,6 +79,21 @@ class QueueSpendLog:
         self._waiting: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._expired_at = -float("inf")
+        #: this process among the replicas sharing the log (host and pid say which pod, when read)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes spend from this log at the same time (then use :meth:`admit`)."""
+        return isinstance(self.queue, SharedSpend)
+
+    async def admit(self, room: int, span: float) -> float:
+        """Record one request now if other processes' requests of the last ``span`` seconds are
+        fewer than ``room``: returns 0 once recorded, else the seconds until the oldest of them
+        stops counting (ask again then). Raises a queue error when the log cannot be reached."""
+        assert isinstance(self.queue, SharedSpend)
+        wait = await self.queue.admit_spend(self.replica, room=room, span=span, expiry=self._expiry)
+        return 0.0 if wait is None else max(0.01, wait)
 
     async def load(self, since: float) -> list[float]:
         """Send stamps (wall clock) recorded at or after ``since``, by any process."""

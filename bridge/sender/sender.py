@@ -29,6 +29,9 @@ from bridge.sender.requests import BatchRequest, build_request
 
 log = structlog.get_logger("bridge.sender")
 
+#: How often a replica that is not the sender looks again whether it became the sender.
+NOT_SENDER_RECHECK_SECONDS = 1.0
+
 POLICY = BatchPolicy(
     max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000},
     max_bytes={"custom_data": CUSTOM_DATA_MAX_BYTES - 100_000},
@@ -143,6 +146,12 @@ class Sender:
         circuit = self.client.circuit
         await circuit.wait_ready()
         seen = self._generation
+        if not await self.queue.may_send():
+            # Another replica sends: a permit taken here would spend the deployment's shared
+            # quota on a claim that must come back empty.
+            circuit.release()
+            await asyncio.sleep(NOT_SENDER_RECHECK_SECONDS)
+            return True
         if idle and self.cortex.linger_ms:
             await asyncio.sleep(self.cortex.linger_ms / 1000)  # let a burst coalesce
         permit = await self.client.bucket.acquire()

@@ -30,6 +30,8 @@ _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: Dead-letter reasons, also the ``--reason`` to give ``cortex-bridge dlq replay|purge``.
 UNRESOLVED = "entity-unresolved"
 LOOKUP_FAILED = "entity-lookup-failed"
+#: The tag of a dead letter whose input gave no hint of one (never an entity to create).
+NO_TAG = "unresolved"
 
 
 class EntitySettings(BaseModel):
@@ -83,7 +85,7 @@ class Resolution:
     tags: tuple[str, ...]
     reason: str | None = None
     detail: str = ""
-    fallback_tag: str = "unresolved"
+    fallback_tag: str = NO_TAG
 
 
 Lookup = Callable[[str], Awaitable[list[str]]]
@@ -101,7 +103,7 @@ def guess_tag(subject: Subject) -> str:
         cleaned = _TAG_UNSAFE.sub("-", last).strip("-")
         if cleaned:
             return cleaned
-    return "unresolved"
+    return NO_TAG
 
 
 class EntityResolver:

@@ -209,7 +209,8 @@ class InputPipeline:
                     # mistaken for the dead letter and dropped as a duplicate.
                     rid = record_id(draft.id, resolution.reason)
                     group = dead.setdefault((resolution.reason, resolution.detail), [])
-                    group.append(_record(draft, rid, resolution.fallback_tag, provenance))
+                    group.append(_record(draft, rid, resolution.fallback_tag,
+                                         {**provenance, "repository": draft.subject.repository}))
             except ValidationError as exc:
                 problems = "; ".join(
                     f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)

@@ -1,6 +1,7 @@
 """A process that spends its request budget as fast as it may, until it is killed (``kill -9``).
 
-``python -m tests.queue.spend_child DB URL LIMIT WINDOW``: the queue database at DB, a
+``python -m tests.queue.spend_child DB URL LIMIT WINDOW``: the queue database at DB (a SQLite
+file, or a PostgreSQL DSN: then the log is shared with every other process on it), a
 :class:`QueueSpendLog` on it, a :class:`TokenBucket` of LIMIT requests per WINDOW seconds (burst
 LIMIT, so a fresh bucket would spend a whole window at once) and a client calling URL's catalog
 from four tasks. Prints ``ready`` once the bucket is built.
@@ -15,6 +16,8 @@ from pathlib import Path
 from bridge.cortex.budget import TokenBucket
 from bridge.cortex.client import CortexClient, NotSent
 from bridge.queue import DurableQueue
+from bridge.queue.backend import QueueBackend
+from bridge.queue.postgres import PostgresQueue
 from bridge.queue.spend import QueueSpendLog
 from tests.support.cortex import SIM_TOKEN
 
@@ -22,7 +25,11 @@ TIMEOUT = 0.5
 
 
 async def main(db: str, url: str, limit: int, window: float) -> None:
-    queue = await DurableQueue.open(Path(db))
+    queue: QueueBackend
+    if db.startswith("postgresql://"):
+        queue = await PostgresQueue.open(db, pool_size=2, sender_lock=False)
+    else:
+        queue = await DurableQueue.open(Path(db))
     bucket = TokenBucket(limit, limit, window_seconds=window, spend_log=QueueSpendLog(queue),
                          request_timeout_seconds=TIMEOUT)
     async with CortexClient(url, lambda: SIM_TOKEN, bucket, timeout_seconds=TIMEOUT) as client:

@@ -146,3 +146,29 @@ async def test_errors_never_show_the_password(pg_cluster: PostgresCluster, pg_ds
     with pytest.raises(QueueUnavailable) as bad:
         await PostgresQueue.open(f"host=/tmp password={password} port=notaport ='", statement_timeout_seconds=2)
     assert password not in str(bad.value)
+
+
+async def test_spend_admission_counts_the_other_replicas_and_never_gives_away_the_last_slot(pg_dsn: str) -> None:
+    a = await PostgresQueue.open(pg_dsn, sender_lock=False)
+    b = await PostgresQueue.open(pg_dsn, sender_lock=False)
+    try:
+        def keep(stamp: float) -> None:
+            return None
+
+        # b's own earlier requests never count against b; a's do, until they leave the span.
+        assert await a.admit_spend("a", room=2, span=60, expiry=keep) is None
+        assert await a.admit_spend("a", room=2, span=60, expiry=keep) is None
+        assert await b.admit_spend("b", room=5, span=60, expiry=keep) is None
+        wait = await b.admit_spend("b", room=2, span=60, expiry=keep)
+        assert wait is not None and 59 < wait <= 60, wait
+        assert await b.admit_spend("b", room=3, span=60, expiry=keep) is None
+        # Ten replicas racing for the last three slots: exactly three get one.
+        answers = await asyncio.gather(*(q.admit_spend(f"r{i}", room=7, span=60, expiry=keep)
+                                         for i, q in enumerate([a, b] * 5)))
+        assert sum(answer is None for answer in answers) == 3, answers
+        # A span that ended admits again.
+        await asyncio.sleep(0.3)
+        assert await a.admit_spend("z", room=1, span=0.2, expiry=keep) is None
+    finally:
+        await a.close()
+        await b.close()

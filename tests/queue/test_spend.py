@@ -10,54 +10,91 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bridge.cortex.budget import RESTORE_MARGIN, TokenBucket
 from bridge.cortex.simulator import SimulatorServer
 from bridge.queue import DurableQueue
 from bridge.queue.spend import QueueSpendLog
-from tests.support.cortex import sim_config, sim_requests
+from tests.support.cortex import busiest_window, sim_config, sim_requests
 from tests.support.paths import ROOT
 
 LIMIT = 20
 WINDOW = 4.0
 
 
+class Spender:
+    """A ``tests.queue.spend_child`` process spending from the queue database ``db``."""
 
-def busiest_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
+    def __init__(self, db: str, url: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.queue.spend_child", db, url, str(LIMIT), str(WINDOW)],
+            cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    async def ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        assert line.strip() == b"ready", line
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def assert_within_quota(log: list[dict[str, Any]]) -> None:
+    assert [r for r in log if r["status"] == 429] == [], "the processes together exceeded the quota"
+    times = [r["t"] for r in log]
+    assert busiest_window(times, WINDOW) <= LIMIT
+    assert len(times) >= LIMIT, "the budget was used"
 
 
 async def test_kill9_restarts_inside_one_window_never_exceed_the_quota(tmp_path: Path) -> None:
     # A fresh bucket spends a whole window at once (burst = limit): without the spend log every
     # restart inside the window would add up to LIMIT more requests and draw 429s.
-    db = tmp_path / "queue.db"
+    db = str(tmp_path / "queue.db")
     rng = random.Random(7)
     async with SimulatorServer(sim_config(rate_limit_per_minute=LIMIT, rate_limit_window_seconds=WINDOW)) as sim:
         started = time.monotonic()
         restarts = 0
         while time.monotonic() - started < 2 * WINDOW:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.queue.spend_child", str(db), sim.url, str(LIMIT), str(WINDOW)],
-                cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            spender = Spender(db, sim.url)
             try:
-                assert proc.stdout is not None
-                line = await asyncio.to_thread(proc.stdout.readline)
-                assert line.strip() == b"ready", line
+                await spender.ready()
                 await asyncio.sleep(rng.uniform(0.05, 0.6))  # killed mid-spend, at a random point
             finally:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+                spender.kill9()
             restarts += 1
         log = await sim_requests(sim)
 
     assert restarts >= 4, "the processes must restart several times inside the window"
-    assert [r for r in log if r["status"] == 429] == [], "a restarted process exceeded the quota"
-    times = [r["t"] for r in log]
-    assert busiest_window(times, WINDOW) <= LIMIT
-    assert len(times) >= LIMIT, "the budget was used"
+    assert_within_quota(log)
+
+
+async def test_replicas_spending_at_once_on_postgresql_share_one_quota(pg_dsn: str) -> None:
+    # Three processes, each with a whole window of burst, all calling Cortex as fast as they may
+    # (as every replica does for token checks and catalog lookups), one killed and restarted
+    # now and then: together they must stay inside one quota. Restoring at start is not enough
+    # here; each request takes its slot from the shared log.
+    rng = random.Random(8)
+    async with SimulatorServer(sim_config(rate_limit_per_minute=LIMIT, rate_limit_window_seconds=WINDOW)) as sim:
+        spenders = [Spender(pg_dsn, sim.url) for _ in range(3)]
+        try:
+            for spender in spenders:
+                await spender.ready()
+            started = time.monotonic()
+            while time.monotonic() - started < 2.5 * WINDOW:
+                await asyncio.sleep(rng.uniform(0.3, 1.0))
+                victim = rng.randrange(len(spenders))
+                spenders[victim].kill9()
+                spenders[victim] = Spender(pg_dsn, sim.url)
+                await spenders[victim].ready()
+        finally:
+            for spender in spenders:
+                spender.kill9()
+        log = await sim_requests(sim)
+    assert_within_quota(log)
 
 
 async def test_a_restored_spend_holds_its_slot_past_its_timeout(tmp_path: Path) -> None:

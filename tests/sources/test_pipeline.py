@@ -139,7 +139,8 @@ class ProbeAdapter(WebhookAdapter[_Settings]):
         if payload.get("empty"):
             return []
         fields = {"type": "PROBE", "title": payload.get("title", "probe"), "timestamp": NOW}
-        return [Draft("event", f"probe-{payload['id']}", fields, Subject(keys=(payload["tag"],)))]
+        return [Draft("event", f"probe-{payload['id']}", fields,
+                      Subject(keys=(payload["tag"],), repository=payload.get("repository")))]
 
 
 def _pipeline(max_bytes: int = 1000) -> InputPipeline:
@@ -188,6 +189,11 @@ async def test_records_get_entity_provenance_and_dead_letters_a_distinct_id() ->
     assert isinstance(unknown, Mapped) and unknown.records == []
     [group] = unknown.dead
     assert group.reason == "entity-unresolved" and group.records[0].id != "probe-1"
+    assert group.records[0].provenance.repository is None
+    assert record.provenance.repository is None  # kept only where `dlq register-entities` needs it
+    named = await pipeline.run(JSON, b'{"id": 2, "tag": "nobody", "repository": "acme/nobody"}', received_at=NOW)
+    assert isinstance(named, Mapped)
+    assert [r.provenance.repository for g in named.dead for r in g.records] == ["acme/nobody"]
 
 
 # -- HTTP answers by refusal kind ----------------------------------------------------------------

@@ -68,6 +68,12 @@ async def sim_requests(sim: SimulatorServer) -> list[dict[str, Any]]:
         return log
 
 
+def busiest_window(times: list[float], window: float) -> int:
+    """Most requests that arrived within any ``window`` seconds (of the simulator's request log)."""
+    times = sorted(times)
+    return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
+
+
 async def post_records(bridge: Bridge, body: Any, *, headers: dict[str, str] | None = None,
                        raw: bytes | None = None) -> tuple[int, Any]:
     """POST to the bridge's native endpoint; returns (status, parsed JSON or text)."""

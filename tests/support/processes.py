@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cortex import SIM_TOKEN
 
@@ -111,6 +112,16 @@ class BridgeProcess:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
             return "(no log)"
+
+    async def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The value of one sample on the process's ``/metrics`` (0 when it has none)."""
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                    return float(sample.value)
+        return 0.0
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -15,7 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.cortex.simulator.audit import list_filters
 from bridge.cortex.simulator.bodies import parse_date_time
+from bridge.cortex.simulator.descriptors import create_or_patch
 from bridge.cortex.simulator.errors import SimError, bad_request
 from bridge.cortex.simulator.store import SimStore
 
@@ -24,6 +26,12 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 
 #: Where handlers find the tenant's store.
 STORE = web.AppKey("store", SimStore)
+#: Request keys: the bearer token the gatekeeper accepted; the entity a write without a tag in
+#: its path was about (for the audit log).
+TOKEN = web.RequestKey("token", str)
+AUDIT_TAG = web.RequestKey("audit_tag", str)
+#: Tokens without the "View audit logs" permission.
+AUDIT_DENIED = web.AppKey("audit_denied", frozenset)
 ROUTES = web.RouteTableDef()
 
 
@@ -68,6 +76,13 @@ def _time_query(request: web.Request, name: str) -> datetime | None:
         raise bad_request(f"{name}: {exc}") from None
 
 
+def _flag_query(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false"):
+        raise bad_request(f"{name}: must be true or false, not {raw!r}")
+    return raw == "true"
+
+
 def _page_query(request: web.Request) -> tuple[int, int]:
     """``page`` (0-indexed) and ``pageSize`` (1..1000, default 250), as every Cortex list takes them."""
     return _int_query(request, "page", 0, 0, 2**31 - 1), _int_query(request, "pageSize", 250, 1, 1000)
@@ -98,6 +113,29 @@ async def _list_entities(request: web.Request) -> web.Response:
         if repository.strip()
     }
     return _page(request, "entities", request.app[STORE].entities_in(repositories))
+
+
+@ROUTES.patch("/api/v1/open-api")
+async def _create_or_patch_entity(request: web.Request) -> web.Response:
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("body: not UTF-8 text") from None
+    status, body, tag = create_or_patch(request.app[STORE], text, dry_run=_flag_query(request, "dryRun"),
+                                        fail_if_missing=_flag_query(request, "failIfEntityDoesNotExist"))
+    if tag is not None:
+        request[AUDIT_TAG] = tag
+    return web.json_response(body, status=status)
+
+
+@ROUTES.get("/api/v1/audit-logs")
+async def _audit_logs(request: web.Request) -> web.Response:
+    if request.get(TOKEN) in request.app[AUDIT_DENIED]:
+        raise SimError(403, "Forbidden", "API key must have the `View audit logs` permission")
+    entries = request.app[STORE].audit.query(
+        list_filters(request.query), _time_query(request, "startTime"), _time_query(request, "endTime"))
+    return _page(request, "logs", entries)
 
 
 @ROUTES.get("/api/v1/catalog/{tag}")

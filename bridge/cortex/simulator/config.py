@@ -54,6 +54,11 @@ class SimulatorConfig(BaseModel):
 
     tokens: list[str] = ["sim-token"]
     forbidden_tokens: list[str] = Field(default=[], description="Known tokens that get 403 on every call.")
+    key_identifiers: dict[str, str] = Field(
+        default={}, description="Token -> the API key identifier audit logs name it by (default: api-key-N, "
+        "N its position in tokens).")
+    audit_log_denied_tokens: list[str] = Field(
+        default=[], description="Tokens without the 'View audit logs' permission (GET /api/v1/audit-logs: 403).")
     entities: list[SimEntity] = []
     metric_keys: list[str] = Field(
         default=[], description="Custom metric definitions (type PUBLIC_API) that exist."
@@ -66,6 +71,11 @@ class SimulatorConfig(BaseModel):
         description="Length of the sliding window (Cortex: 60 s; shorter only to test quotas quickly).",
     )
     faults: SimFaults = SimFaults()
+
+    def key_identifier(self, token: str) -> str:
+        """How the audit log names the API key ``token`` is."""
+        known = self.tokens + [t for t in self.forbidden_tokens if t not in self.tokens]
+        return self.key_identifiers.get(token) or f"api-key-{known.index(token) + 1 if token in known else 0}"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SimulatorConfig:

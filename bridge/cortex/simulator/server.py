@@ -25,14 +25,23 @@ from typing import Any
 from aiohttp import hdrs, web
 from pydantic import ValidationError
 
-from bridge.cortex.simulator.api import MAX_BODY_BYTES, ROUTES, STORE, json_body
+from bridge.cortex.simulator.api import (
+    AUDIT_DENIED,
+    AUDIT_TAG,
+    MAX_BODY_BYTES,
+    ROUTES,
+    STORE,
+    TOKEN,
+    json_body,
+)
 from bridge.cortex.simulator.config import QUOTA_WINDOW_SECONDS, SimFaults, SimulatorConfig
 from bridge.cortex.simulator.errors import SimError, bad_request
 from bridge.cortex.simulator.store import SimStore
+from bridge.cortex.simulator.tokens import expired
 
 logger = logging.getLogger(__name__)
 
-_WRITE_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_PUT})
+_WRITE_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -212,6 +221,7 @@ def create_app(server: SimulatorServer) -> web.Application:
     app = web.Application(middlewares=[_gatekeeper], client_max_size=MAX_BODY_BYTES)
     app[_SERVER] = server
     app[STORE] = server.store
+    app[AUDIT_DENIED] = frozenset(server.config.audit_log_denied_tokens)
     app.add_routes(ROUTES)
     app.add_routes(_routes)
     return app
@@ -296,14 +306,17 @@ async def _authorized(config: SimulatorConfig, request: web.Request, handler: Ha
     token = token.strip()
     if scheme.lower() != "bearer" or (token not in config.tokens and token not in config.forbidden_tokens):
         return _error(SimError(401, "Unauthorized", "missing or unknown bearer token", "UNAUTHORIZED"))
+    if expired(token):
+        return _error(SimError(401, "Unauthorized", "the token has expired", "UNAUTHORIZED"))
     if token in config.forbidden_tokens:
         return _error(SimError(403, "Forbidden", "this token is not permitted to call the API"))
+    request[TOKEN] = token
     poison = request.app[_SERVER].config.faults.reject_bodies_containing
     small = request.content_length is not None and request.content_length <= MAX_BODY_BYTES
     if poison and small and request.method in _WRITE_METHODS and poison.encode() in await request.read():
         return _error(bad_request(f"body: rejected by injected fault (contains {poison!r})"))
     try:
-        return await handler(request)
+        response = await handler(request)
     except SimError as exc:
         return _error(exc)
     except web.HTTPException as exc:
@@ -312,6 +325,11 @@ async def _authorized(config: SimulatorConfig, request: web.Request, handler: Ha
     except Exception:
         logger.exception("simulator handler failed for %s %s", request.method, request.path)
         return _error(SimError(500, "Internal Server Error", type_="UNHANDLED_EXCEPTION"))
+    if 200 <= response.status < 300 and request.query.get("dryRun", "").lower() != "true":
+        request.app[STORE].audit.record(method=request.method, path=request.path, actor=config.key_identifier(token),
+                                        tag=request.get(AUDIT_TAG) or request.match_info.get("tag"),
+                                        ip=request.remote)
+    return response
 
 
 # Inspection

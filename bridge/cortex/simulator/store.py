@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge.cortex.simulator.audit import AuditLog
 from bridge.cortex.simulator.bodies import (
     BulkPointsBody,
     CustomDataBody,
@@ -38,8 +39,6 @@ METRIC_MAX_AGE = timedelta(days=183)
 REQUEST_LOG_LIMIT = 1_000_000
 
 
-
-
 def format_timestamp(ts: datetime) -> str:
     """How Cortex writes a date-time in its answers: UTC, millisecond precision, ``Z``.
 
@@ -48,9 +47,6 @@ def format_timestamp(ts: datetime) -> str:
     """
     ts = ts.astimezone(UTC)
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-
 
 
 class SimEntity(BaseModel):
@@ -62,6 +58,7 @@ class SimEntity(BaseModel):
     name: str | None = None
     type: str = "service"
     git_repository: str | None = Field(default=None, description="owner/name, e.g. acme/checkout-service")
+    git_provider: str = Field(default="github", description="github, gitlab, bitbucket or azure")
 
     @property
     def id(self) -> str:
@@ -99,11 +96,13 @@ class SimStore:
         self.custom_data: dict[str, dict[str, dict[str, Any]]] = {}
         self.metric_definitions: dict[str, dict[str, Any]] = {}
         self.discarded_old_points = 0
+        self.audit = AuditLog()
         self.clear()
 
     def clear(self) -> None:
         """Forget all writes and the request log; entities and configured metric keys remain."""
         self.requests.clear()
+        self.audit.clear()
         self.deploys.clear()
         self.events.clear()
         self.metric_points.clear()
@@ -144,9 +143,9 @@ class SimStore:
         }
         if entity.git_repository:
             summary["git"] = {
-                "provider": "github",
+                "provider": entity.git_provider,
                 "repository": entity.git_repository,
-                "repositoryUrl": f"https://github.com/{entity.git_repository}",
+                "repositoryUrl": f"https://{entity.git_provider}.com/{entity.git_repository}",
             }
         return summary
 

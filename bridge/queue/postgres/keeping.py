@@ -17,7 +17,7 @@ from bridge import metrics
 from bridge.queue.dead_letters import MAX_DETAIL
 from bridge.queue.poison import POISON_LANE, RAW_INPUT_KIND, RawInput
 from bridge.queue.postgres.core import PgCore
-from bridge.queue.postgres.schema import stored_text
+from bridge.queue.postgres.schema import SPEND_LOCK, stored_text
 from bridge.records import Record, encode_record, lane_of
 
 _DEAD_COLUMNS = "id, kind, lane, source, body, size, received_at, attempts, reason, detail, status, dead_at"
@@ -148,6 +148,50 @@ class PgKeeping(PgCore):
                 await conn.execute("DELETE FROM spend WHERE sent_at < %s", (before,))
 
         await self._tx(write)
+
+    async def admit_spend(self, replica: str, *, room: int, span: float,
+                          expiry: Callable[[float], float | None]) -> float | None:
+        """Record one request of ``replica`` about to be sent, if the deployment's window has room.
+
+        Room means fewer than ``room`` requests of *other* replicas stamped in the last ``span``
+        seconds (the caller counts its own requests exactly, in memory, and passes what is left of
+        the quota). Check and insert run under one transaction-scoped advisory lock, so two
+        replicas can never both take the last slot, and stamps are the database server's clock,
+        so clock skew between replicas' hosts cannot shift anyone's window. Returns ``None`` once
+        the request is recorded (committed); otherwise the seconds until the oldest other request
+        counted stops counting. ``expiry`` as for :meth:`record_spends`.
+        """
+        async def admit(conn: AsyncConnection[Any]) -> float | None:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SPEND_LOCK,))
+            cur = await conn.execute(SPEND_WINDOW, (span, replica, span, replica))
+            row = await cur.fetchone()
+            assert row is not None
+            stamp, others, oldest = float(row[0]), int(row[1]), row[2]
+            wait = spend_wait(stamp, others, oldest, room=room, span=span)
+            if wait is not None:
+                return wait
+            await conn.execute(SPEND_INSERT, (stamp, replica))
+            before = expiry(stamp)
+            if before is not None:
+                await conn.execute("DELETE FROM spend WHERE sent_at < %s", (before,))
+            return None
+
+        return await self._tx(admit)
+
+
+#: The database's clock now, and the requests of replicas other than ``replica`` in the last
+#: ``span`` seconds (their count and the oldest stamp); parameters (span, replica, span, replica).
+SPEND_WINDOW = ("SELECT now_at, (SELECT COUNT(*) FROM spend WHERE sent_at >= now_at - %s AND replica <> %s),"
+                " (SELECT MIN(sent_at) FROM spend WHERE sent_at >= now_at - %s AND replica <> %s)"
+                " FROM (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now_at) AS now")
+SPEND_INSERT = "INSERT INTO spend (sent_at, replica) VALUES (%s, %s)"
+
+
+def spend_wait(stamp: float, others: int, oldest: float | None, *, room: int, span: float) -> float | None:
+    """``None`` when a request may take its slot, else the seconds until the oldest other one stops counting."""
+    if others < room:
+        return None
+    return max(0.0, float(oldest) + span - stamp) if oldest is not None else span
 
 
 async def _prune(conn: AsyncConnection[Any], cutoff: float, chunk: int) -> int:

@@ -30,9 +30,11 @@ import psycopg
 from bridge.queue import inspect
 from bridge.queue.dead_letters import DLQ_CHUNK, dead_selection, replayable_selection
 from bridge.queue.errors import NotAQueue
+from bridge.queue.operator_spend import insert_spend, spends_since
 from bridge.queue.outcomes import RETRY_CHUNK
 from bridge.queue.postgres.core import dsn_password, unavailable
-from bridge.queue.postgres.schema import check_version, pg_statement, stored_text
+from bridge.queue.postgres.keeping import SPEND_INSERT, SPEND_WINDOW, spend_wait
+from bridge.queue.postgres.schema import SPEND_LOCK, check_version, pg_statement, stored_text
 from bridge.queue.schema import parked_clause, waiting_clause
 
 T = TypeVar("T")
@@ -131,7 +133,40 @@ class PgOperator:
         """See :meth:`~bridge.queue.operator.OperatorQueue.trace`."""
         return self._run(lambda: inspect.trace(self.conn, ident))
 
+    def oldest_record(self) -> dict[str, Any] | None:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.oldest_record`."""
+        return self._run(lambda: inspect.oldest_record(self.conn))
+
+    def recent_deliveries(self, since: float) -> dict[str, int]:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.recent_deliveries`."""
+        return self._run(lambda: inspect.recent_deliveries(self.conn, since))
+
+    def load_spends(self, since: float) -> list[float]:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.load_spends`."""
+        return self._run(lambda: spends_since(self.conn, since))
+
     # -- writes ------------------------------------------------------------------------------
+
+    def record_spend(self, stamp: float) -> None:
+        """See :meth:`~bridge.queue.operator.OperatorQueue.record_spend`."""
+        self._run(lambda: insert_spend(self.conn, stamp))
+
+    def admit_spend(self, replica: str, *, room: int, span: float) -> float | None:
+        """Take one request's slot in the deployment's window, as a replica does
+        (``PostgresQueue.admit_spend``: the same statements, under the same lock); ``None`` once
+        recorded, else the seconds to wait. Expired rows are left to the replicas to delete."""
+        def admit() -> float | None:
+            conn = self.conn.conn
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SPEND_LOCK,))
+                row = conn.execute(SPEND_WINDOW, (span, replica, span, replica)).fetchone()
+                assert row is not None
+                stamp = float(row[0])
+                wait = spend_wait(stamp, int(row[1]), row[2], room=room, span=span)
+                if wait is None:
+                    conn.execute(SPEND_INSERT, (stamp, replica))
+                return wait
+        return self._run(admit)
 
     def retry(self, ids: list[str] | None = None, *, parked: bool = False, chunk: int = RETRY_CHUNK) -> int:
         """See :meth:`~bridge.queue.operator.OperatorQueue.retry`."""

@@ -22,9 +22,11 @@ from psycopg import AsyncConnection
 from bridge.queue.errors import NotAQueue, QueueUnavailable
 from bridge.queue.schema import column_text
 
-#: Advisory lock keys (64-bit, arbitrary but fixed): "cortex-bridge migrate" and "... sender".
+#: Advisory lock keys (64-bit, arbitrary but fixed): "cortex-bridge migrate", "... sender" and
+#: "... spend" (the deployment's one request window, bridge/queue/postgres/keeping.py).
 MIGRATION_LOCK = 0x63627267_6D696772
 SENDER_LOCK = 0x63627267_73656E64
+SPEND_LOCK = 0x63627267_7370656E
 
 _V1 = """
 CREATE TABLE records (
@@ -118,11 +120,17 @@ CREATE TABLE meta (
 );
 """
 
-# Turns inside a kind (bridge/queue/turns.py): the next source, its next lane, whether it is due.
-_V2 = "CREATE INDEX records_turns ON records (kind, state, source, lane, next_attempt_at);"
+# Version 2: which process sent each request, so every replica's admission counts the others'
+# requests from the table and its own from its exact in-memory window.
+_V2 = """
+ALTER TABLE spend ADD COLUMN replica TEXT NOT NULL DEFAULT '';
+"""
+
+# Version 3: turns inside a kind (bridge/queue/turns.py): the next source, its next lane, whether it is due.
+_V3 = "CREATE INDEX records_turns ON records (kind, state, source, lane, next_attempt_at);"
 
 #: Migration ``n`` (1-based) brings the schema from version n-1 to n.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -5,7 +5,7 @@ moment skips them, and one that looks after the commit sees them no longer READY
 replicas never hold the same record. What a claim, a read-back or an outcome does to a record
 is the same as on SQLite (bridge/queue/claims.py, outcomes.py); only the statements differ.
 
-While :meth:`PgSending._may_send` says no (another replica holds the sender lock, see
+While :meth:`PostgresQueue.may_send` says no (another replica holds the sender lock, see
 store.py), there is nothing to claim and nothing to read back here.
 """
 
@@ -34,17 +34,13 @@ from bridge.records import describe_invalid, record_from_json
 class PgSending(PgCore):
     """Claims, ambiguous records, and delivered / rescheduled / ambiguous outcomes."""
 
-    async def _may_send(self) -> bool:
-        """Whether this replica may claim (the one-sender rule; always, without it)."""
-        return True
-
     async def claim(self, policy: BatchPolicy, now: float | None = None) -> list[QueuedRecord]:
         """Claim the oldest due lane's records, as many as ``policy`` allows for that kind.
 
         A row that does not read back as a record is dead-lettered (reason ``unreadable``) in the
         same transaction. Rows another replica is claiming are skipped, never shared.
         """
-        if not await self._may_send():
+        if not await self.may_send():
             return []
         at = time.time() if now is None else now
         claimed, unreadable = await self._tx(lambda conn: self._claim_tx(conn, policy, at))
@@ -145,7 +141,7 @@ class PgSending(PgCore):
         return await self._earliest(State.READY)
 
     async def _earliest(self, state: State) -> float | None:
-        if not await self._may_send():
+        if not await self.may_send():
             return None
 
         async def read(conn: AsyncConnection[Any]) -> float | None:
@@ -161,7 +157,7 @@ class PgSending(PgCore):
         With ``settled_by``, only those whose settle time has passed by then. A row that does not
         read back is dead-lettered, as in :meth:`claim`.
         """
-        if not await self._may_send():
+        if not await self.may_send():
             return []
         until = float("inf") if settled_by is None else settled_by
 

@@ -23,6 +23,11 @@ from bridge.queue.postgres.sending import PgSending
 from bridge.queue.postgres.writes import PgWrites
 from bridge.queue.schema import State
 
+#: Longest wait for a pooled connection. When the database is down no connection comes, and a
+#: webhook waiting longer than this would meet its sender's timeout (GitHub gives up after 10 s)
+#: instead of a prompt 503 + Retry-After.
+POOL_WAIT_SECONDS = 2.0
+
 
 class PostgresQueue(PgWrites, PgSending, PgKeeping):
     """Queue of records, dead letters and delivery history in a PostgreSQL database."""
@@ -63,7 +68,7 @@ class PostgresQueue(PgWrites, PgSending, PgKeeping):
                                           "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                                           "keepalives_count": 3}
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            dsn, min_size=2, max_size=pool_size, open=False, timeout=statement_timeout_seconds,
+            dsn, min_size=2, max_size=pool_size, open=False, timeout=min(statement_timeout_seconds, POOL_WAIT_SECONDS),
             kwargs={"autocommit": True, **connect_kwargs}, configure=configure,
             check=AsyncConnectionPool.check_connection, name="cortex-bridge-queue")
         queue = cls(pool, max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds,
@@ -90,7 +95,9 @@ class PostgresQueue(PgWrites, PgSending, PgKeeping):
         """Whether this replica holds the one-sender lock (always True without the rule)."""
         return self._sender_lock is None or self._sender_lock.held
 
-    async def _may_send(self) -> bool:
+    async def may_send(self) -> bool:
+        """Whether this replica holds the sender lock (always, without the one-sender rule); on
+        taking it, first makes ready or ambiguous what the previous holder left in flight."""
         lock = self._sender_lock
         if lock is None:
             return True

@@ -17,10 +17,13 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from bridge.queue.errors import QueueUnavailable
 from bridge.queue.group_commit import AppendResult, GroupCommit, Row, Submission
 from bridge.queue.postgres.core import PgCore
 from bridge.queue.postgres.schema import stored_text
 
+#: After a failed commit, appends are refused at once for this long before one is tried again.
+REFUSE_AFTER_FAILURE_SECONDS = 1.0
 #: Above every character a key can hold: ``[prefix, prefix + END)`` is the range of keys under it.
 _KEY_RANGE_END = "\U0010ffff"
 
@@ -28,8 +31,18 @@ _KEY_RANGE_END = "\U0010ffff"
 class PgWrites(PgCore, GroupCommit):
     """Appending records and source state; reading and forgetting source state."""
 
+    _failed_at = -float("inf")
+
     async def _commit(self, batch: list[Submission]) -> list[AppendResult]:
-        results, added, size = await self._tx(lambda conn: _append(conn, batch))
+        if not self.writable and time.monotonic() - self._failed_at < REFUSE_AFTER_FAILURE_SECONDS:
+            # Known down: answer 503 now instead of each webhook waiting for a connection the
+            # pool cannot make; a commit is tried again a second later (or the probe succeeds).
+            raise QueueUnavailable("the last write failed; waiting for the database to take writes again")
+        try:
+            results, added, size = await self._tx(lambda conn: _append(conn, batch))
+        except QueueUnavailable:
+            self._failed_at = time.monotonic()
+            raise
         self._counted(added, size)
         return results
 

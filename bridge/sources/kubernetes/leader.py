@@ -28,6 +28,7 @@ import json
 import os
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,7 +62,8 @@ class LeaderElectionSettings(BaseModel):
     lease_namespace: str | None = Field(
         None, description="Lease namespace; default $POD_NAMESPACE, else the service account's namespace."
     )
-    identity: str | None = Field(None, description="Holder identity; default <hostname>-<instance id>.")
+    identity: str | None = Field(None, description="Holder identity; default <hostname>-<process>-<instance id>"
+                                 " (unique per process: replicas on one PostgreSQL database share the instance id).")
     lease_duration_seconds: int = Field(15, ge=1, description="A holder silent this long loses the Lease.")
     renew_deadline_seconds: float = Field(10.0, gt=0, description="Stop leading after failing to renew this long.")
     retry_period_seconds: float = Field(2.0, gt=0, description="How often to try to acquire or renew.")
@@ -125,7 +127,10 @@ class LeaseElector:
         self.settings = settings
         self.source = source
         self.instance = instance
-        self.identity = settings.identity or f"{os.environ.get('HOSTNAME') or os.uname().nodename}-{instance[:8]}"
+        # Unique per process, not per database: replicas sharing one PostgreSQL queue share the
+        # instance id, and two holders with one identity would both believe they lead.
+        host = os.environ.get("HOSTNAME") or os.uname().nodename
+        self.identity = settings.identity or f"{host}-{uuid.uuid4().hex[:6]}-{instance[:8]}"
         self.name = settings.lease_name or f"cortex-bridge-{source}"
         self.namespace = settings.lease_namespace or default_namespace()
         self.leading = False

@@ -44,7 +44,8 @@ async def cortex() -> AsyncIterator[SimulatorServer]:
 async def start_bridge(
     apiserver: FakeApiServer, cortex: SimulatorServer, tmp_path: Path
 ) -> AsyncIterator[StartBridge]:
-    """``await start_bridge(db="a", **source_overrides)``: a bridge whose queue is ``<db>.db``."""
+    """``await start_bridge(db="a", **source_overrides)``: a bridge whose queue is ``<db>.db``
+    (or, when ``db`` is a ``postgresql://`` DSN, that shared database)."""
     started: list[Bridge] = []
     kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
 
@@ -52,7 +53,8 @@ async def start_bridge(
         settings = load_settings(
             None,
             cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5},
-            queue={"path": tmp_path / f"{db}.db"},
+            queue=({"backend": "postgres", "postgres": {"dsn": db}} if db.startswith("postgresql://")
+                   else {"path": tmp_path / f"{db}.db"}),
             retry={"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
             http={"host": "127.0.0.1", "port": 0},
             metrics={"host": "127.0.0.1", "port": 0},

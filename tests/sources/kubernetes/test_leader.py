@@ -92,3 +92,33 @@ async def test_a_dead_holder_is_replaced_after_its_lease_expires(
     await second.caught_up(apiserver)
     state = await sim_state(cortex)
     assert [d["customData"]["version"] for d in state["deploys"]["inventory"]] == ["2", "3"]
+
+
+async def test_on_postgresql_a_new_holder_resends_nothing_its_dead_predecessor_emitted(
+    apiserver: FakeApiServer, cluster: Cluster, cortex: SimulatorServer, start_bridge: StartBridge, pg_dsn: str
+) -> None:
+    # Two replicas on one PostgreSQL database share the source's memory (and so its instance id):
+    # only one may lead (their Lease identities differ per process; with one identity both
+    # believed they held the Lease), and the one that takes over from a holder that died right
+    # after emitting a change (renewals once a second) neither repeats it nor misses the next.
+    slow = {**ELECTION, "lease_duration_seconds": 3, "renew_deadline_seconds": 2.5, "retry_period_seconds": 1.0}
+    cluster.create_deployment("inventory", image="registry.example/inventory:1")
+    first = await start_bridge(db=pg_dsn, leader_election=slow)
+    second = await start_bridge(db=pg_dsn, leader_election=slow, synced=False)
+    await asyncio.sleep(1.5)  # a renewal after the initial sync
+    assert first.source.leading and not second.source.leading
+
+    async def delivered() -> bool:
+        return len((await sim_state(cortex))["deploys"].get("inventory", [])) == 1
+
+    cluster.set_image("inventory", "registry.example/inventory:2")
+    await wait_until(delivered, timeout=5, interval=0.01)
+    for task in (first.source._task, first.source._lead_task):  # dies: no release, no renewal
+        assert task is not None
+        task.cancel()
+    cluster.set_image("inventory", "registry.example/inventory:3")  # while nobody leads
+    await wait_until(second.source.synced.is_set, timeout=10)
+    await second.caught_up(apiserver)
+    await asyncio.sleep(0.5)  # what the new holder emitted reaches Cortex
+    state = await sim_state(cortex)
+    assert [d["customData"]["version"] for d in state["deploys"]["inventory"]] == ["2", "3"]
