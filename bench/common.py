@@ -6,6 +6,7 @@ absolute numbers drift on a shared 2-core box, the ratios much less.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,18 @@ class WrkResult:
     @property
     def ok_per_s(self) -> float:
         return self.ok / self.seconds
+
+
+def scaled_run_main(doc: str | None, run: Callable[[float, float], Coroutine[Any, Any, tuple[list[Row], dict[str, Any]]]],
+                    scale_help: str) -> None:
+    """The command line of a benchmark run at a volume scale and a time compression: table, then JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--scale", type=float, default=1.0, help=scale_help)
+    parser.add_argument("--compress", type=float, default=10.0, help="time compression factor (1 = real time)")
+    args = parser.parse_args()
+    rows, details = asyncio.run(run(args.scale, args.compress))
+    print(table(rows))
+    print(json.dumps(details, indent=2))
 
 
 def cpu_seconds(pid: int) -> float:

@@ -22,9 +22,7 @@ multiplied by K; the multiplied figure is an upper bound at 1000/min and is the 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
 import tempfile
 import time
@@ -34,8 +32,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import Row, table
-from bench.delivery import BASE_TS, LIMIT, WINDOW, fill_queue, minimum_requests, minimum_seconds
+from bench.common import Row, scaled_run_main
+from bench.delivery import BASE_TS, LIMIT, WINDOW, drained, fill_queue, minimum_requests, minimum_seconds
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
@@ -111,12 +109,7 @@ async def run(scale: float = 1.0, compress: float = 10.0) -> tuple[list[Row], di
             # Let the backlog start draining, so the deploys meet a bucket that is already empty.
             await asyncio.sleep(5.0 / compress)
             acked = await post_deploys(bridge.ingest_port, DEPLOY_SPACING / compress)
-            while bridge.queue.depth > 0:
-                await asyncio.sleep(0.02)
-            drained = time.monotonic() - started
-            await bridge.stop(deadline=5)
-            log = list(sim.store.requests)
-            stored = sim.store.snapshot()["counts"]
+            drain_seconds, log, stored = await drained(bridge, sim, started)
     arrived = {r["path"].split("/")[-2]: r["t"] for r in log
                if r["method"] == "POST" and r["path"].endswith("/deploys") and 200 <= r["status"] < 300}
     waits = [arrived[entity] - at for entity, at in acked.items()]
@@ -127,7 +120,7 @@ async def run(scale: float = 1.0, compress: float = 10.0) -> tuple[list[Row], di
     min_s = minimum_seconds(min_req)
     p50, p99 = percentile(waits, 0.50), percentile(waits, 0.99)
     req_ratio = len(log) / min_req
-    time_ratio = drained * compress / min_s
+    time_ratio = drain_seconds * compress / min_s
     note = f"x{compress:g} compressed, multiplied back" if compress != 1 else "real time"
     rows = [
         Row(f"deploy behind {kinds['metric']:,} points + {kinds['event']:,} events: time-to-Cortex p99 ({note})",
@@ -136,7 +129,7 @@ async def run(scale: float = 1.0, compress: float = 10.0) -> tuple[list[Row], di
             f"{p50:.3f} / {max(waits):.3f} s", f"window {window:g} s", None, "reported", None),
         Row("  backlog + deploys: Cortex requests used", f"{len(log):,}", f"{min_req:,} API minimum",
             req_ratio, "<= 1.05x", req_ratio <= 1.05),
-        Row(f"  time until the queue is empty (normalized to 1000/min, {note})", f"{drained * compress:,.0f} s",
+        Row(f"  time until the queue is empty (normalized to 1000/min, {note})", f"{drain_seconds * compress:,.0f} s",
             f"{min_s:,.0f} s API minimum", time_ratio, "<= 1.05x", time_ratio <= 1.05),
     ]
     details = {"scale": scale, "compress": compress, "deploy_waits_s": sorted(waits), "stored": stored,
@@ -145,13 +138,7 @@ async def run(scale: float = 1.0, compress: float = 10.0) -> tuple[list[Row], di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 100k metric points, 2k events")
-    parser.add_argument("--compress", type=float, default=10.0, help="time compression factor (1 = real time)")
-    args = parser.parse_args()
-    rows, details = asyncio.run(run(args.scale, args.compress))
-    print(table(rows))
-    print(json.dumps(details, indent=2))
+    scaled_run_main(__doc__, run, "1.0 = 100k metric points, 2k events")
 
 
 if __name__ == "__main__":
