@@ -6,6 +6,7 @@ absolute numbers drift on a shared 2-core box, the ratios much less.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,32 @@ class WrkResult:
     @property
     def ok_per_s(self) -> float:
         return self.ok / self.seconds
+
+
+def scaled_run_main(doc: str | None, run: Callable[[float, float], Coroutine[Any, Any, tuple[list[Row], dict[str, Any]]]],
+                    scale_help: str) -> None:
+    """The command line of a benchmark run at a volume scale and a time compression: table, then JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--scale", type=float, default=1.0, help=scale_help)
+    parser.add_argument("--compress", type=float, default=10.0, help="time compression factor (1 = real time)")
+    args = parser.parse_args()
+    rows, details = asyncio.run(run(args.scale, args.compress))
+    print(table(rows))
+    print(json.dumps(details, indent=2))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk_cpu(pid: int, url: str, script: str, **options: Any) -> tuple[WrkResult, float]:
+    """:func:`run_wrk`, and the CPU seconds ``pid`` used per 2xx meanwhile (the steadier figure
+    on a shared machine: it does not depend on how much of a core the process was given)."""
+    before = cpu_seconds(pid)
+    result = run_wrk(url, script, **options)
+    return result, (cpu_seconds(pid) - before) / max(1, result.ok)
 
 
 def wrk_available() -> bool:
@@ -205,6 +232,11 @@ class Child:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

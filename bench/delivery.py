@@ -31,7 +31,6 @@ slightly favours the uncompressed run. ``--compress 1`` runs in real time (about
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, table
+from bench.common import Row, scaled_run_main
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
@@ -196,15 +195,20 @@ async def deliver(records: list[dict[str, Any]], compress: float, tmp: Path,
         bridge = await Bridge.create(settings)
         started = time.monotonic()
         await bridge.start()
-        while bridge.queue.depth > 0:
-            await asyncio.sleep(0.02)
-        elapsed = time.monotonic() - started
-        await bridge.stop(deadline=5)
-        log = list(sim.store.requests)
-        state = sim.store.snapshot()["counts"]
+        elapsed, log, state = await drained(bridge, sim, started)
     by_endpoint = Counter(_endpoint(r["method"], r["path"]) for r in log)
     return Delivery(len(log), dict(by_endpoint), sum(1 for r in log if r["status"] == 429),
                     elapsed * compress, state)
+
+
+async def drained(bridge: Bridge, sim: SimulatorServer, started: float) -> tuple[float, list[dict[str, Any]], dict[str, int]]:
+    """Wait until the bridge's queue is empty, stop it; seconds since ``started`` (monotonic), the
+    simulator's request log and its counts of what it stores."""
+    while bridge.queue.depth > 0:
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - started
+    await bridge.stop(deadline=5)
+    return elapsed, list(sim.store.requests), sim.store.snapshot()["counts"]
 
 
 def _endpoint(method: str, path: str) -> str:
@@ -267,13 +271,7 @@ async def run(scale: float = 1.0, compress: float = 10.0) -> tuple[list[Row], di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 10k mixed records, 50k metric points")
-    parser.add_argument("--compress", type=float, default=10.0, help="time compression factor (1 = real time)")
-    args = parser.parse_args()
-    rows, details = asyncio.run(run(args.scale, args.compress))
-    print(table(rows))
-    print(json.dumps(details, indent=2))
+    scaled_run_main(__doc__, run, "1.0 = 10k mixed records, 50k metric points")
 
 
 if __name__ == "__main__":

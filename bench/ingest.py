@@ -31,7 +31,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import NATIVE_EVENT_LUA, Child, Row, native_event_size, profile, run_wrk, stopping
+from bench.common import (
+    NATIVE_EVENT_LUA,
+    Child,
+    Row,
+    native_event_size,
+    profile,
+    run_wrk,
+    run_wrk_cpu,
+    stopping,
+)
 from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
 from tests.support.cortex import SIM_TOKEN
 from tests.support.ledger import queue_stats
@@ -118,13 +127,16 @@ async def _measure(floor: Child, native: BridgeProcess, github: BridgeProcess, t
     run_id = uuid.uuid4().hex[:8]
     floor_rates: list[float] = []
     bridge_rates: list[float] = []
+    cpu: dict[str, list[float]] = {"floor": [], "bridge": []}
     accepted = 0
     for n in range(rounds):
         sides = ("floor", "bridge") if n % 2 == 0 else ("bridge", "floor")
         for side in sides:
-            target = floor.url if side == "floor" else native.url
-            result = await asyncio.to_thread(run_wrk, target, NATIVE_EVENT_LUA, seconds=seconds,
-                                             connections=connections, args=[f"{run_id}{n}{side[0]}"])
+            target, pid = (floor.url, floor.pid) if side == "floor" else (native.url, native.pid)
+            result, per_request = await asyncio.to_thread(
+                run_wrk_cpu, pid, target, NATIVE_EVENT_LUA, seconds=seconds, connections=connections,
+                args=[f"{run_id}{n}{side[0]}"])
+            cpu[side].append(per_request)
             if side == "floor":
                 floor_rates.append(result.ok_per_s)
             else:
@@ -153,15 +165,21 @@ async def _measure(floor: Child, native: BridgeProcess, github: BridgeProcess, t
     sig_file = tmp / "github-bodies.txt"
     body_size = github_bodies(sig_file, max(20_000, int(best_bridge * seconds * 1.5)))
     before = durable_total(github)
-    gh = await asyncio.to_thread(run_wrk, github.url, GITHUB_LUA, seconds=seconds, connections=connections,
-                                 args=[str(sig_file), f"{run_id}g"])
+    gh, gh_cpu = await asyncio.to_thread(run_wrk_cpu, github.pid, github.url, GITHUB_LUA, seconds=seconds,
+                                         connections=connections, args=[str(sig_file), f"{run_id}g"])
     gh_records = durable_total(github) - before
-    gh_floor = await asyncio.to_thread(run_wrk, floor.url, GITHUB_LUA, seconds=seconds, connections=connections,
-                                       args=[str(sig_file), f"{run_id}f"])
+    gh_floor, gh_floor_cpu = await asyncio.to_thread(run_wrk_cpu, floor.pid, floor.url, GITHUB_LUA, seconds=seconds,
+                                                     connections=connections, args=[str(sig_file), f"{run_id}f"])
     gh_rate = gh_records / gh.seconds
 
     b, f = paced["bridge"], paced["floor"]
+    native_cpu, floor_cpu = min(cpu["bridge"]), min(cpu["floor"])
     rows = [
+        Row("native ingest: CPU per accepted request (process CPU / 202s, 1 record/request)",
+            f"{native_cpu * 1e6:,.0f} µs", f"{floor_cpu * 1e6:,.0f} µs bare aiohttp", native_cpu / floor_cpu,
+            "<= 3x (goal 2x)", native_cpu / floor_cpu <= 3),
+        Row("GitHub webhook, HMAC verified: CPU per accepted request", f"{gh_cpu * 1e6:,.0f} µs",
+            f"{gh_floor_cpu * 1e6:,.0f} µs bare aiohttp", gh_cpu / gh_floor_cpu, "<= 4x", gh_cpu / gh_floor_cpu <= 4),
         Row("native ingest: accepted+durable records/s (1 record/request)", f"{best_bridge:,.0f}/s",
             f"{best_floor:,.0f} req/s bare aiohttp", best_bridge / best_floor, ">= 0.5x", best_bridge / best_floor >= 0.5),
         Row(f"native ingest latency at 50% of max ({b.ok_per_s:,.0f} req/s achieved): p50 / p99",
@@ -175,6 +193,8 @@ async def _measure(floor: Child, native: BridgeProcess, github: BridgeProcess, t
     ]
     details = {
         "body_bytes": native_event_size(), "connections": connections, "seconds": seconds, "rounds": rounds,
+        "cpu_us_per_request": {side: [round(v * 1e6) for v in values] for side, values in cpu.items()},
+        "github_cpu_us_per_request": round(gh_cpu * 1e6), "github_floor_cpu_us_per_request": round(gh_floor_cpu * 1e6),
         "floor_req_per_s": [round(r) for r in floor_rates], "bridge_records_per_s": [round(r) for r in bridge_rates],
         "accepted_checked_against_queue": accepted,
         "paced": {side: vars(res) for side, res in paced.items()}, "paced_pause_ms": pause_ms,

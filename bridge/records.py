@@ -10,6 +10,7 @@ and the durable queue stores it once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import uuid
@@ -32,6 +33,7 @@ from pydantic_core import PydanticSerializationError
 
 #: Namespace for record ids (uuid5), fixed forever so ids stay stable across versions.
 RECORD_ID_NAMESPACE = uuid.UUID("6f1c7a52-3a0e-4c55-9a43-1f0d2a8c9b11")
+_NAMESPACE_BYTES = RECORD_ID_NAMESPACE.bytes
 
 #: Key under which a deploy's or event's record id is stored inside its ``customData`` in Cortex,
 #: so that an ambiguous delivery can be matched exactly when it is read back, and a stored deploy
@@ -55,7 +57,13 @@ def record_id(*parts: object) -> str:
     own gets one from its content.
     """
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return str(uuid.uuid5(RECORD_ID_NAMESPACE, canonical))
+    # uuid.uuid5 without building a UUID object (a third of the cost on the ingest hot path); the
+    # same bits, so ids stay what they always were.
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + canonical.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def utc_now() -> datetime:
@@ -117,6 +125,11 @@ def json_problem(value: Any, where: str = "") -> str | None:
     they would be stored as ``null``), nesting deeper than :data:`MAX_JSON_DEPTH`. Iterative,
     so a hostile depth cannot exhaust the stack.
     """
+    return None if _plainly_storable(value) else walk_for_problem(value, where)
+
+
+def walk_for_problem(value: Any, where: str = "") -> str | None:
+    """:func:`json_problem` by walking every value with its path (what the fast check defers to)."""
     stack: list[tuple[Any, tuple[str, ...], int]] = [(value, (where,) if where else (), 0)]
     while stack:
         item, path, depth = stack.pop()
@@ -141,6 +154,33 @@ def json_problem(value: Any, where: str = "") -> str | None:
         if problem is not None:
             return f"{_dotted(path)}: {problem}"
     return None
+
+
+#: Values that are always storable as they are (no text, no float, no nesting).
+_PLAIN_TYPES = (type(None), bool, int, datetime)
+
+
+def _plainly_storable(item: Any, depth: int = 0) -> bool:
+    """True only if :func:`json_problem` finds nothing in ``item`` (the common record, checked
+    without building paths); False means "walk it": something may be wrong, or it is a type only
+    the walk knows (a ``str`` subclass ...). Recursive, but never deeper than MAX_JSON_DEPTH."""
+    kind = type(item)
+    if kind is str:
+        return _is_unicode(item)
+    if kind is float:
+        return math.isfinite(item)
+    if kind in _PLAIN_TYPES:
+        return True
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_JSON_DEPTH:
+            return False
+        if kind is dict:
+            return all(type(key) is str and _is_unicode(key) and _plainly_storable(child, depth + 1)
+                       for key, child in item.items())
+        return all(_plainly_storable(child, depth + 1) for child in item)
+    if isinstance(item, BaseModel):
+        return all(_plainly_storable(child, depth) for child in item.__dict__.values())
+    return False
 
 
 def _dotted(path: tuple[str, ...]) -> str:

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bridge.cortex.endpoints import deploy_or_event_body
 from bridge.records import (
     BRIDGE_ID_KEY,
     RECORD_ADAPTER,
+    RECORD_ID_NAMESPACE,
     DeployRecord,
     format_timestamp,
+    json_problem,
     lane_of,
     parse_timestamp,
     record_from_json,
     record_id,
     record_to_json,
+    walk_for_problem,
 )
 
 PROV = {"source": "test"}
@@ -61,6 +68,37 @@ def test_invalid_records_are_rejected_with_field_names() -> None:
 def test_record_ids_are_deterministic_and_distinct() -> None:
     assert record_id("github", "deploy", 42, "prod") == record_id("github", "deploy", 42, "prod")
     assert record_id("github", "deploy", 42, "prod") != record_id("github", "deploy", 42, "staging")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+@given(st.lists(_JSON, min_size=1, max_size=4))
+def test_record_ids_are_the_uuid5_of_the_canonical_json_they_always_were(parts: list[object]) -> None:
+    # Ids must not change across versions: a producer's retry after an upgrade is still a duplicate.
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    assert record_id(*parts) == str(uuid.uuid5(RECORD_ID_NAMESPACE, canonical))
+
+
+_HOSTILE_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.sampled_from(["\ud800", "a\udfff"]),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner) | st.dictionaries(
+        st.text() | st.sampled_from(["\ud800"]) | st.integers(), inner, max_size=3), max_leaves=30)
+
+
+def nested(value: object, depth: int) -> object:
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@given(_HOSTILE_JSON, st.integers(0, 70))
+def test_the_fast_storable_check_passes_only_what_the_walk_passes(value: object, depth: int) -> None:
+    # The fast check may defer to the walk, never wave through what the walk refuses.
+    deep = nested(value, depth)
+    assert json_problem(deep) == walk_for_problem(deep)
 
 
 def test_json_round_trip_keeps_every_field() -> None:

@@ -8,6 +8,7 @@ dead-lettered in the same transaction (:func:`bridge.queue.dead_letters.move_to_
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from bridge.queue.core import QueueCore
 from bridge.queue.dead_letters import UNREADABLE, Unreadable, move_to_dead
 from bridge.queue.schema import State, transaction
 from bridge.queue.shares import KindShares
+from bridge.queue.turns import Choice, LaneTurns
 from bridge.records import Record, describe_invalid, record_from_json
 
 log = structlog.get_logger("bridge.queue")
@@ -66,6 +68,7 @@ class Claims(QueueCore):
         return claimed
 
     _shares: KindShares | None = None
+    _turns: LaneTurns | None = None
 
     def _claim_sync(self, policy: BatchPolicy, now: float) -> tuple[list[QueuedRecord], list[Unreadable]]:
         unreadable: list[Unreadable] = []
@@ -97,6 +100,12 @@ class Claims(QueueCore):
         """One lane's claim (of ``only_kind``, if given); ``None`` when nothing is due, ``[]`` when
         all it had was unreadable."""
         conn = self.conn
+        if only_kind is not None:
+            self._turns = self._turns or LaneTurns()
+            lane = run_choice(conn, self._turns.choose(
+                only_kind, now, hold_ambiguous=only_kind in policy.hold_ambiguous_lanes))
+            if lane is not None:
+                return self._take_lane(policy, now, unreadable, lane, only_kind)
         held = sorted(policy.hold_ambiguous_lanes)
         # Cheap when nothing is ambiguous: the subquery is a search of the (state, ...) index.
         hold = (f" AND lane NOT IN (SELECT lane FROM records WHERE state = ? AND kind IN ({','.join('?' * len(held))}))"
@@ -110,7 +119,12 @@ class Claims(QueueCore):
         ).fetchone()
         if head is None:
             return None
-        lane, kind = head
+        return self._take_lane(policy, now, unreadable, head[0], head[1])
+
+    def _take_lane(self, policy: BatchPolicy, now: float, unreadable: list[Unreadable],
+                   lane: str, kind: str) -> list[QueuedRecord]:
+        """Claim ``lane``'s due records, as many as one request of ``kind`` carries."""
+        conn = self.conn
         limit = policy.max_items.get(kind, 1)
         rows = conn.execute(
             "SELECT seq, body, attempts, first_failure_at, enqueued_at, size FROM records"
@@ -182,6 +196,17 @@ class Claims(QueueCore):
     async def next_settled_at(self) -> float | None:
         """When the earliest ambiguous record may be read back (None when there is none)."""
         return await self._run(self._earliest_sync, State.AMBIGUOUS)
+
+
+def run_choice(conn: sqlite3.Connection, choice: Choice) -> str | None:
+    """Answer a :class:`LaneTurns` choice's probes on ``conn``; the lane it chose, or None."""
+    try:
+        probe = next(choice)
+        while True:
+            row = conn.execute(*probe).fetchone()
+            probe = choice.send(None if row is None else row[0])
+    except StopIteration as chosen:
+        return chosen.value  # type: ignore[no-any-return]
 
 
 def count_unreadable(unreadable: list[Unreadable]) -> None:

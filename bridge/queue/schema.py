@@ -71,6 +71,8 @@ CREATE INDEX IF NOT EXISTS records_due ON records (state, next_attempt_at, seq);
 -- a claim for one kind (weighted shares) finds its oldest due record without scanning others
 CREATE INDEX IF NOT EXISTS records_kind_due ON records (state, kind, next_attempt_at, seq);
 CREATE INDEX IF NOT EXISTS records_lane ON records (lane, state, next_attempt_at, seq);
+-- turns inside a kind (bridge/queue/turns.py): the next source, its next lane, whether it is due
+CREATE INDEX IF NOT EXISTS records_turns ON records (kind, state, source, lane, next_attempt_at);
 
 CREATE TABLE IF NOT EXISTS delivered (
     id TEXT PRIMARY KEY,

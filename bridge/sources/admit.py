@@ -128,7 +128,7 @@ def count_appended(source: str, records: Sequence[Record], result: AppendResult)
         for rid in ids:
             counts[kinds[rid]] = counts.get(kinds[rid], 0) + 1
         for kind, n in counts.items():
-            counter.labels(source, kind).inc(n)
+            metrics.counter_of(counter, source, kind).inc(n)
 
 
 def _unstorable(exc: UnstorableRecord) -> NotAdmitted:
@@ -139,7 +139,7 @@ async def append_records(queue: QueueBackend, records: Sequence[Record], *, sour
                          delivery_id: str | None = None) -> Admitted | NotAdmitted:
     """Append ``records`` durably (deduplicated by ``delivery_id``, when given)."""
     for record in records:
-        metrics.RECORDS_RECEIVED.labels(source, record.kind).inc()
+        metrics.counter_of(metrics.RECORDS_RECEIVED, source, record.kind).inc()
     try:
         result = await queue.append(records, delivery=(source, delivery_id) if delivery_id else None)
     except QueueFull as exc:

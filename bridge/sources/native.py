@@ -9,12 +9,13 @@ record twice stores it once.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from bridge.config import IngestSettings
 from bridge.queue import QueueBackend
@@ -45,10 +46,8 @@ def _describe(exc: ValidationError) -> list[str]:
     return out
 
 
-def parse_native(
-    payload: Any, *, source: str, delivery_id: str | None = None, received_at: datetime | None = None
-) -> list[Record]:
-    """Validate a native body into records; raise :class:`RecordErrors` if any is invalid."""
+def _items(payload: Any) -> list[Any]:
+    """The record objects of a native body; raises :class:`RecordErrors` for a body of no records."""
     items = payload.get("records") if isinstance(payload, dict) and "records" in payload else payload
     if isinstance(items, dict):
         items = [items]
@@ -56,24 +55,89 @@ def parse_native(
         raise RecordErrors([{"index": None, "errors": ["body must be a record object or {\"records\": [...]}"]}])
     if len(items) > MAX_RECORDS_PER_REQUEST:
         raise RecordErrors([{"index": None, "errors": [f"at most {MAX_RECORDS_PER_REQUEST} records per request"]}])
-    received = received_at or utc_now()
+    return items
+
+
+def _fields(item: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """A record object as the model validates it: its content-derived id, the bridge's provenance."""
+    fields = {k: v for k, v in item.items() if k != "provenance"}
+    if "id" not in fields:
+        fields["id"] = record_id("native", fields)
+    fields["provenance"] = provenance
+    return fields
+
+
+def parse_native(
+    payload: Any, *, source: str, delivery_id: str | None = None, received_at: datetime | None = None
+) -> list[Record]:
+    """Validate a native body into records; raise :class:`RecordErrors` if any is invalid."""
+    items = _items(payload)
+    provenance = {"source": source, "delivery_id": delivery_id, "received_at": received_at or utc_now()}
     records: list[Record] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             errors.append({"index": index, "errors": ["record must be a JSON object"]})
             continue
-        fields = {k: v for k, v in item.items() if k != "provenance"}
-        if "id" not in fields:
-            fields["id"] = record_id("native", fields)
-        fields["provenance"] = {"source": source, "delivery_id": delivery_id, "received_at": received}
         try:
-            records.append(RECORD_ADAPTER.validate_python(fields))
+            records.append(RECORD_ADAPTER.validate_python(_fields(item, provenance)))
         except ValidationError as exc:
             errors.append({"index": index, "id": item.get("id"), "errors": _describe(exc)})
     if errors:
         raise RecordErrors(errors)
     return records
+
+
+def parse_native_batch(
+    payloads: Sequence[tuple[Any, str | None]], *, source: str, received_at: datetime | None = None
+) -> list[list[Record] | RecordErrors]:
+    """:func:`parse_native` of many bodies (each with its delivery id), validated in one call.
+
+    Each body's outcome is what :func:`parse_native` would have given it: its records, or its
+    :class:`RecordErrors`. One validation call for a whole fetched Kafka batch costs less than one
+    per body; when any record is invalid, the bodies are validated one by one to say which.
+    """
+    received = received_at or utc_now()
+    outcomes: list[list[Record] | RecordErrors] = []
+    fields: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    for payload, delivery_id in payloads:
+        try:
+            items = _items(payload)
+        except RecordErrors as exc:
+            outcomes.append(exc)
+            sizes.append(-1)
+            continue
+        if not all(isinstance(item, dict) for item in items):
+            outcomes.append(_parsed(payload, source, delivery_id, received))  # says which is not an object
+            sizes.append(-1)
+            continue
+        provenance = {"source": source, "delivery_id": delivery_id, "received_at": received}
+        fields.extend(_fields(item, provenance) for item in items)
+        outcomes.append([])
+        sizes.append(len(items))
+    try:
+        records = _RECORDS_ADAPTER.validate_python(fields)
+    except ValidationError:
+        return [outcome if size < 0 else _parsed(payload, source, delivery_id, received)
+                for outcome, size, (payload, delivery_id) in zip(outcomes, sizes, payloads, strict=True)]
+    start = 0
+    for outcome, size in zip(outcomes, sizes, strict=True):
+        if size > 0:
+            assert isinstance(outcome, list)
+            outcome.extend(records[start:start + size])
+            start += size
+    return outcomes
+
+
+def _parsed(payload: Any, source: str, delivery_id: str | None, received: datetime) -> list[Record] | RecordErrors:
+    try:
+        return parse_native(payload, source=source, delivery_id=delivery_id, received_at=received)
+    except RecordErrors as exc:
+        return exc
+
+
+_RECORDS_ADAPTER: TypeAdapter[list[Record]] = TypeAdapter(list[Record])
 
 
 def native_input_schema() -> dict[str, Any]:

@@ -33,7 +33,7 @@ def events(*numbers: int, entity: str = "svc") -> list[Record]:
                           "timestamp": 1_700_000_000 + i} for i in numbers], source="test")
 
 
-def points(*numbers: int, entity: str = "svc") -> list[Record]:
-    """Metric points of one lane (entity x lead-time)."""
+def points(*numbers: int, entity: str = "svc", source: str = "test") -> list[Record]:
+    """Metric points of one lane (entity x lead-time), as sent by ``source``."""
     return parse_native([{"kind": "metric", "entity": entity, "key": "lead-time", "value": float(i),
-                          "timestamp": 1_700_000_000 + i} for i in numbers], source="test")
+                          "timestamp": 1_700_000_000 + i} for i in numbers], source=source)

@@ -196,6 +196,51 @@ async def test_weighted_claims_still_serve_a_kind_the_policy_does_not_name(backe
     await queue.close()
 
 
+async def test_weighted_claims_take_turns_among_the_entities_of_a_kind(backend: Opener) -> None:
+    # One noisy entity's backlog, queued first, must not hold the whole metric share.
+    queue = await backend()
+    await queue.append(points(*range(500), entity="noisy"))
+    for quiet in ("a", "b", "c"):
+        await queue.append(points(*range(1000, 1010), entity=quiet))
+    weighted = BatchPolicy(max_items={"metric": 100}, kind_weights={"metric": 1})
+    entities = [(await queue.claim(weighted))[0].record.entity for _ in range(8)]
+    assert sorted(entities[:4]) == ["a", "b", "c", "noisy"], entities
+    assert entities[4:] == ["noisy"] * 4, entities
+    assert await queue.claim(weighted) == []
+    await queue.close()
+
+
+async def test_weighted_claims_take_turns_among_the_sources_of_a_kind(backend: Opener) -> None:
+    # A storm of many lanes from one source must not hold the kind's share either: the quiet
+    # source's one lane (last in lane order) gets every other claim.
+    queue = await backend()
+    for n in range(6):
+        await queue.append(points(*range(n * 200, n * 200 + 200), entity=f"storm-{n}", source="storm"))
+    await queue.append(points(*range(5000, 5300), entity="zzz-quiet", source="quiet"))
+    weighted = BatchPolicy(max_items={"metric": 100}, kind_weights={"metric": 1})
+    served = [(await queue.claim(weighted))[0].record.provenance.source for _ in range(6)]
+    assert served.count("quiet") == 3 and served[0] != served[1], served
+    await queue.close()
+
+
+async def test_turns_skip_held_and_backing_off_lanes_however_many(backend: Opener) -> None:
+    # More lanes backing off than one choice may probe: the claim still finds the due lane,
+    # and never one held by an ambiguous record.
+    queue = await backend()
+    await queue.append([p for n in range(40) for p in points(n, entity=f"later-{n:02}")])
+    waiting = [q.seq for _ in range(40) for q in await queue.claim(MANY)]
+    await queue.reschedule(waiting, next_attempt_at=time.time() + 3600, error="503", count_attempt=True)
+    await queue.append(points(100, entity="held"))
+    (held,) = await queue.claim(MANY)
+    await queue.mark_ambiguous([held.seq], "timeout")
+    await queue.append(points(101, entity="held") + points(102, entity="zz-due"))
+    weighted = BatchPolicy(max_items={"metric": 100}, kind_weights={"metric": 1},
+                           hold_ambiguous_lanes=frozenset({"metric"}))
+    assert [q.record.entity for q in await queue.claim(weighted)] == ["zz-due"]
+    assert await queue.claim(weighted) == []
+    await queue.close()
+
+
 async def test_ambiguous_records_wait_their_settle_time(backend: Opener) -> None:
     queue = await backend(settle_seconds=100)
     await queue.append(events(1, 2))

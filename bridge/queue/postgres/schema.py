@@ -126,8 +126,11 @@ _V2 = """
 ALTER TABLE spend ADD COLUMN replica TEXT NOT NULL DEFAULT '';
 """
 
+# Version 3: turns inside a kind (bridge/queue/turns.py): the next source, its next lane, whether it is due.
+_V3 = "CREATE INDEX records_turns ON records (kind, state, source, lane, next_attempt_at);"
+
 #: Migration ``n`` (1-based) brings the schema from version n-1 to n.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -24,9 +24,10 @@ from bridge.queue.dead_letters import UNREADABLE, Unreadable
 from bridge.queue.outcomes import MAX_ERROR, point_key
 from bridge.queue.postgres.core import PgCore
 from bridge.queue.postgres.keeping import move_to_dead
-from bridge.queue.postgres.schema import stored_text
+from bridge.queue.postgres.schema import pg_statement, stored_text
 from bridge.queue.schema import PARKED_PREFIX, State
 from bridge.queue.shares import KindShares
+from bridge.queue.turns import Choice, LaneTurns
 from bridge.records import describe_invalid, record_from_json
 
 
@@ -47,6 +48,7 @@ class PgSending(PgCore):
         return claimed
 
     _shares: KindShares | None = None
+    _turns: LaneTurns | None = None
 
     async def _claim_tx(self, conn: AsyncConnection[Any], policy: BatchPolicy,
                         now: float) -> tuple[list[QueuedRecord], list[Unreadable]]:
@@ -75,6 +77,14 @@ class PgSending(PgCore):
                           unreadable: list[Unreadable], only_kind: str | None) -> list[QueuedRecord] | None:
         """One lane's claim (of ``only_kind``, if given); ``None`` when nothing is due, ``[]`` when
         all it had was unreadable."""
+        if only_kind is not None:
+            self._turns = self._turns or LaneTurns()
+            lane = await run_choice(conn, self._turns.choose(
+                only_kind, now, hold_ambiguous=only_kind in policy.hold_ambiguous_lanes))
+            # Empty when another replica holds the lane's rows: then the oldest lane not held.
+            claimed = [] if lane is None else await self._take_lane(conn, policy, now, unreadable, lane, only_kind)
+            if claimed:
+                return claimed
         held = sorted(policy.hold_ambiguous_lanes)
         cur = await conn.execute(
             "SELECT lane, kind FROM records WHERE state = %s AND (%s::text IS NULL OR kind = %s)"
@@ -85,7 +95,11 @@ class PgSending(PgCore):
         head = await cur.fetchone()
         if head is None:
             return None
-        lane, kind = head
+        return await self._take_lane(conn, policy, now, unreadable, head[0], head[1])
+
+    async def _take_lane(self, conn: AsyncConnection[Any], policy: BatchPolicy, now: float,
+                         unreadable: list[Unreadable], lane: str, kind: str) -> list[QueuedRecord]:
+        """Claim ``lane``'s due records not held by another replica, as many as one request carries."""
         cur = await conn.execute(
             "SELECT seq, body, attempts, first_failure_at, enqueued_at, size FROM records"
             " WHERE lane = %s AND state = %s AND next_attempt_at <= %s ORDER BY next_attempt_at, seq LIMIT %s"
@@ -238,6 +252,17 @@ class PgSending(PgCore):
                                " WHERE seq = ANY(%s)", (State.AMBIGUOUS, until, stored_text(error, MAX_ERROR), list(seqs)))
 
         await self._tx(write)
+
+
+async def run_choice(conn: AsyncConnection[Any], choice: Choice) -> str | None:
+    """Answer a :class:`LaneTurns` choice's probes on ``conn``; the lane it chose, or None."""
+    try:
+        sql, params = next(choice)
+        while True:
+            row = await (await conn.execute(pg_statement(sql), params)).fetchone()
+            sql, params = choice.send(None if row is None else row[0])
+    except StopIteration as chosen:
+        return chosen.value  # type: ignore[no-any-return]
 
 
 async def _delivered(conn: AsyncConnection[Any], pairs: list[tuple[int, str | None]], how: str) -> tuple[int, int]:

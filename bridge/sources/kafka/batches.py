@@ -24,10 +24,12 @@ from bridge.records import Record, UnstorableRecord, record_to_json
 from bridge.sources.admit import count_appended
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.kafka.formats import (
+    Decoded,
     FormatUnavailable,
     KafkaMessage,
     MessageDecoder,
     PoisonMessage,
+    build_batch_decoder,
     build_decoder,
     delivery_id,
     text_headers,
@@ -71,6 +73,10 @@ class BatchWriter:
         # Built now so that a missing format or bad options fail at startup, not at a message.
         self._decoders = {topic.name: self._build_decoder(topic.name) for topic in settings.topics}
         self._pattern_decoder = self._build_decoder("") if settings.topic_pattern else None
+        self._batch_decoders = {topic.name: build_batch_decoder(settings.format_of(topic.name)[0], source=self.name)
+                                for topic in settings.topics}
+        self._pattern_batch_decoder = (build_batch_decoder(settings.format_of("")[0], source=self.name)
+                                       if settings.topic_pattern else None)
         #: appends waiting for queue room (or for the database); the source pauses fetching meanwhile
         self.blocked = 0
 
@@ -92,11 +98,9 @@ class BatchWriter:
         """Decode one fetched batch and make every message's outcome durable."""
         work: list[_Item] = []
         for tp, part, messages in parts:
-            decoder = self._decoder_for(tp.topic)
             ignored: list[int] = []
             produced: dict[str, int] = {}
-            for message in messages:
-                item = await self._decode(decoder, message, part, received)
+            for message, item in zip(messages, await self._decode_all(tp.topic, messages, part, received), strict=True):
                 if item is None:
                     ignored.append(message.offset)
                     continue
@@ -104,25 +108,44 @@ class BatchWriter:
                 for record in item.records:
                     produced[record.kind] = produced.get(record.kind, 0) + 1
             for kind, n in produced.items():
-                metrics.KAFKA_RECORDS_PRODUCED.labels(self.name, tp.topic, kind).inc(n)
-                metrics.RECORDS_RECEIVED.labels(self.name, kind).inc(n)
+                metrics.counter_of(metrics.KAFKA_RECORDS_PRODUCED, self.name, tp.topic, kind).inc(n)
+                metrics.counter_of(metrics.RECORDS_RECEIVED, self.name, kind).inc(n)
             if ignored:
-                metrics.KAFKA_MESSAGES_IGNORED.labels(self.name, tp.topic).inc(len(ignored))
+                metrics.counter_of(metrics.KAFKA_MESSAGES_IGNORED, self.name, tp.topic).inc(len(ignored))
                 part.durable(ignored)
         if work:
             await self._persist(work)
 
+    async def _decode_all(self, topic: str, messages: list[Any], part: PartitionOffsets,
+                          received: datetime) -> list[_Item | None]:
+        """Each message's item (None: it maps to nothing), in one call where the format can."""
+        decode_batch = self._batch_decoders.get(topic, self._pattern_batch_decoder)
+        if decode_batch is not None:
+            try:
+                outcomes = decode_batch(messages, received)
+            except Exception:  # a mapping bug: decode one by one, so only its message is kept aside
+                log.exception("kafka_batch_decoder_error", source=self.name, messages=len(messages))
+            else:
+                return [self._item(message, part, outcome) for message, outcome in zip(messages, outcomes, strict=True)]
+        decoder = self._decoder_for(topic)
+        return [await self._decode(decoder, message, part, received) for message in messages]
+
     async def _decode(self, decoder: MessageDecoder, message: Any, part: PartitionOffsets,
                       received: datetime) -> _Item | None:
         try:
-            decoded = await decoder(message, received)
+            decoded: Decoded | PoisonMessage = await decoder(message, received)
         except PoisonMessage as exc:
-            return _Item(part, message.topic, message.partition, message.offset, [], [],
-                         self._raw(message, exc.reason, exc.detail))
+            decoded = exc
         except Exception as exc:  # a mapping bug must not stall the partition: keep the message
             log.exception("kafka_decoder_error", source=self.name, message=delivery_id(message))
+            decoded = PoisonMessage("decoder_error", f"{type(exc).__name__}: {exc}")
+        return self._item(message, part, decoded)
+
+    def _item(self, message: Any, part: PartitionOffsets, decoded: Decoded | PoisonMessage) -> _Item | None:
+        """A message's way to disk, or None when it maps to nothing."""
+        if isinstance(decoded, PoisonMessage):
             return _Item(part, message.topic, message.partition, message.offset, [], [],
-                         self._raw(message, "decoder_error", f"{type(exc).__name__}: {exc}"))
+                         self._raw(message, decoded.reason, decoded.detail))
         if not decoded.records and not decoded.dead:
             return None
         return _Item(part, message.topic, message.partition, message.offset, decoded.records, decoded.dead)

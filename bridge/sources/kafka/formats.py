@@ -34,7 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.records import Record
 from bridge.sources.base import SourceConfigError, SourceContext
-from bridge.sources.native import RecordErrors, parse_native
+from bridge.sources.native import RecordErrors, parse_native_batch
 from bridge.sources.pipeline import DeadLetters, Ignored, InputPipeline, Refused
 
 FormatName = Literal["native", "cloudevents", "mapping"]
@@ -114,16 +114,45 @@ def _json_value(message: KafkaMessage) -> Any:
 
 def native_decoder(source: str) -> MessageDecoder:
     """The ``native`` format: the value is a native record body."""
+    decode_batch = native_batch_decoder(source)
 
     async def decode(message: KafkaMessage, received_at: datetime) -> Decoded:
-        payload = _json_value(message)
-        try:
-            return Decoded(parse_native(payload, source=source, delivery_id=delivery_id(message),
-                                        received_at=received_at))
-        except RecordErrors as exc:
-            raise PoisonMessage("invalid_records", json.dumps(exc.errors, default=str)) from None
+        outcome = decode_batch([message], received_at)[0]
+        if isinstance(outcome, PoisonMessage):
+            raise outcome
+        return outcome
 
     return decode
+
+
+#: Messages of one fetched batch (and when they were received) -> each one's outcome, in order:
+#: what it maps to, or the :class:`PoisonMessage` it is.
+BatchDecoder = Callable[[Sequence[KafkaMessage], datetime], list["Decoded | PoisonMessage"]]
+
+
+def native_batch_decoder(source: str) -> BatchDecoder:
+    """The ``native`` format for a whole fetched batch: one validation call for all its records
+    (:func:`bridge.sources.native.parse_native_batch`), the same outcome per message."""
+
+    def decode_batch(messages: Sequence[KafkaMessage], received_at: datetime) -> list[Decoded | PoisonMessage]:
+        outcomes: list[Decoded | PoisonMessage | None] = []
+        bodies: list[tuple[Any, str | None]] = []
+        for message in messages:
+            try:
+                bodies.append((_json_value(message), delivery_id(message)))
+                outcomes.append(None)
+            except PoisonMessage as exc:
+                outcomes.append(exc)
+        parsed = iter(parse_native_batch(bodies, source=source, received_at=received_at))
+        return [outcome if outcome is not None else _native_outcome(next(parsed)) for outcome in outcomes]
+
+    return decode_batch
+
+
+def _native_outcome(parsed: list[Record] | RecordErrors) -> Decoded | PoisonMessage:
+    if isinstance(parsed, RecordErrors):
+        return PoisonMessage("invalid_records", json.dumps(parsed.errors, default=str))
+    return Decoded(parsed)
 
 
 # -- formats mapped by an adapter in the input pipeline ------------------------------------------
@@ -177,6 +206,12 @@ def pipeline_decoder(pipeline: InputPipeline) -> MessageDecoder:
         return Decoded(list(outcome.records), list(outcome.dead))
 
     return decode
+
+
+def build_batch_decoder(fmt: FormatName, *, source: str) -> BatchDecoder | None:
+    """The batch decoder of a topic's format, where it has one (``native``); others decode each
+    message on its own (:func:`build_decoder`)."""
+    return native_batch_decoder(source) if fmt == "native" else None
 
 
 def build_decoder(fmt: FormatName, *, source: str, options: Mapping[str, Any], ctx: SourceContext) -> MessageDecoder:

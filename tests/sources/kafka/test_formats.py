@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.config import load_settings
 from bridge.queue import DurableQueue
 from bridge.queue.poison import RAW_INPUT_KIND, RawInput
 from bridge.records import DeployRecord, EventRecord
 from bridge.sources.base import SourceConfigError, SourceContext
-from bridge.sources.kafka.formats import PoisonMessage, build_decoder, http_headers
+from bridge.sources.kafka.formats import (
+    Decoded,
+    PoisonMessage,
+    build_decoder,
+    http_headers,
+    native_batch_decoder,
+)
 from bridge.sources.kafka.settings import KafkaSourceSettings
 from bridge.sources.kafka.source import create
 from tests.support.queue_file import stored_rows
@@ -194,3 +202,31 @@ async def test_poison_entries_are_idempotent_and_keep_binary_payloads(ctx: Sourc
     other = RawInput("events", "deploys/3/42", "invalid_json", "bad", b"different payload")
     assert other.id != item.id, "a re-created topic reusing the offset is a different input"
     assert ctx.queue.depth == 0, "a poison entry is not a queued record"
+
+
+_NATIVE_VALUES = st.one_of(
+    st.just(None),  # a tombstone
+    st.binary(max_size=20),  # rarely JSON
+    st.builds(lambda n, kind: json.dumps({"kind": kind, "entity": f"svc-{n % 3}", "title": f"t{n}", "type": "X",
+                                          "timestamp": 1_760_000_000 + n}).encode(),
+              st.integers(0, 50), st.sampled_from(["deploy", "event", "bogus"])),
+    st.builds(lambda n: json.dumps({"records": [{"kind": "metric", "entity": "svc", "key": "lead-time",
+                                                 "value": n, "timestamp": 1_760_000_000}, 7]}).encode(),
+              st.integers(0, 5)),
+    st.just(b'{"records": []}'),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_NATIVE_VALUES, min_size=1, max_size=12))
+def test_a_native_batch_decodes_each_message_as_it_would_alone(values: list[bytes | None]) -> None:
+    # One validation call for the batch, yet every message keeps its own records or poison verdict.
+    messages = [Msg(value, offset=n) for n, value in enumerate(values)]
+    together = native_batch_decoder("events")(messages, NOW)
+    for message, outcome in zip(messages, together, strict=True):
+        (alone,) = native_batch_decoder("events")([message], NOW)
+        if isinstance(alone, PoisonMessage):
+            assert isinstance(outcome, PoisonMessage) and (outcome.reason, outcome.detail) == (alone.reason, alone.detail)
+        else:
+            assert isinstance(outcome, Decoded) and outcome.records == alone.records
+            assert all(r.provenance.delivery_id == f"deploys/3/{message.offset}" for r in outcome.records)
