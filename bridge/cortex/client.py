@@ -108,6 +108,12 @@ class CortexClient:
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             )
+            # aiohttp silently resends a GET/PUT/DELETE once when the connection drops: a second
+            # request Cortex counts against the quota that no permit paid for, and an ambiguous
+            # write hidden from the sender. One permit, one request; the sender decides on resends.
+            # (No public switch exists; aiohttp's own test client sets the same attribute.)
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     async def close(self) -> None:
