@@ -29,12 +29,23 @@ from bridge.sender.requests import BatchRequest, build_request
 
 log = structlog.get_logger("bridge.sender")
 
+#: Kinds whose write overwrites (a PUT): resending one whose answer was lost is harmless.
+IDEMPOTENT_KINDS = frozenset({"custom_data", "dependency", "docs"})
+#: Dependencies per bulk request; Cortex documents no limit, the body limit bounds it too.
+DEPENDENCIES_PER_REQUEST = 1000
+#: Documents of one entity claimed together: only the newest of them is sent. A claim of
+#: several MB is read into memory, so a long backlog of one entity is taken in a few claims.
+DOCS_PER_CLAIM = 50
+DOCS_CLAIM_BYTES = 16 * 1024 * 1024
+
 #: How often a replica that is not the sender looks again whether it became the sender.
 NOT_SENDER_RECHECK_SECONDS = 1.0
 
 POLICY = BatchPolicy(
-    max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000},
-    max_bytes={"custom_data": CUSTOM_DATA_MAX_BYTES - 100_000},
+    max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000,
+               "dependency": DEPENDENCIES_PER_REQUEST, "docs": DOCS_PER_CLAIM},
+    max_bytes={"custom_data": CUSTOM_DATA_MAX_BYTES - 100_000, "dependency": CUSTOM_DATA_MAX_BYTES - 100_000,
+               "docs": DOCS_CLAIM_BYTES},
     ambiguous_kinds=frozenset({"deploy", "event", "metric"}),
     hold_ambiguous_lanes=frozenset({"metric"}),
 )
@@ -233,8 +244,7 @@ class Sender:
         try:
             response = await self.client.write(request.write, permit=permit)
         except (NotSent, Ambiguous) as exc:
-            # A bulk PUT overwrites: resending custom data is harmless.
-            verdict = classify_failure(exc, resend_is_harmless=kind == "custom_data")
+            verdict = classify_failure(exc, resend_is_harmless=kind in IDEMPOTENT_KINDS)
         else:
             verdict = classify_response(response, kind)
         await self._apply(request, verdict)
@@ -258,13 +268,18 @@ class Sender:
         elif outcome is Outcome.AUTH:
             await self.dispositions.reschedule(batch, verdict.error, count_attempt=False)
             self._auth_failed(verdict.status or 0, verdict.message)
-        elif outcome is Outcome.NOT_FOUND:
+        elif outcome is Outcome.NOT_FOUND and not request.several_targets:
             await self.dispositions.not_found(batch, verdict.error)
-        elif outcome is Outcome.REJECT:
-            if len(batch) > 1:
-                await self._isolate(batch)
+        elif outcome in (Outcome.REJECT, Outcome.NOT_FOUND):
+            carried = [q for items in request.entities.values() for q in items]
+            if request.superseded:
+                # Made redundant by a newer value in this batch: never sent, whatever Cortex
+                # says of the newer one (sending them one by one would overwrite it).
+                await self.dispositions.delivered(request.superseded, None)
+            if len(carried) > 1:
+                await self._isolate(carried)
             else:
-                await self.dispositions.dead(batch, "rejected", verdict.error, verdict.status)
+                await self.dispositions.dead(carried, "rejected", verdict.error, verdict.status)
         elif outcome is Outcome.AMBIGUOUS:
             log.warning("delivery_ambiguous", kind=batch[0].record.kind, records=len(batch), error=verdict.error)
             await self._read_back_before_resend(batch, verdict.error)

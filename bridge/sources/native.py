@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import structlog
 from aiohttp import web
@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from bridge.config import IngestSettings
 from bridge.queue import QueueBackend
-from bridge.records import RECORD_ADAPTER, Record, record_id, utc_now
+from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, utc_now
 from bridge.secrets import SecretUnavailable
 from bridge.sources.admit import admit, error_response
 from bridge.sources.edge import BodyBudget, BodyRefused, read_body
@@ -41,7 +41,7 @@ class RecordErrors(Exception):
 def _describe(exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("deploy", "event", "metric", "custom_data"))
+        loc = ".".join(str(p) for p in err["loc"] if p not in get_args(RecordKind))
         out.append(f"{loc or 'record'}: {err['msg']}")
     return out
 

@@ -38,6 +38,8 @@ _FIELDS: dict[str, frozenset[str]] = {
     "event": frozenset({"type", "title", "timestamp", "description", "url", "custom_data"}),
     "metric": frozenset({"key", "timestamp", "value"}),
     "custom_data": frozenset({"key", "value", "description"}),
+    "dependency": frozenset({"callee", "method", "path", "description", "metadata"}),
+    "docs": frozenset({"spec"}),
 }
 
 
