@@ -38,6 +38,8 @@ from bridge.records import (
 CUSTOM_DATA_MAX_BYTES = 1_900_000
 #: The bulk metric endpoint takes at most 100 points per request.
 METRIC_POINTS_PER_REQUEST = 100
+#: Dependencies per bulk request: Cortex documents no limit; the body limit bounds it too.
+DEPENDENCIES_PER_REQUEST = 1000
 
 
 @dataclass(frozen=True)

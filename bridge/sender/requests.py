@@ -59,10 +59,11 @@ def build_request(batch: list[QueuedRecord]) -> BatchRequest:
         points = [q.record for q in batch if isinstance(q.record, MetricRecord)]
         return BatchRequest(add_metric_points(points), {first.entity: batch}, [])
     if isinstance(first, DocsRecord):
-        # Claimed oldest first: the newest document wins, the older ones are never sent.
-        newest = batch[-1]
+        # The newest (last appended) document wins; the older ones are never sent.
+        newest = max(batch, key=lambda q: q.seq)
         assert isinstance(newest.record, DocsRecord)
-        return BatchRequest(put_openapi_docs(newest.record), {first.entity: [newest]}, batch[:-1])
+        return BatchRequest(put_openapi_docs(newest.record), {first.entity: [newest]},
+                            [q for q in batch if q is not newest])
     if isinstance(first, DependencyRecord):
         edges = _latest(batch, lambda rec: rec.edge if isinstance(rec, DependencyRecord) else None)
         dependencies = [q.record for q in edges.carried if isinstance(q.record, DependencyRecord)]

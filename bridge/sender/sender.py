@@ -20,9 +20,10 @@ from bridge import metrics
 from bridge.config import CortexSettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
-from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST
+from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, DEPENDENCIES_PER_REQUEST, METRIC_POINTS_PER_REQUEST
 from bridge.queue import BatchPolicy, QueueBackend, QueuedRecord
 from bridge.sender.dispositions import Dispositions
+from bridge.sender.docs_order import DOCS_CLAIM_BYTES, DOCS_PER_CLAIM, DocsOrder
 from bridge.sender.outcomes import Outcome, Verdict, classify_failure, classify_response
 from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import BatchRequest, build_request
@@ -31,12 +32,6 @@ log = structlog.get_logger("bridge.sender")
 
 #: Kinds whose write overwrites (a PUT): resending one whose answer was lost is harmless.
 IDEMPOTENT_KINDS = frozenset({"custom_data", "dependency", "docs"})
-#: Dependencies per bulk request; Cortex documents no limit, the body limit bounds it too.
-DEPENDENCIES_PER_REQUEST = 1000
-#: Documents of one entity claimed together: only the newest of them is sent. A claim of
-#: several MB is read into memory, so a long backlog of one entity is taken in a few claims.
-DOCS_PER_CLAIM = 50
-DOCS_CLAIM_BYTES = 16 * 1024 * 1024
 
 #: How often a replica that is not the sender looks again whether it became the sender.
 NOT_SENDER_RECHECK_SECONDS = 1.0
@@ -71,6 +66,7 @@ class Sender:
         self.cortex = cortex
         self.retry = retry
         self.dispositions = Dispositions(queue, retry)
+        self.docs = DocsOrder(queue)
         self.policy = replace(POLICY, kind_weights={str(kind): weight for kind, weight in cortex.priority_weights.items()})
         self.auth = AuthState()
         self._auth_ok = asyncio.Event()
@@ -239,6 +235,17 @@ class Sender:
         if not batch:
             permit.cancel()
             return
+        if batch[0].record.kind == "docs":
+            async with self.docs.lock(batch[0].record.entity):
+                if await self.docs.superseded(batch):
+                    permit.cancel()
+                    await self.dispositions.delivered(batch, None)
+                else:
+                    await self._send_batch(batch, permit)
+        else:
+            await self._send_batch(batch, permit)
+
+    async def _send_batch(self, batch: list[QueuedRecord], permit: Permit) -> None:
         request = build_request(batch)
         kind = batch[0].record.kind
         try:
@@ -259,6 +266,8 @@ class Sender:
             delivered += [q for q in request.superseded if q.record.entity not in missing]
             if delivered:
                 await self.dispositions.delivered(delivered, verdict.cortex_uuid)
+                if delivered[0].record.kind == "docs":
+                    await self.docs.delivered(delivered[0].record.entity, max(q.seq for q in delivered))
             not_found = [q for q in batch if q.record.entity in missing]
             if not_found:
                 await self.dispositions.not_found(not_found, f"entity not found in Cortex: {sorted(missing)}")
