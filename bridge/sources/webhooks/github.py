@@ -98,7 +98,7 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
                 delivery.facts.extend(_committed(commit))
             raise MapsToNothing("lineage: push commit times kept")
         if event == "registry_package":
-            delivery.facts.extend(_package_built(payload))
+            delivery.facts.extend(package_facts(payload))
             raise MapsToNothing(f"lineage: registry_package {dig(payload, 'action')}")
         if event == "release":
             return [self._release(payload)]
@@ -256,7 +256,7 @@ def _committed(commit: Any) -> list[Fact]:
     return commit_facts(dig(commit, "id"), dig(commit, "timestamp"))
 
 
-def _package_built(payload: dict[str, Any]) -> list[Fact]:
+def package_facts(payload: dict[str, Any]) -> list[Fact]:
     """What a published container package says: its image (by digest, and by tag) and its commit."""
     version = dig(payload, "registry_package", "package_version")
     container = dig(version, "container_metadata")
