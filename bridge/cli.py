@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
-from bridge.config import ConfigError, Settings, redact_url
+from bridge.config import ConfigError, redact_url
 from bridge.logs import configure_logging
 from bridge.queue_commands import (
     QUEUE_HELP,
@@ -62,91 +62,6 @@ def describe_os_error(exc: OSError) -> str:
     if exc.strerror and paths:
         return f"{exc.strerror}: {' -> '.join(paths)}"
     return str(exc) or type(exc).__name__
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from bridge.app import check_secret_files, sources_on_throwaway_queue
-    from bridge.config import ConfigError as _ConfigError
-    from bridge.sources.base import SourceConfigError
-
-    settings = settings_of(args)
-
-    async def check_sources() -> None:
-        # Building the sources validates their settings fully; then the files the daemon reads
-        # at start must be there, as they are checked at start.
-        async with sources_on_throwaway_queue(settings, settings.sources) as sources:
-            check_secret_files(settings, sources)
-
-    try:
-        asyncio.run(check_sources())
-    except (SourceConfigError, _ConfigError) as exc:
-        raise CliError(str(exc), 2) from None
-    token = settings.cortex.token_value()
-    summary = settings.model_dump(mode="json")
-    summary["cortex"]["url"] = redact_url(settings.cortex.url)
-    summary["cortex"]["token"] = "(set)" if token else "(not set)"
-    summary["ingest"]["token"] = "(set)" if settings.ingest.token_value() else "(not set)"
-    summary["sources"] = [{"name": s.get("name"), "type": s.get("type")} for s in settings.sources]
-    print_json(summary)
-    if not token:
-        print("warning: no Cortex token configured (cortex.token or cortex.token_file)", file=sys.stderr)
-    if args.verify:
-        if settings.queue.backend == "postgres":
-            _verify_queue_database(settings)
-        return _verify_token(settings)
-    print("configuration OK", file=sys.stderr)
-    return 0
-
-
-def _verify_queue_database(settings: Settings) -> None:
-    from bridge.queue import QueueError
-    from bridge.queue.postgres.schema import verify_database
-
-    pg = settings.queue.postgres
-    try:
-        dsn = pg.resolved_dsn()
-    except OSError as exc:
-        raise CliError(f"cannot read queue.postgres.dsn_file {pg.dsn_file}: {exc.strerror or exc}", 2) from None
-    except ValueError as exc:
-        raise CliError(str(exc), 2) from None  # says what is missing, never a value
-    try:
-        found = asyncio.run(verify_database(dsn, timeout_seconds=pg.statement_timeout_seconds))
-    except QueueError as exc:
-        raise CliError(f"queue database: {exc}") from None
-    print(found, file=sys.stderr)
-
-
-def _one_off_client(settings: Settings) -> CortexClient:
-    """A Cortex client for a command's few requests, under the configured request budget.
-
-    The app's builder, without the spend log: that lives in the queue database, and opening it
-    runs crash recovery, which must not happen under a running bridge. So these requests are
-    not counted in a running bridge's window.
-    """
-    from bridge.cortex.budget import budget_from_settings
-    from bridge.cortex.client import client_from_settings
-
-    return client_from_settings(settings.cortex, budget_from_settings(settings.cortex), timeout_seconds=10)
-
-
-def _verify_token(settings: Settings) -> int:
-    from bridge.cortex.client import NotSent
-
-    async def verify() -> int:
-        async with _one_off_client(settings) as client:
-            try:
-                resp = await client.verify_token()
-            except Exception as exc:
-                kind = "unreachable" if isinstance(exc, NotSent) else "no answer"
-                raise CliError(f"Cortex at {redact_url(settings.cortex.url)} {kind}: {redact_url(str(exc))}") from None
-        if resp.status == 401:
-            raise CliError("Cortex rejected the token (401): the API key was not accepted")
-        if not resp.ok:
-            raise CliError(f"Cortex token check failed ({resp.status}): {resp.message()}")
-        print("Cortex accepted the token", file=sys.stderr)
-        return 0
-
-    return asyncio.run(verify())
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -204,6 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from bridge.app import sources_on_throwaway_queue
+    from bridge.operator_session import counted_client
     from bridge.sources.base import SourceConfigError
     from bridge.sources.webhooks.source import WebhookSource, describe, header_map
 
@@ -233,7 +149,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
             return describe(outcome)
 
     async def evaluate_with_catalog() -> dict[str, Any]:
-        async with _one_off_client(settings) as client:
+        async with counted_client(settings) as client:
             return await evaluate(client)
 
     try:
@@ -271,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the configuration and print it (secrets hidden)")
     p.add_argument("--verify", action="store_true", help="also check the Cortex token against the API")
-    p.set_defaults(fn=cmd_check_config)
+    p.set_defaults(fn=_lazy("bridge.check_config", "cmd_check_config"))
 
     p = sub.add_parser("sim", help="run the Cortex API simulator")
     p.add_argument("--host", default="127.0.0.1")

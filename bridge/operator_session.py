@@ -17,6 +17,7 @@ from bridge.config import QueueSettings, Settings
 from bridge.cortex.budget import budget_from_settings
 from bridge.cortex.client import CortexClient, client_from_settings
 from bridge.logs import configure_logging
+from bridge.queue.errors import QueueError
 from bridge.queue.open import open_operator
 from bridge.queue.operator import OperatorQueue
 from bridge.queue.operator_spend import OperatorSpendLog
@@ -49,3 +50,19 @@ async def cortex_client(settings: Settings, queue: OperatorQueue | None) -> Asyn
     async with client_from_settings(settings.cortex, budget, timeout_seconds=REQUEST_TIMEOUT_SECONDS) as client:
         yield client
 
+
+
+@contextlib.asynccontextmanager
+async def counted_client(settings: Settings) -> AsyncIterator[CortexClient]:
+    """:func:`cortex_client` counted in the configured queue's spend log when that queue can be
+    opened (a bridge ran, or runs, on it); before any bridge ran there is no window to share."""
+    try:
+        queue: OperatorQueue | None = open_operator(settings.queue, write=True)
+    except QueueError:
+        queue = None
+    try:
+        async with cortex_client(settings, queue) as client:
+            yield client
+    finally:
+        if queue is not None:
+            queue.close()

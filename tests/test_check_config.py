@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.cortex.simulator import SimulatorServer
+from tests.support.commands import CommandSetup, command_setup, spent_since
 from tests.support.cortex import SIM_TOKEN
 
 OPEN_INGEST = "ingest:\n  allow_unauthenticated: true\n"
@@ -117,3 +119,27 @@ async def test_verify_fails_on_a_rejected_token_and_passes_on_a_good_one(sim: Si
     assert missing.returncode == 1 and "no Cortex token configured" in missing.stderr
     accepted = await verify(base + f"  token: {SIM_TOKEN}\n")
     assert accepted.returncode == 0 and "Cortex accepted the token" in accepted.stderr
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def queue_setup(request: pytest.FixtureRequest, tmp_path: Path) -> CommandSetup:
+    return command_setup(request, tmp_path)
+
+
+async def test_verify_counts_its_request_in_the_queues_spend_log(sim: SimulatorServer,
+                                                                 queue_setup: CommandSetup) -> None:
+    # A bridge ran on this queue: its spend log is the deployment's window, and the check's
+    # token request must be in it, or a bridge beside the check could exceed the quota.
+    queue = await queue_setup.open()
+    await queue.close()
+    before = time.time() - 1
+    asked_before = len(sim.store.requests)
+    config = queue_setup.write_config(sim, SIM_TOKEN, cortex={"verify_token_on_start": False})
+    result = await queue_setup.run(config, "check-config", "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "Cortex accepted the token" in result.stderr
+    queue = await queue_setup.open()
+    try:
+        assert await spent_since(queue, before) == len(sim.store.requests) - asked_before == 1
+    finally:
+        await queue.close()
