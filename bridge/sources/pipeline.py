@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from bridge.queue import QueueError
 from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, utc_now
 from bridge.sources.entity import EntityResolver, Resolution, Subject
+from bridge.sources.lineage import Fact, Lineage
 from bridge.sources.payload import Headers
 
 log = structlog.get_logger("bridge.pipeline")
@@ -44,6 +45,9 @@ class Delivery:
     body: bytes
     payload: Any
     received_at: datetime
+    #: what the payload says about images and commits, added by the adapter while mapping
+    #: (:mod:`bridge.sources.lineage`); learned even when the payload maps to nothing
+    facts: list[Fact] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -146,11 +150,13 @@ class PayloadMapper(Protocol):
 class InputPipeline:
     """One configured adapter's way from a payload to records."""
 
-    def __init__(self, mapper: PayloadMapper, *, source: str, resolver: EntityResolver, max_bytes: int) -> None:
+    def __init__(self, mapper: PayloadMapper, *, source: str, resolver: EntityResolver, max_bytes: int,
+                 lineage: Lineage | None = None) -> None:
         self.mapper = mapper
         self.source = source
         self.resolver = resolver
         self.max_bytes = max_bytes
+        self.lineage = lineage
 
     async def run(self, headers: Headers, body: bytes, *, received_at: datetime | None = None) -> Outcome:
         """Every step short of storing: what ``body`` (with ``headers``) maps to."""
@@ -167,8 +173,14 @@ class InputPipeline:
             return Refused(RefusalKind.MALFORMED, f"body is not valid JSON: {str(exc)[:200]}")
         delivery = Delivery(self.source, headers, body, payload, received_at or utc_now())
         try:
-            drafts = await self.mapper.map(delivery)
-            delivery_id = self.mapper.delivery_id(headers, payload)
+            try:
+                drafts = await self.mapper.map(delivery)
+                delivery_id = self.mapper.delivery_id(headers, payload)
+            finally:
+                # A registry_package or push maps to nothing and is all lineage; a deploy payload
+                # may carry its own commit time. Facts are idempotent: stored ahead of the records.
+                if self.lineage is not None and delivery.facts:
+                    await self.lineage.learn(delivery.facts)
         except MapsToNothing as exc:
             return Ignored(str(exc))
         except UnusablePayload as exc:
@@ -216,6 +228,12 @@ class InputPipeline:
                     f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
                 )
                 return Refused(RefusalKind.UNMAPPABLE, f"payload maps to an invalid {draft.kind} record: {problems}")
+        if self.lineage is not None:
+            try:
+                records = await self.lineage.enrich(records, delivery.facts)
+            except QueueError as exc:
+                log.warning("webhook_state_unavailable", source=self.source, error=str(exc))
+                return Refused(RefusalKind.UNAVAILABLE, "the bridge cannot store input right now; retry later")
         return Mapped(records, delivery_id, [DeadLetters(rs, r, d) for (r, d), rs in dead.items()])
 
 

@@ -211,6 +211,8 @@ def render_argocd(app: dict[str, Any], event: str) -> bytes:
         "healthChangedAt": dig("status", "health", "lastTransitionTime"),
         "initiatedBy": dig("status", "operationState", "operation", "initiatedBy", "username"),
         "url": f"https://argocd.example.com/applications/{dig('metadata', 'name')}",
+        # The template's default here is an empty list, not "".
+        "images": dig("status", "summary", "images") or [],
     }
     return json.dumps(body).encode()
 

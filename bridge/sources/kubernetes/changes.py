@@ -21,7 +21,8 @@ from bridge.sources.kubernetes.events import EventAggregator, OwnerResolver, nor
 from bridge.sources.kubernetes.memory import SourceMemory
 from bridge.sources.kubernetes.rollouts import deploy_record, observe_workload
 from bridge.sources.kubernetes.settings import KubernetesSourceSettings
-from bridge.sources.kubernetes.watch import Change, ResourceStream, call_raw, meta
+from bridge.sources.kubernetes.templates import containers, resolve_value
+from bridge.sources.kubernetes.watch import Change, JsonObject, ResourceStream, call_raw, meta
 from bridge.sources.kubernetes.workloads import (
     CACHED_RESOURCES,
     REVISIONED_KINDS,
@@ -30,6 +31,7 @@ from bridge.sources.kubernetes.workloads import (
     WorkloadRef,
     labels_of,
 )
+from bridge.sources.lineage import OCI_REVISION, Built, Fact, Lineage
 
 log = structlog.get_logger("bridge.kubernetes")
 
@@ -51,6 +53,7 @@ class ChangeHandler:
         self._mapper = EntityMapper(settings.entity, cluster=settings.cluster)
         self._resolver = OwnerResolver(core, cache, source=self.name, size=settings.pod_cache_size)
         self._namespaces: dict[str, tuple[float, dict[str, str]]] = {}
+        self._lineage = Lineage(memory.queue, settings.lineage)
 
     async def changed(self, resource: str, change: Change, *, baseline: bool) -> None:
         """Handle one change of an object of ``resource`` (the plural the stream watches)."""
@@ -98,6 +101,7 @@ class ChangeHandler:
         observation = observe_workload(kind, change.obj, previous, replicasets, baseline=baseline,
                                        revisions=revisions)
         records: list[Record] = []
+        facts = _built(change.obj)
         if observation.report is not None and kind in self.settings.rollouts.kinds:
             entity = self._mapper.entity(WorkloadRef.of(kind, change.obj))
             if entity is None:
@@ -109,10 +113,14 @@ class ChangeHandler:
                                        cluster=self.settings.cluster, entity=entity,
                                        environment=await self._environment(namespace))
                 if record is not None:
-                    records.append(record)
+                    records.extend(await self._lineage.enrich([record], facts))
                     metrics.K8S_ROLLOUTS_EMITTED.labels(self.name, observation.report).inc()
         updates = {key: observation.state.to_json()} if observation.state != previous else {}
-        self._memory.stage(records, updates)
+        # What the workload says its image was built from is written with its records.
+        learned = self._lineage.updates(facts)
+        self._memory.stage(records, {**updates, **learned})
+        if learned:
+            await self._lineage.bound(len(learned))
 
     async def _on_event(self, change: Change, *, baseline: bool) -> None:
         event = normalize_event(change.obj)
@@ -150,3 +158,10 @@ class ChangeHandler:
             cached = (time.monotonic(), labels)
             self._namespaces[namespace] = cached
         return cached[1].get(label) or fallback
+
+
+def _built(obj: JsonObject) -> list[Fact]:
+    """The OCI revision annotation of a workload (or its pod template): its first image's commit."""
+    revision = resolve_value([f"annotation:{OCI_REVISION}"], obj)
+    first = next((str(c.get("image")) for c in containers(obj) if c.get("image")), None)
+    return [Built(first, revision)] if revision and first else []

@@ -75,6 +75,7 @@ from bridge.sources.kubernetes.workloads import (
     WorkloadKind,
     annotations_of,
 )
+from bridge.sources.lineage import OCI_REVISION
 
 ALL_DEPLOY_TYPES: tuple[DeployType, ...] = ("DEPLOY", "ROLLBACK", "SCALE", "RESTART")
 REVISION = "deployment.kubernetes.io/revision"
@@ -114,7 +115,8 @@ class RolloutSettings(BaseModel):
     )
     title: str = Field("{summary}", description=f"Deploy title; placeholders: {', '.join(_TITLE_FIELDS)}.")
     sha: list[str] = Field(
-        default_factory=lambda: ["annotation:cortex.io/git-sha"], description="Where the git sha comes from."
+        default_factory=lambda: ["annotation:cortex.io/git-sha", f"annotation:{OCI_REVISION}"],
+        description="Where the git sha comes from (then: the commit its first image was built from, if learned)."
     )
     version: list[str] = Field(
         default_factory=lambda: ["label:app.kubernetes.io/version", "image_tag"],

@@ -25,6 +25,7 @@ from bridge.sources.kubernetes.entity import EntityMapping
 from bridge.sources.kubernetes.events import EventSettings
 from bridge.sources.kubernetes.leader import LeaderElectionSettings
 from bridge.sources.kubernetes.rollouts import RolloutSettings
+from bridge.sources.lineage import LineageSettings
 
 
 class KubernetesSourceSettings(BaseModel):
@@ -51,6 +52,7 @@ class KubernetesSourceSettings(BaseModel):
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     leader_election: LeaderElectionSettings = Field(default_factory=LeaderElectionSettings)
+    lineage: LineageSettings = Field(default_factory=LineageSettings)
     watch_timeout_seconds: int = Field(300, ge=5, le=3600, description="Server-side timeout of one watch request.")
     pod_cache_size: int = Field(4096, ge=16, description="Pods whose owner is remembered for event mapping.")
 

@@ -19,6 +19,7 @@ import json
 import re
 
 from bridge.sources.kubernetes.watch import JsonObject, meta
+from bridge.sources.lineage import split_image
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 POD_TEMPLATE_HASH = "pod-template-hash"
@@ -69,15 +70,6 @@ def restarted_at(obj: JsonObject) -> str | None:
     return str(value) if value else None
 
 
-def _split_image(image: str) -> tuple[str, str | None]:
-    """(name, tag) of an image reference; the tag is None when only a digest (or nothing) is given."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        return name[: len(name) - len(last)] + last.split(":", 1)[0], last.split(":", 1)[1]
-    return name, None
-
-
 def containers(obj: JsonObject) -> list[JsonObject]:
     """The containers of a workload's pod template."""
     spec = pod_template(obj).get("spec") or {}
@@ -98,7 +90,7 @@ def resolve_value(sources: list[str], obj: JsonObject) -> str | None:
         else:
             chosen = [c for c in containers(obj) if not key or c.get("name") == key][:1]
             image = str(chosen[0].get("image") or "") if chosen else ""
-            value = image if what == "image" else (_split_image(image)[1] if image else None)
+            value = image if what == "image" else (split_image(image)[1] if image else None)
         if value:
             return str(value)
     return None

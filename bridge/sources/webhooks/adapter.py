@@ -15,19 +15,18 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bridge.secrets import SecretSet
 from bridge.sources.base import SourceContext
 from bridge.sources.entity import EntityResolver, EntitySettings
+from bridge.sources.lineage import Lineage, LineageSettings
+from bridge.sources.lineage import MetricKey as MetricKey
 from bridge.sources.payload import Headers, media_type
 from bridge.sources.pipeline import Delivery, Draft, InputPipeline
 from bridge.sources.signatures import AuthScheme
-
-#: A Cortex custom metric key (what ``MetricRecord.key`` accepts).
-MetricKey = Annotated[str, Field(min_length=2, max_length=255, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")]
 
 
 class WebhookSettings(BaseModel):
@@ -49,6 +48,7 @@ class WebhookSettings(BaseModel):
     allow_unauthenticated: bool = Field(False, description="Accept deliveries without credentials.")
     entity: EntitySettings = Field(default_factory=EntitySettings)
     max_body_bytes: int | None = Field(None, ge=1, description="Lower than http.max_body_bytes for this source.")
+    lineage: LineageSettings = Field(default_factory=LineageSettings)
 
     @property
     def secret_set(self) -> SecretSet:
@@ -116,4 +116,5 @@ class WebhookAdapter(ABC, Generic[S]):
         http_limit = ctx.settings.http.max_body_bytes
         return InputPipeline(self, source=self.settings.name,
                              resolver=EntityResolver(self.settings.entity, ctx.lookup_repository),
-                             max_bytes=min(http_limit, self.settings.max_body_bytes or http_limit))
+                             max_bytes=min(http_limit, self.settings.max_body_bytes or http_limit),
+                             lineage=Lineage(ctx.queue, self.settings.lineage))

@@ -7,12 +7,16 @@ config/examples/argocd-notifications-cm.yaml): a JSON object built from the Appl
 ``event`` (``sync-succeeded`` | ``sync-failed`` | ``health-degraded``), ``app``, ``namespace``,
 ``project``, ``revision``, ``repoURL``, ``destination`` {``server``, ``name``, ``namespace``},
 ``syncStatus``, ``healthStatus``, ``phase``, ``message``, ``startedAt``, ``finishedAt``,
-``healthChangedAt``, ``initiatedBy``, ``url``.
+``healthChangedAt``, ``initiatedBy``, ``url``, ``images`` (``status.summary.images``, optional).
 
 ``sync-succeeded`` -> deploy; ``sync-failed`` -> event ``SYNC_FAILED``; ``health-degraded`` ->
 event ``HEALTH_DEGRADED``. Argo CD cannot sign; its webhook service sends the bearer token set in
 its ``headers`` (or Basic auth). Ids are keyed by application, revision and operation finish time,
 so the once-per-revision triggers and Argo CD's retries store each record once.
+
+The images become ``customData.images`` (image name -> reference: Argo CD's summary names no
+containers); a deploy whose revision is no commit (a Helm chart version) gets the sha those images
+were built from, when the bridge learned it (:mod:`bridge.sources.lineage`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url, sha_from_revision
+from bridge.sources.lineage import split_image
 from bridge.sources.payload import dig, first_timestamp, text
 from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, TokenScheme
@@ -69,11 +74,14 @@ class ArgoCDAdapter(WebhookAdapter[ArgoCDSettings]):
                        or text(dig(destination, "server")))
         finished = first_timestamp(body.get("finishedAt"))
         url = text(body.get("url"))
-        custom = {"application": app, "namespace": namespace or None, "project": text(body.get("project")),
+        values = {"application": app, "namespace": namespace or None, "project": text(body.get("project")),
                   "revision": revision, "syncStatus": text(body.get("syncStatus")),
                   "healthStatus": text(body.get("healthStatus")),
                   "destinationNamespace": text(dig(destination, "namespace"))}
-        custom = {k: v for k, v in custom.items() if v is not None}
+        custom: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+        images = _images(body.get("images"))
+        if images:
+            custom["images"] = images
         # Two Argo CD instances may both have an application "web"; the environment tells them apart.
         instance = environment or delivery.source
         key = (instance, namespace, app, revision, text(body.get("finishedAt")))
@@ -100,6 +108,21 @@ class ArgoCDAdapter(WebhookAdapter[ArgoCDSettings]):
         }
         return [Draft("event", record_id("argocd", "health-degraded", instance, namespace, app, revision, changed), fields,
                       subject)]
+
+
+def _images(value: Any) -> dict[str, str]:
+    """Argo CD's image list as ``customData.images``: keyed by image name (numbered when repeated)."""
+    found: dict[str, str] = {}
+    for image in value if isinstance(value, list) else []:
+        if not isinstance(image, str) or not image.strip():
+            continue
+        name = split_image(image.strip())[0].rsplit("/", 1)[-1] or "image"
+        key, n = name, 1
+        while key in found:
+            n += 1
+            key = f"{name}-{n}"
+        found[key] = image.strip()
+    return found
 
 
 def create(config: dict[str, Any], ctx: SourceContext) -> WebhookSource:

@@ -8,7 +8,11 @@ document (``context``, ``subject``, optional ``customData``). Mapped:
 * ``pipelinerun.finished`` -> event ``PIPELINE_<OUTCOME>`` and, when ``pipeline_duration_metric``
   is set, a duration point: ``pipelinerun.started`` stores the start in the queue's source state
   (durable, so a restart between the two keeps the duration);
-* ``incident.detected`` -> event ``INCIDENT_DETECTED``.
+* ``incident.detected`` -> event ``INCIDENT_DETECTED``;
+* lineage (:mod:`bridge.sources.lineage`), no records: ``artifact.packaged``/``artifact.published``
+  (``subject.id``, a purl) and ``build.finished`` (``content.artifactId``) were built from
+  ``content.change.id`` when that is a commit sha; ``change.merged`` with a sha ``subject.id`` was
+  committed at the event's time. The conformance samples carry no commit: nothing is learned.
 
 Entity subject keys: the service (or pipeline) name, then ``subject.id``; templates see the
 CloudEvent (attributes and ``data``).
@@ -23,6 +27,7 @@ from urllib.parse import unquote
 from bridge.queue import QueueBackend
 from bridge.records import record_id
 from bridge.sources.entity import Subject
+from bridge.sources.lineage import Built, Fact, commit_facts
 from bridge.sources.payload import dig, first_timestamp, text
 from bridge.sources.pipeline import Draft, MapsToNothing, UnusablePayload
 
@@ -39,8 +44,9 @@ class CDEventsMapper:
         self.source_name = source_name
         self.duration_metric = duration_metric
 
-    async def map(self, event: dict[str, Any], data: Any) -> list[Draft]:
-        """Drafts for ``event``; raises ``MapsToNothing`` for types that map to nothing."""
+    async def map(self, event: dict[str, Any], data: Any, facts: list[Fact] | None = None) -> list[Draft]:
+        """Drafts for ``event``; raises ``MapsToNothing`` for types that map to nothing. What it says
+        about images and commits is added to ``facts``."""
         ce_type = event["type"]
         match = _TYPE.match(ce_type)
         if match is None:
@@ -58,6 +64,11 @@ class CDEventsMapper:
             return await self._pipeline_finished(event, data, base)
         if kind == "incident.detected":
             return [self._incident(event, data, base)]
+        if kind in _LINEAGE:
+            learned = _lineage(kind, event, data)
+            if facts is not None:
+                facts.extend(learned)
+            raise MapsToNothing(f"lineage: {kind}" + ("" if learned else " (names no commit)"))
         raise MapsToNothing(f"type-not-mapped: {ce_type}")
 
     def _deploy(self, event: dict[str, Any], data: Any, kind: str, base: tuple[str, ...]) -> Draft:
@@ -131,6 +142,19 @@ class CDEventsMapper:
         # The start is only needed until the run finished; without this the state table grows
         # by one row per pipeline run forever.
         await self.queue.forget_state([key])
+
+
+_LINEAGE = ("artifact.packaged", "artifact.published", "build.finished", "change.merged")
+
+
+def _lineage(kind: str, event: dict[str, Any], data: Any) -> list[Fact]:
+    content = dig(data, "subject", "content")
+    if kind == "change.merged":
+        return commit_facts(text(dig(data, "subject", "id")), _time(event, data))
+    artifact = text(dig(content, "artifactId")) if kind == "build.finished" else text(dig(data, "subject", "id"))
+    sha = text(dig(content, "change", "id"))
+    # The lineage store keeps only shas: a change id that is a pull-request number teaches nothing.
+    return [Built(artifact, sha)] if artifact and sha else []
 
 
 def _time(event: dict[str, Any], data: Any) -> Any:

@@ -96,7 +96,7 @@ class CloudEventsAdapter(WebhookAdapter[CloudEventsSettings]):
         reasons: list[str] = []
         for event in delivery.payload:
             try:
-                drafts.extend(await self.mapper.map(event, _data(event)))
+                drafts.extend(await self.mapper.map(event, _data(event), delivery.facts))
             except MapsToNothing as exc:
                 reasons.append(str(exc))
         if not drafts:

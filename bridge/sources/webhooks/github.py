@@ -8,6 +8,10 @@ their ``X-GitHub-Delivery`` GUID. Mapped events:
 * ``workflow_run`` ``completed``: for ``deploy_workflows``, success -> deploy, failure -> event
   ``DEPLOY_FAILED``; for every workflow, a duration point of ``workflow_duration_metric`` if set.
 * ``release`` ``published`` -> event ``RELEASE``. ``ping`` -> 202. Everything else: ignored.
+* lineage (:mod:`bridge.sources.lineage`), stored, no records: ``registry_package`` ``published``
+  (the image, by digest and tag, was built from the commit of its OCI revision label, or of
+  ``target_commitish`` when that is a sha); commit times of ``push`` (every commit) and of
+  ``workflow_run`` (``head_commit``).
 
 One deploy per deployment: a job with ``environment:`` makes GitHub create a deployment whose
 ``deployment_status`` payloads carry the ``workflow_run`` that created it. Both paths therefore
@@ -27,6 +31,7 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.expressions import check_expression, search
+from bridge.sources.lineage import OCI_REVISION, Built, Fact, commit_facts
 from bridge.sources.payload import Headers, dig, first_timestamp, text
 from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, HmacScheme
@@ -86,7 +91,15 @@ class GitHubAdapter(WebhookAdapter[GitHubSettings]):
         if event == "deployment_status":
             return [self._deployment_status(payload)]
         if event == "workflow_run":
+            delivery.facts.extend(_committed(dig(payload, "workflow_run", "head_commit")))
             return self._workflow_run(payload)
+        if event == "push":
+            for commit in [dig(payload, "head_commit"), *(dig(payload, "commits") or [])]:
+                delivery.facts.extend(_committed(commit))
+            raise MapsToNothing("lineage: push commit times kept")
+        if event == "registry_package":
+            delivery.facts.extend(package_facts(payload))
+            raise MapsToNothing(f"lineage: registry_package {dig(payload, 'action')}")
         if event == "release":
             return [self._release(payload)]
         raise MapsToNothing(f"event-not-mapped: {event}")
@@ -237,6 +250,32 @@ def _correlation(payload: dict[str, Any], deployment_id: Any, environment: str |
     if run_id is not None:
         return ("run", run_id, dig(payload, "workflow_run", "run_attempt") or 1, environment)
     return ("deployment", deployment_id, environment)
+
+
+def _committed(commit: Any) -> list[Fact]:
+    return commit_facts(dig(commit, "id"), dig(commit, "timestamp"))
+
+
+def package_facts(payload: dict[str, Any]) -> list[Fact]:
+    """What a published container package says: its image (by digest, and by tag) and its commit."""
+    version = dig(payload, "registry_package", "package_version")
+    container = dig(version, "container_metadata")
+    if dig(payload, "action") != "published" or not isinstance(container, dict):
+        return []
+    labels = dig(container, "labels")
+    all_labels = dig(labels, "all_labels") if isinstance(dig(labels, "all_labels"), dict) else {}
+    # The OCI revision label is the commit the image was built from; target_commitish is often a
+    # branch ("master"), used only when it is a sha (the lineage store checks).
+    shas = [text(dig(labels, "revision")), text(all_labels.get(OCI_REVISION)), text(dig(version, "target_commitish"))]
+    sha = next((s for s in shas if s and len(s) >= 7 and all(c in "0123456789abcdefABCDEF" for c in s)), None)
+    name = (text(dig(version, "package_url")) or "").rstrip(":")
+    if sha is None or not name:
+        return []
+    name = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    digest = text(dig(container, "manifest", "digest")) or text(dig(container, "tag", "digest"))
+    tag = text(dig(container, "tag", "name"))
+    images = [f"{name}@{digest}" if digest else None, f"{name}:{tag}" if tag else None]
+    return [Built(image, sha) for image in images if image]
 
 
 def _deployments_page(payload: dict[str, Any]) -> str | None:

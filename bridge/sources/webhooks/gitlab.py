@@ -24,6 +24,7 @@ from bridge.records import record_id
 from bridge.sources.base import SourceContext, parse_settings
 from bridge.sources.entity import Subject
 from bridge.sources.gitrefs import repository_from_url
+from bridge.sources.lineage import commit_facts
 from bridge.sources.payload import Headers, dig, first_timestamp, text
 from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, UnusablePayload
 from bridge.sources.signatures import AuthScheme, TokenScheme
@@ -65,6 +66,8 @@ class GitLabAdapter(WebhookAdapter[GitLabSettings]):
         if kind == "deployment":
             return [self._deployment(payload)]
         if kind == "pipeline":
+            # The pipeline's commit and when it was made: lead time of the deploys of that sha.
+            delivery.facts.extend(commit_facts(dig(payload, "commit", "id"), dig(payload, "commit", "timestamp")))
             return self._pipeline(payload)
         if kind == "build":
             return self._job(payload)

@@ -57,7 +57,8 @@ async def test_sync_succeeded_is_a_deploy(start_bridge: StartBridge) -> None:
         "deployerName": "foo@example.com",
         "customData": {"application": "velero-test", "namespace": "argo-cd", "project": "sre",
                        "revision": "ea8759964626a583667a2bfd08f334ec2070040a", "syncStatus": "Synced",
-                       "healthStatus": "Healthy", "destinationNamespace": "test-lla"},
+                       "healthStatus": "Healthy", "destinationNamespace": "test-lla",
+                       "images": {"nginx": "nginx:latest"}},
     }
 
 

@@ -182,7 +182,6 @@ async def test_ping_is_acknowledged(start_bridge: StartBridge, fixture: str) -> 
 
 
 @pytest.mark.parametrize(("event", "fixture"), [
-    ("push", "push.json"),
     ("workflow_job", "workflow_job.completed.success.json"),
     ("check_run", "check_run.completed.failure.json"),
 ])

@@ -61,9 +61,9 @@ def test_preview_shows_dead_letters_without_a_catalog(capsys: pytest.CaptureFixt
 
 
 def test_preview_of_an_ignored_payload(capsys: pytest.CaptureFixture[str], config: Path) -> None:
-    code, result, _ = preview(capsys, config, "--source", "github", str(FIXTURES / "github" / "push.json"),
-                              "-H", "X-GitHub-Event: push")
-    assert (code, result["outcome"], result["reason"]) == (0, "ignored", "event-not-mapped: push")
+    code, result, _ = preview(capsys, config, "--source", "github", str(FIXTURES / "github" / "check_run.completed.failure.json"),
+                              "-H", "X-GitHub-Event: check_run")
+    assert (code, result["outcome"], result["reason"]) == (0, "ignored", "event-not-mapped: check_run")
 
 
 def test_preview_checks_signatures_on_request(capsys: pytest.CaptureFixture[str], config: Path) -> None:
