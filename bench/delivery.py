@@ -1,13 +1,16 @@
 """Delivery efficiency under Cortex's quota (1000 requests/min), against the status quo.
 
-**Mixed backlog** (scale 1): 10,000 records, shuffled: 1,000 deploys, 1,000 custom events,
-7,500 metric points (50 entities x 5 metric keys x 30 points) and 500 custom-data keys. They are
+**Mixed backlog** (scale 1): 10,400 records, shuffled: 1,000 deploys, 1,000 custom events,
+7,500 metric points (50 entities x 5 metric keys x 30 points), 500 custom-data keys, 300
+dependencies (each entity calls 6 others) and 100 OpenAPI documents (two per entity: the older
+one is superseded, not sent). They are
 appended to the queue file through the queue's own append path (as ingest does), then a bridge
 starts and delivers them into the simulator, which enforces the limit (sliding 60 s window,
 429 + Retry-After). Measured: Cortex requests used (the start-up token check included), time
 from start until the queue is empty, 429s received. Targets: requests within 5 % of the minimum
 the API allows for the mix (one per deploy and per event, one per 100 points of an entity x
-metric key, one per 2 MB of custom data), time within 5 % of that minimum at 1000 req/min, and
+metric key, one per 2 MB of custom data, one per 1000 dependencies and 2 MB, one per entity's
+newest document), time within 5 % of that minimum at 1000 req/min, and
 no 429 at all.
 
 **Metric backlog**: 50 entities x 5 keys x 200 points (at least 100 when scaled down); requests
@@ -65,6 +68,8 @@ def mixed_records(scale: float) -> list[dict[str, Any]]:
     n_deploys = n_events = round(1000 * scale)
     per_lane = max(1, round(30 * scale))
     n_custom = round(500 * scale)
+    n_edges = round(300 * scale)
+    n_docs = max(2, round(100 * scale))
     out: list[dict[str, Any]] = []
     for i in range(n_deploys):
         out.append({"kind": "deploy", "entity": ENTITIES[i % 50], "title": f"deploy {i}", "timestamp": BASE_TS + i,
@@ -76,8 +81,21 @@ def mixed_records(scale: float) -> list[dict[str, Any]]:
     for i in range(n_custom):
         out.append({"kind": "custom_data", "entity": ENTITIES[i % 50], "key": f"key-{i}",
                     "value": {"owner": f"team-{i % 7}", "tier": i % 3}})
+    for i in range(n_edges):
+        caller = i % 50
+        out.append({"kind": "dependency", "entity": ENTITIES[caller], "callee": ENTITIES[(caller + 1 + i // 50) % 50],
+                    "description": f"edge {i}", "metadata": {"calls": i}})
     random.Random(1).shuffle(out)
+    # Documents last and in order: the second of each entity is the newer one, the one to send.
+    out += [{"kind": "docs", "entity": ENTITIES[i % 50], "spec": openapi_document(ENTITIES[i % 50], i // 50)}
+            for i in range(n_docs)]
     return out
+
+
+def openapi_document(service: str, version: int) -> dict[str, Any]:
+    """A small OpenAPI 3 document of a service: 20 paths."""
+    paths = {f"/v1/{service}/items/{n}": {"get": {"responses": {"200": {"description": "ok"}}}} for n in range(20)}
+    return {"openapi": "3.0.3", "info": {"title": service, "version": f"1.{version}.0"}, "paths": paths}
 
 
 def metric_records(per_lane: int) -> list[dict[str, Any]]:
@@ -89,9 +107,13 @@ def minimum_requests(records: list[dict[str, Any]]) -> int:
     """The fewest requests Cortex's API allows for these records."""
     lanes = Counter((r["key"], r["entity"]) for r in records if r["kind"] == "metric")
     custom_bytes = sum(len(json.dumps(r)) for r in records if r["kind"] == "custom_data")
+    edges = [r for r in records if r["kind"] == "dependency"]
+    edge_bytes = sum(len(json.dumps(r)) for r in edges)
     return (sum(1 for r in records if r["kind"] in ("deploy", "event"))
             + sum(math.ceil(n / 100) for n in lanes.values())
-            + math.ceil(custom_bytes / CUSTOM_DATA_REQUEST_BYTES))
+            + math.ceil(custom_bytes / CUSTOM_DATA_REQUEST_BYTES)
+            + max(math.ceil(len(edges) / 1000), math.ceil(edge_bytes / CUSTOM_DATA_REQUEST_BYTES))
+            + len({r["entity"] for r in records if r["kind"] == "docs"}))
 
 
 def minimum_seconds(requests: int) -> float:
@@ -165,6 +187,8 @@ class Delivery:
     rejected_429: int
     seconds_normalized: float
     stored: dict[str, int]
+    #: ``edges``: dependencies stored; ``docs``: each entity's document
+    graph: dict[str, Any]
 
 
 async def deliver(records: list[dict[str, Any]], compress: float, tmp: Path,
@@ -196,9 +220,11 @@ async def deliver(records: list[dict[str, Any]], compress: float, tmp: Path,
         started = time.monotonic()
         await bridge.start()
         elapsed, log, state = await drained(bridge, sim, started)
+        graph = sim.store.graph.snapshot()
     by_endpoint = Counter(_endpoint(r["method"], r["path"]) for r in log)
     return Delivery(len(log), dict(by_endpoint), sum(1 for r in log if r["status"] == 429),
-                    elapsed * compress, state)
+                    elapsed * compress, state,
+                    {"edges": sum(map(len, graph["dependencies"].values())), "docs": graph["docs"]})
 
 
 async def drained(bridge: Bridge, sim: SimulatorServer, started: float) -> tuple[float, list[dict[str, Any]], dict[str, int]]:
@@ -220,6 +246,10 @@ def _endpoint(method: str, path: str) -> str:
         return "custom-metrics bulk"
     if path.endswith("/custom-data"):
         return "custom-data bulk"
+    if path.endswith("/catalog/dependencies"):
+        return "dependencies bulk"
+    if path.endswith("/documentation/openapi"):
+        return "openapi docs"
     return f"{method} {path.split('?')[0]}"
 
 
@@ -235,6 +265,9 @@ async def run(scale: float = 1.0, compress: float = 10.0) -> tuple[list[Row], di
     stored = mixed_result.stored
     assert (stored["deploys"], stored["events"], stored["metric_points"], stored["custom_data"]) == (
         kinds["deploy"], kinds["event"], kinds["metric"], kinds["custom_data"]), (stored, kinds)
+    assert mixed_result.graph["edges"] == kinds["dependency"], mixed_result.graph
+    newest = {r["entity"]: r["spec"] for r in mixed if r["kind"] == "docs"}
+    assert mixed_result.graph["docs"] == newest, "each entity holds its newest document"
     assert metric_result.stored["metric_points"] == len(points)
 
     min_req = minimum_requests(mixed)

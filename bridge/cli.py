@@ -1,4 +1,4 @@
-"""``cortex-bridge`` command line: run, check-config, sim, demo, queue, dlq, trace.
+"""``cortex-bridge`` command line: run, check-config, sim, demo, queue, dlq, trace, doctor, publish-docs.
 
 Every error is one line on stderr and a non-zero exit: 2 for bad usage or configuration,
 1 for a failure while doing the work. Never a traceback, not even when the reader of the output
@@ -264,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lookup-catalog", action="store_true",
                    help="resolve entities by git repository in the Cortex catalog, as the daemon does (asks Cortex)")
     p.set_defaults(fn=cmd_preview)
+
+    p = sub.add_parser("publish-docs", help="hand an entity's OpenAPI spec to the bridge (for CI jobs)")
+    p.add_argument("--entity", required=True, help="Cortex entity tag the spec documents")
+    p.add_argument("file", help="OpenAPI 3.x document, JSON or YAML ('-' for stdin)")
+    p.add_argument("--url", help="the bridge's base URL, e.g. http://cortex-bridge:8080 (default: $CORTEX_BRIDGE_URL)")
+    p.add_argument("--token-file", help="file holding the ingest token (default: $CORTEX_BRIDGE_TOKEN_FILE, "
+                   "else the token in $CORTEX_BRIDGE_TOKEN)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to keep retrying while the bridge cannot take the spec (default 120)")
+    p.add_argument("--idempotency-key", help="delivery id for this publication (default: a new one per run)")
+    p.set_defaults(fn=_lazy("bridge.publish_docs", "cmd_publish_docs"))
 
     p = sub.add_parser("trace", help="where a record or webhook delivery stands")
     p.add_argument("id", help="record id or delivery id")

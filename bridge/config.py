@@ -58,11 +58,11 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(r"\1***@", text)
 
 
-RecordKindName = Literal["deploy", "event", "metric", "custom_data"]
+RecordKindName = Literal["deploy", "event", "metric", "custom_data", "dependency", "docs"]
 
 
 def _default_priority_weights() -> dict[RecordKindName, int]:
-    return {"deploy": 16, "event": 16, "metric": 1, "custom_data": 1}
+    return {"deploy": 16, "event": 16, "metric": 1, "custom_data": 1, "dependency": 1, "docs": 1}
 
 
 class CortexSettings(_Section):
@@ -82,8 +82,8 @@ class CortexSettings(_Section):
     priority_weights: dict[RecordKindName, Annotated[int, Field(ge=1)]] = Field(
         default_factory=_default_priority_weights,
         description="Share of requests each record kind gets while several have records waiting: deploys"
-        " and events jump a backlog of metric points or custom data, which keep a guaranteed share (here"
-        " 2 of 34 requests). A kind left out weighs 1.",
+        " and events jump a backlog of the bulk kinds (metric points, custom data, dependencies, docs), which"
+        " keep a guaranteed share (here 4 of 36 requests). A kind left out weighs 1.",
     )
     verify_token_on_start: bool = Field(True, description="Check the token with GET /api/v1/catalog.")
     reconcile_ambiguous: bool = Field(

@@ -1,7 +1,8 @@
 """The normalized record model: the only thing that crosses from sources to the sender.
 
-Four kinds, each what one Cortex write endpoint takes (:mod:`bridge.cortex.endpoints` builds the
-requests): a deploy, a custom event, one metric point, one custom-data key of one entity.
+Six kinds, each what one Cortex write endpoint takes (:mod:`bridge.cortex.endpoints` builds the
+requests): a deploy, a custom event, one metric point, one custom-data key of one entity, one
+dependency edge (caller entity -> callee entity), and an entity's OpenAPI document.
 
 Every record has a deterministic ``id``: a source derives it from what identifies the input
 (delivery id, run id, event uid ...) so that a redelivered or replayed input maps to the same id
@@ -31,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
+from bridge.openapi_spec import openapi_document
+
 #: Namespace for record ids (uuid5), fixed forever so ids stay stable across versions.
 RECORD_ID_NAMESPACE = uuid.UUID("6f1c7a52-3a0e-4c55-9a43-1f0d2a8c9b11")
 _NAMESPACE_BYTES = RECORD_ID_NAMESPACE.bytes
@@ -47,7 +50,8 @@ BRIDGE_ID_KEY = "cortexBridgeId"
 MAX_JSON_DEPTH = 64
 
 DeployType = Literal["DEPLOY", "SCALE", "ROLLBACK", "RESTART"]
-RecordKind = Literal["deploy", "event", "metric", "custom_data"]
+RecordKind = Literal["deploy", "event", "metric", "custom_data", "dependency", "docs"]
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 def record_id(*parts: object) -> str:
@@ -305,8 +309,45 @@ class CustomDataRecord(_RecordBase):
         return value
 
 
+class DependencyRecord(_RecordBase):
+    """A dependency of the caller ``entity`` on the ``callee`` entity, optionally of one endpoint."""
+
+    kind: Literal["dependency"] = "dependency"
+    callee: str = Field(min_length=1, max_length=512, description="Cortex tag of the entity depended on.")
+    method: HttpMethod | None = Field(None, description="HTTP method of the endpoint called, with `path`.")
+    path: str | None = Field(None, min_length=1, max_length=2048, description="Path of the endpoint called.")
+    description: str | None = Field(None, max_length=4096, description="Shown with the dependency in Cortex.")
+    metadata: dict[str, Any] | None = Field(None, description="Any JSON object kept with the dependency.")
+
+    @field_validator("callee")
+    @classmethod
+    def _callee_tag(cls, value: str) -> str:
+        if value != value.strip() or "/" in value:
+            raise ValueError("callee must be a Cortex tag without spaces or '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _method_with_path(self) -> DependencyRecord:  # Cortex keys an endpoint by both
+        if (self.method is None) != (self.path is None):
+            raise ValueError("method and path go together: give both or neither")
+        return self
+
+    @property
+    def edge(self) -> tuple[str, str, str | None, str | None]:
+        """What Cortex keys the dependency by: a later record for the same edge overwrites."""
+        return (self.entity, self.callee, self.method, self.path)
+
+
+class DocsRecord(_RecordBase):
+    """An entity's OpenAPI document; only the newest queued one per entity is sent."""
+
+    kind: Literal["docs"] = "docs"
+    spec: Annotated[str, BeforeValidator(openapi_document)] = Field(
+        description="OpenAPI 3.x document: a JSON object, or JSON or YAML text. Stored and sent as JSON text.")
+
+
 Record = Annotated[
-    DeployRecord | EventRecord | MetricRecord | CustomDataRecord,
+    DeployRecord | EventRecord | MetricRecord | CustomDataRecord | DependencyRecord | DocsRecord,
     Field(discriminator="kind"),
 ]
 RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
@@ -354,6 +395,6 @@ def lane_of(record: Record) -> str:
     """The batching lane: records in one lane may share one Cortex request."""
     if isinstance(record, MetricRecord):
         return f"metric\x1f{record.key}\x1f{record.entity}"
-    if isinstance(record, CustomDataRecord):
-        return "custom_data"
+    if isinstance(record, CustomDataRecord | DependencyRecord):
+        return record.kind  # one bulk request carries many entities
     return f"{record.kind}\x1f{record.entity}"

@@ -18,7 +18,7 @@ SCHEMA_PATH = DOCS / "record-schema.json"
 MARKDOWN_PATH = DOCS / "records.md"
 
 _KINDS = [("deploy", "DeployRecord"), ("event", "EventRecord"), ("metric", "MetricRecord"),
-          ("custom_data", "CustomDataRecord")]
+          ("custom_data", "CustomDataRecord"), ("dependency", "DependencyRecord"), ("docs", "DocsRecord")]
 
 _INTRO = f"""# Native records
 

@@ -7,6 +7,8 @@ of ``tests/fixtures/cortex/openapi.json``). Each record kind maps onto one write
 * ``event``       -> ``POST /api/v1/catalog/{entity}/custom-events``
 * ``metric``      -> ``POST /api/v1/eng-intel/custom-metrics/{key}/entity/{entity}/bulk``
 * ``custom_data`` -> ``PUT /api/v1/catalog/custom-data`` (a map of entity -> items)
+* ``dependency``  -> ``PUT /api/v1/catalog/dependencies`` (a map of caller -> callees; an upsert)
+* ``docs``        -> ``PUT /api/v1/catalog/{entity}/documentation/openapi`` (the newest document)
 
 Which records share one request is the sender's business; here a write is built from records
 already grouped, and a read-back is described as a :class:`ListRequest`.
@@ -23,7 +25,9 @@ from urllib.parse import quote
 from bridge.records import (
     BRIDGE_ID_KEY,
     CustomDataRecord,
+    DependencyRecord,
     DeployRecord,
+    DocsRecord,
     EventRecord,
     MetricRecord,
     format_timestamp,
@@ -34,6 +38,8 @@ from bridge.records import (
 CUSTOM_DATA_MAX_BYTES = 1_900_000
 #: The bulk metric endpoint takes at most 100 points per request.
 METRIC_POINTS_PER_REQUEST = 100
+#: Dependencies per bulk request: Cortex documents no limit; the body limit bounds it too.
+DEPENDENCIES_PER_REQUEST = 1000
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,30 @@ def put_custom_data(items: Sequence[CustomDataRecord]) -> WriteRequest:
     for record in items:
         values.setdefault(record.entity, []).append(custom_data_item(record))
     return WriteRequest("PUT", "/api/v1/catalog/custom-data", "custom_data.bulk", {"values": values})
+
+
+def dependency_item(record: DependencyRecord) -> dict[str, Any]:
+    """One callee of a caller's list in a bulk dependency request."""
+    item: dict[str, Any] = {"tag": record.callee}
+    for name in ("method", "path", "description", "metadata"):
+        value = getattr(record, name)
+        if value is not None:
+            item[name] = value
+    return item
+
+
+def put_dependencies(items: Sequence[DependencyRecord]) -> WriteRequest:
+    """Bulk create-or-update dependencies of any callers (*Create or update dependencies in bulk*)."""
+    values: dict[str, list[dict[str, Any]]] = {}
+    for record in items:
+        values.setdefault(record.entity, []).append(dependency_item(record))
+    return WriteRequest("PUT", "/api/v1/catalog/dependencies", "dependencies.bulk", {"values": values})
+
+
+def put_openapi_docs(record: DocsRecord) -> WriteRequest:
+    """Replace an entity's OpenAPI docs (*Update OpenAPI docs for entity*): the spec as JSON text."""
+    return WriteRequest("PUT", f"/api/v1/catalog/{_segment(record.entity)}/documentation/openapi",
+                        "docs.openapi", {"spec": record.spec})
 
 
 # -- answers to writes ---------------------------------------------------------------------------

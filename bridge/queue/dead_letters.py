@@ -28,7 +28,7 @@ UNREADABLE = "unreadable"
 MAX_DETAIL = 4000
 #: Dead letters that are records; the others (e.g. Kafka poison messages, kind ``raw_input``)
 #: hold an input that never became a record and cannot be sent: re-publish it instead.
-REPLAYABLE_KINDS = ("deploy", "event", "metric", "custom_data")
+REPLAYABLE_KINDS = ("deploy", "event", "metric", "custom_data", "dependency", "docs")
 #: Rows moved or deleted per transaction by ``dlq replay``/``purge``: a running bridge waits for
 #: the write lock between them, not for the whole operation (its appends would time out).
 DLQ_CHUNK = 1000

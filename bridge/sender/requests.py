@@ -6,11 +6,27 @@ made redundant by a newer value); the paths and bodies come from :mod:`bridge.co
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from bridge.cortex.endpoints import WriteRequest, add_metric_points, create_deploy_or_event, put_custom_data
+from bridge.cortex.endpoints import (
+    WriteRequest,
+    add_metric_points,
+    create_deploy_or_event,
+    put_custom_data,
+    put_dependencies,
+    put_openapi_docs,
+)
 from bridge.queue import QueuedRecord
-from bridge.records import CustomDataRecord, DeployRecord, EventRecord, MetricRecord
+from bridge.records import (
+    CustomDataRecord,
+    DependencyRecord,
+    DeployRecord,
+    DocsRecord,
+    EventRecord,
+    MetricRecord,
+    Record,
+)
 
 
 @dataclass(frozen=True)
@@ -20,8 +36,12 @@ class BatchRequest:
     write: WriteRequest
     #: records this request carries, keyed by entity (custom data reports errors per entity)
     entities: dict[str, list[QueuedRecord]]
-    #: records made redundant by a newer value in the same batch (custom data overwrites)
+    #: records made redundant by a newer value in the same batch (custom data, dependencies
+    #: and docs overwrite)
     superseded: list[QueuedRecord]
+    #: the records are of several targets, and Cortex answers 404 for the whole request when
+    #: one target is missing: such a 404 is isolated record by record, not applied to all
+    several_targets: bool = False
 
     @property
     def records(self) -> list[QueuedRecord]:
@@ -38,20 +58,42 @@ def build_request(batch: list[QueuedRecord]) -> BatchRequest:
     if isinstance(first, MetricRecord):
         points = [q.record for q in batch if isinstance(q.record, MetricRecord)]
         return BatchRequest(add_metric_points(points), {first.entity: batch}, [])
-    assert isinstance(first, CustomDataRecord)
-    latest: dict[tuple[str, str], QueuedRecord] = {}
+    if isinstance(first, DocsRecord):
+        # The newest (last appended) document wins; the older ones are never sent.
+        newest = max(batch, key=lambda q: q.seq)
+        assert isinstance(newest.record, DocsRecord)
+        return BatchRequest(put_openapi_docs(newest.record), {first.entity: [newest]},
+                            [q for q in batch if q is not newest])
+    if isinstance(first, DependencyRecord):
+        edges = _latest(batch, lambda rec: rec.edge if isinstance(rec, DependencyRecord) else None)
+        dependencies = [q.record for q in edges.carried if isinstance(q.record, DependencyRecord)]
+        return BatchRequest(put_dependencies(dependencies), edges.by_entity(), edges.superseded,
+                            several_targets=len(edges.carried) > 1)
+    keys = _latest(batch, lambda rec: (rec.entity, rec.key) if isinstance(rec, CustomDataRecord) else None)
+    items = [q.record for q in keys.carried if isinstance(q.record, CustomDataRecord)]
+    return BatchRequest(put_custom_data(items), keys.by_entity(), keys.superseded)
+
+
+@dataclass(frozen=True)
+class _Latest:
+    carried: list[QueuedRecord]
+    superseded: list[QueuedRecord]
+
+    def by_entity(self) -> dict[str, list[QueuedRecord]]:
+        entities: dict[str, list[QueuedRecord]] = {}
+        for q in self.carried:
+            entities.setdefault(q.record.entity, []).append(q)
+        return entities
+
+
+def _latest(batch: list[QueuedRecord], key: Callable[[Record], Hashable]) -> _Latest:
+    """The last record per ``key`` (batch is in queue order: a later value wins, as in Cortex)."""
+    latest: dict[Hashable, QueuedRecord] = {}
     superseded: list[QueuedRecord] = []
-    for q in batch:  # batch is in queue order: a later value for the same key wins, as in Cortex
-        rec = q.record
-        assert isinstance(rec, CustomDataRecord)
-        previous = latest.get((rec.entity, rec.key))
+    for q in batch:
+        k = key(q.record)
+        previous = latest.get(k)
         if previous is not None:
             superseded.append(previous)
-        latest[(rec.entity, rec.key)] = q
-    entities: dict[str, list[QueuedRecord]] = {}
-    items: list[CustomDataRecord] = []
-    for (entity, _key), q in latest.items():
-        assert isinstance(q.record, CustomDataRecord)
-        items.append(q.record)
-        entities.setdefault(entity, []).append(q)
-    return BatchRequest(put_custom_data(items), entities, superseded)
+        latest[k] = q
+    return _Latest(list(latest.values()), superseded)

@@ -20,21 +20,27 @@ from bridge import metrics
 from bridge.config import CortexSettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
-from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, METRIC_POINTS_PER_REQUEST
+from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, DEPENDENCIES_PER_REQUEST, METRIC_POINTS_PER_REQUEST
 from bridge.queue import BatchPolicy, QueueBackend, QueuedRecord
 from bridge.sender.dispositions import Dispositions
+from bridge.sender.docs_order import DOCS_CLAIM_BYTES, DOCS_PER_CLAIM, DocsOrder
 from bridge.sender.outcomes import Outcome, Verdict, classify_failure, classify_response
 from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import BatchRequest, build_request
 
 log = structlog.get_logger("bridge.sender")
 
+#: Kinds whose write overwrites (a PUT): resending one whose answer was lost is harmless.
+IDEMPOTENT_KINDS = frozenset({"custom_data", "dependency", "docs"})
+
 #: How often a replica that is not the sender looks again whether it became the sender.
 NOT_SENDER_RECHECK_SECONDS = 1.0
 
 POLICY = BatchPolicy(
-    max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000},
-    max_bytes={"custom_data": CUSTOM_DATA_MAX_BYTES - 100_000},
+    max_items={"deploy": 1, "event": 1, "metric": METRIC_POINTS_PER_REQUEST, "custom_data": 5000,
+               "dependency": DEPENDENCIES_PER_REQUEST, "docs": DOCS_PER_CLAIM},
+    max_bytes={"custom_data": CUSTOM_DATA_MAX_BYTES - 100_000, "dependency": CUSTOM_DATA_MAX_BYTES - 100_000,
+               "docs": DOCS_CLAIM_BYTES},
     ambiguous_kinds=frozenset({"deploy", "event", "metric"}),
     hold_ambiguous_lanes=frozenset({"metric"}),
 )
@@ -60,6 +66,7 @@ class Sender:
         self.cortex = cortex
         self.retry = retry
         self.dispositions = Dispositions(queue, retry)
+        self.docs = DocsOrder(queue)
         self.policy = replace(POLICY, kind_weights={str(kind): weight for kind, weight in cortex.priority_weights.items()})
         self.auth = AuthState()
         self._auth_ok = asyncio.Event()
@@ -228,13 +235,23 @@ class Sender:
         if not batch:
             permit.cancel()
             return
+        if batch[0].record.kind == "docs":
+            async with self.docs.lock(batch[0].record.entity):
+                if await self.docs.superseded(batch):
+                    permit.cancel()
+                    await self.dispositions.delivered(batch, None)
+                else:
+                    await self._send_batch(batch, permit)
+        else:
+            await self._send_batch(batch, permit)
+
+    async def _send_batch(self, batch: list[QueuedRecord], permit: Permit) -> None:
         request = build_request(batch)
         kind = batch[0].record.kind
         try:
             response = await self.client.write(request.write, permit=permit)
         except (NotSent, Ambiguous) as exc:
-            # A bulk PUT overwrites: resending custom data is harmless.
-            verdict = classify_failure(exc, resend_is_harmless=kind == "custom_data")
+            verdict = classify_failure(exc, resend_is_harmless=kind in IDEMPOTENT_KINDS)
         else:
             verdict = classify_response(response, kind)
         await self._apply(request, verdict)
@@ -249,6 +266,8 @@ class Sender:
             delivered += [q for q in request.superseded if q.record.entity not in missing]
             if delivered:
                 await self.dispositions.delivered(delivered, verdict.cortex_uuid)
+                if delivered[0].record.kind == "docs":
+                    await self.docs.delivered(delivered[0].record.entity, max(q.seq for q in delivered))
             not_found = [q for q in batch if q.record.entity in missing]
             if not_found:
                 await self.dispositions.not_found(not_found, f"entity not found in Cortex: {sorted(missing)}")
@@ -258,13 +277,18 @@ class Sender:
         elif outcome is Outcome.AUTH:
             await self.dispositions.reschedule(batch, verdict.error, count_attempt=False)
             self._auth_failed(verdict.status or 0, verdict.message)
-        elif outcome is Outcome.NOT_FOUND:
+        elif outcome is Outcome.NOT_FOUND and not request.several_targets:
             await self.dispositions.not_found(batch, verdict.error)
-        elif outcome is Outcome.REJECT:
-            if len(batch) > 1:
-                await self._isolate(batch)
+        elif outcome in (Outcome.REJECT, Outcome.NOT_FOUND):
+            carried = [q for items in request.entities.values() for q in items]
+            if request.superseded:
+                # Made redundant by a newer value in this batch: never sent, whatever Cortex
+                # says of the newer one (sending them one by one would overwrite it).
+                await self.dispositions.delivered(request.superseded, None)
+            if len(carried) > 1:
+                await self._isolate(carried)
             else:
-                await self.dispositions.dead(batch, "rejected", verdict.error, verdict.status)
+                await self.dispositions.dead(carried, "rejected", verdict.error, verdict.status)
         elif outcome is Outcome.AMBIGUOUS:
             log.warning("delivery_ambiguous", kind=batch[0].record.kind, records=len(batch), error=verdict.error)
             await self._read_back_before_resend(batch, verdict.error)

@@ -1,9 +1,11 @@
 """The native record format: ``POST /v1/records`` (and Kafka topics with ``format: native``).
 
 Body: one record object or ``{"records": [...]}``; each has ``kind`` (deploy, event, metric,
-custom_data), ``entity`` and the kind's fields (``key`` for metric and custom_data). An ``id``
-is optional: without one, the id is derived from the record's content, so posting the same
-record twice stores it once.
+custom_data, dependency, docs), ``entity`` and the kind's fields (``key`` for metric and
+custom_data). An ``id`` is optional: without one, the id is derived from the record's content, so
+posting the same deploy, event or point twice stores it once. A value that replaces the previous
+one (custom data, a dependency, docs) also gets the time it was received in its derived id:
+setting A, then B, then A again must leave A in Cortex, not drop the third as a repeat.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import structlog
 from aiohttp import web
@@ -19,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from bridge.config import IngestSettings
 from bridge.queue import QueueBackend
-from bridge.records import RECORD_ADAPTER, Record, record_id, utc_now
+from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, utc_now
 from bridge.secrets import SecretUnavailable
 from bridge.sources.admit import admit, error_response
 from bridge.sources.edge import BodyBudget, BodyRefused, read_body
@@ -28,6 +30,11 @@ from bridge.sources.signatures import TokenScheme
 log = structlog.get_logger("bridge.ingest")
 
 MAX_RECORDS_PER_REQUEST = 10_000
+
+#: Kinds whose newest record replaces the previous value in Cortex (a PUT): a repeat is a
+#: restatement, so it must not be deduplicated against an older record with the same content.
+#: Resending one is harmless; retries of one request still dedupe by ``Idempotency-Key``.
+_RESTATED_KINDS = frozenset({"custom_data", "dependency", "docs"})
 
 
 class RecordErrors(Exception):
@@ -41,7 +48,7 @@ class RecordErrors(Exception):
 def _describe(exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("deploy", "event", "metric", "custom_data"))
+        loc = ".".join(str(p) for p in err["loc"] if p not in get_args(RecordKind))
         out.append(f"{loc or 'record'}: {err['msg']}")
     return out
 
@@ -62,7 +69,10 @@ def _fields(item: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
     """A record object as the model validates it: its content-derived id, the bridge's provenance."""
     fields = {k: v for k, v in item.items() if k != "provenance"}
     if "id" not in fields:
-        fields["id"] = record_id("native", fields)
+        if fields.get("kind") in _RESTATED_KINDS:
+            fields["id"] = record_id("native", fields, provenance["received_at"])
+        else:
+            fields["id"] = record_id("native", fields)
     fields["provenance"] = provenance
     return fields
 

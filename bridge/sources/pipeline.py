@@ -237,9 +237,13 @@ class InputPipeline:
         return Mapped(records, delivery_id, [DeadLetters(rs, r, d) for (r, d), rs in dead.items()])
 
 
+#: Kinds that say when they happened (custom data, dependencies and docs are state, not events).
+TIMED_KINDS = frozenset({"deploy", "event", "metric"})
+
+
 def _record(draft: Draft, rid: str, tag: str, provenance: dict[str, Any]) -> Record:
     fields = {**draft.fields, "kind": draft.kind, "id": rid, "entity": tag, "provenance": provenance}
-    if draft.kind != "custom_data" and fields.get("timestamp") is None:
+    if draft.kind in TIMED_KINDS and fields.get("timestamp") is None:
         # An input that carries no time of its own happened when it was delivered.
         fields["timestamp"] = provenance["received_at"]
     return RECORD_ADAPTER.validate_python(fields)

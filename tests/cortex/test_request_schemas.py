@@ -65,6 +65,14 @@ CASES = [
      [{"kind": "custom_data", "entity": "svc", "key": "k", "value": 100},
       {"kind": "custom_data", "entity": "svc", "key": "k2", "value": "Hello", "description": "d"},
       {"kind": "custom_data", "entity": "other", "key": "k", "value": {"nested": "object"}}]),
+    ("/api/v1/catalog/dependencies", "put", CURRENT,
+     [{"kind": "dependency", "entity": "svc", "callee": "db", "method": "GET", "path": "/api/v1/x",
+       "description": "d", "metadata": {"k": "v"}},
+      {"kind": "dependency", "entity": "svc", "callee": "cache"},
+      {"kind": "dependency", "entity": "other", "callee": "svc", "method": "POST", "path": "/orders"}]),
+    ("/api/v1/catalog/{tagOrId}/documentation/openapi", "put", CURRENT,
+     [{"kind": "docs", "entity": "svc",
+       "spec": "openapi: 3.0.1\ninfo: {title: Orders, version: '1.0'}\npaths: {/orders: {get: {responses: {'200': {description: ok}}}}}\n"}]),
 ]
 
 
@@ -97,3 +105,25 @@ def test_custom_data_keeps_latest_value_per_key() -> None:
     ]))
     assert request.write.body == {"values": {"svc": [{"key": "k", "value": 2}]}}
     assert [q.seq for q in request.superseded] == [0]
+
+
+def test_dependencies_keep_the_latest_value_per_edge_and_group_by_caller() -> None:
+    request = build_request(_queued([
+        {"kind": "dependency", "entity": "svc", "callee": "db", "description": "old"},
+        {"kind": "dependency", "entity": "svc", "callee": "db", "method": "GET", "path": "/x"},  # another edge
+        {"kind": "dependency", "entity": "svc", "callee": "db", "description": "new"},
+        {"kind": "dependency", "entity": "web", "callee": "svc"},
+    ]))
+    assert request.write.body == {"values": {
+        "svc": [{"tag": "db", "description": "new"}, {"tag": "db", "method": "GET", "path": "/x"}],
+        "web": [{"tag": "svc"}]}}
+    assert [q.seq for q in request.superseded] == [0]
+    assert request.several_targets
+
+
+def test_only_the_newest_document_of_a_batch_is_sent() -> None:
+    specs = [f'{{"openapi": "3.1.0", "info": {{"title": "v{i}", "version": "{i}"}}}}' for i in range(3)]
+    request = build_request(_queued([{"kind": "docs", "entity": "svc", "spec": spec} for spec in specs]))
+    assert json.loads(request.write.body["spec"])["info"]["title"] == "v2"
+    assert [q.seq for q in request.superseded] == [0, 1]
+    assert [q.seq for q in request.entities["svc"]] == [2]

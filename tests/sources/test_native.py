@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from bridge.cortex.simulator import SimulatorServer
-from tests.support.cortex import BridgeFactory, post_records
+from tests.support.cortex import BridgeFactory, post_records, sim_state, wait_until
 from tests.support.queue_file import queue_pragma
 from tests.support.records import event
 
@@ -134,3 +134,26 @@ async def test_not_ready_at_start_when_the_queue_cannot_write(sim: SimulatorServ
         assert bridge.readiness() == (True, [])
     finally:
         await bridge.stop(deadline=2)
+
+
+async def test_setting_a_value_back_is_a_new_record_and_cortex_ends_with_it(sim: SimulatorServer,
+                                                                            make_bridge: BridgeFactory) -> None:
+    # Custom data A, then B, then A again: the third is a restatement, not a repeat of the first.
+    bridge = await make_bridge(sim)
+    ids = []
+    for value in ("tier-1", "tier-2", "tier-1"):
+        status, body = await post_records(bridge, {"kind": "custom_data", "entity": "inventory", "key": "tier",
+                                                   "value": value})
+        assert status == 202 and body["accepted"] == 1
+        ids.append(body["ids"][0])
+        await wait_until(lambda: _custom_value(sim, "inventory", "tier", value))  # noqa: B023 (awaited here)
+    assert len(set(ids)) == 3
+    # a deploy posted twice is still one record: only replaced values are restated
+    first = await post_records(bridge, {"kind": "deploy", "entity": "inventory", "title": "v1", "timestamp": 1_700_000_000})
+    second = await post_records(bridge, {"kind": "deploy", "entity": "inventory", "title": "v1", "timestamp": 1_700_000_000})
+    assert first[1]["ids"] == second[1]["ids"]
+
+
+async def _custom_value(sim: SimulatorServer, entity: str, key: str, value: Any) -> bool:
+    stored = (await sim_state(sim))["custom_data"].get(entity, {})
+    return bool(stored.get(key, {}).get("value") == value)

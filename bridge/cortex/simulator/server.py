@@ -36,6 +36,7 @@ from bridge.cortex.simulator.api import (
 )
 from bridge.cortex.simulator.config import QUOTA_WINDOW_SECONDS, SimFaults, SimulatorConfig
 from bridge.cortex.simulator.errors import SimError, bad_request
+from bridge.cortex.simulator.graph_api import GRAPH_ROUTES
 from bridge.cortex.simulator.store import SimStore
 from bridge.cortex.simulator.tokens import expired
 
@@ -223,6 +224,7 @@ def create_app(server: SimulatorServer) -> web.Application:
     app[STORE] = server.store
     app[AUDIT_DENIED] = frozenset(server.config.audit_log_denied_tokens)
     app.add_routes(ROUTES)
+    app.add_routes(GRAPH_ROUTES)
     app.add_routes(_routes)
     return app
 

@@ -31,6 +31,7 @@ from bridge.cortex.simulator.bodies import (
     validate,
 )
 from bridge.cortex.simulator.errors import SimError
+from bridge.cortex.simulator.graph import CatalogGraph
 
 #: Metric points older than this are answered 200 and dropped (docs/cortex-api.md, ticket CET-19691).
 METRIC_MAX_AGE = timedelta(days=183)
@@ -97,12 +98,14 @@ class SimStore:
         self.metric_definitions: dict[str, dict[str, Any]] = {}
         self.discarded_old_points = 0
         self.audit = AuditLog()
+        self.graph = CatalogGraph()
         self.clear()
 
     def clear(self) -> None:
         """Forget all writes and the request log; entities and configured metric keys remain."""
         self.requests.clear()
         self.audit.clear()
+        self.graph.clear()
         self.deploys.clear()
         self.events.clear()
         self.metric_points.clear()
@@ -353,6 +356,7 @@ class SimStore:
                 "custom_data": sum(map(len, self.custom_data.values())),
             },
             "discarded_old_points": self.discarded_old_points,
+            **self.graph.snapshot(),
         }
 
 

@@ -26,7 +26,7 @@ from bridge.sources.entity import Subject
 from bridge.sources.expressions import check_expression, search
 from bridge.sources.gitrefs import repository_from_url
 from bridge.sources.payload import Headers, text
-from bridge.sources.pipeline import Delivery, Draft, MapsToNothing
+from bridge.sources.pipeline import TIMED_KINDS, Delivery, Draft, MapsToNothing
 from bridge.sources.signatures import AuthScheme, HmacScheme, TokenScheme
 from bridge.sources.timestamps import parse_ci_timestamp
 from bridge.sources.webhooks.adapter import WebhookAdapter, WebhookSettings
@@ -38,6 +38,8 @@ _FIELDS: dict[str, frozenset[str]] = {
     "event": frozenset({"type", "title", "timestamp", "description", "url", "custom_data"}),
     "metric": frozenset({"key", "timestamp", "value"}),
     "custom_data": frozenset({"key", "value", "description"}),
+    "dependency": frozenset({"callee", "method", "path", "description", "metadata"}),
+    "docs": frozenset({"spec"}),
 }
 
 
@@ -202,7 +204,7 @@ def _document(headers: Headers, payload: Any) -> dict[str, Any]:
 def _invalid(kind: str, fields: dict[str, Any]) -> str | None:
     # Validate with placeholders for what the pipeline adds, so a rule that yields no title (an
     # elided or unexpected payload) is skipped with a reason instead of failing the delivery.
-    probe = {"timestamp": "1970-01-01T00:00:00Z"} if kind != "custom_data" else {}
+    probe: dict[str, Any] = {"timestamp": "1970-01-01T00:00:00Z"} if kind in TIMED_KINDS else {}
     probe.update(fields)
     try:
         RECORD_ADAPTER.validate_python({**probe, "kind": kind, "id": "probe", "entity": "probe",

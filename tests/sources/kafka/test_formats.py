@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bridge.config import load_settings
 from bridge.queue import DurableQueue
 from bridge.queue.poison import RAW_INPUT_KIND, RawInput
-from bridge.records import DeployRecord, EventRecord
+from bridge.records import DependencyRecord, DeployRecord, EventRecord
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.kafka.formats import (
     Decoded,
@@ -117,6 +117,27 @@ async def test_mapping_format_applies_declarative_rules_to_value_and_headers(ctx
         ("checkout-service", "BUILD_PASSED", "checkout", "ci")
     ignored = await decode(Msg(json.dumps({**value, "state": "failed"}).encode()), NOW)
     assert ignored.records == [] and ignored.dead == []
+
+
+async def test_a_service_graph_topic_becomes_dependency_records(ctx: SourceContext) -> None:
+    # A tracing pipeline's service-graph topic: Jaeger dependency links (parent, child, callCount).
+    options = {
+        "subject": {"keys": ["body.parent"]},
+        "entity": {"static": {"frontend": "checkout-service"}, "lookup": False},
+        "rules": [{"name": "edge", "when": "body.callCount > `0`", "kind": "dependency",
+                   "id": ["body.parent", "body.child"],
+                   "fields": {"callee": "body.child", "metadata": "{calls: body.callCount, via: body.source}"},
+                   "constants": {"description": "seen in traces"}}],
+    }
+    decode = build_decoder("mapping", source="graph", options=options, ctx=ctx)
+    link = {"parent": "frontend", "child": "payments-api", "callCount": 42, "source": "jaeger"}
+    [record] = (await decode(Msg(json.dumps(link).encode(), topic="service-graph"), NOW)).records
+    assert isinstance(record, DependencyRecord)
+    assert (record.entity, record.callee, record.method, record.path) == ("checkout-service", "payments-api", None, None)
+    assert record.metadata == {"calls": 42, "via": "jaeger"} and record.description == "seen in traces"
+    # a link naming no callee maps to nothing (the rule is skipped with its reason): no record
+    nothing = await decode(Msg(json.dumps({**link, "child": None}).encode(), topic="service-graph"), NOW)
+    assert nothing.records == [] and nothing.dead == []
 
 
 async def test_invalid_format_options_fail_at_startup(ctx: SourceContext) -> None:
