@@ -12,11 +12,20 @@ import difflib
 import os
 import re
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -113,6 +122,24 @@ class CortexSettings(_Section):
         description="How Cortex's audit log names the bridge's API key (its actor identifier): `cortex-bridge"
         " doctor` then checks that Cortex recorded the bridge's recent writes under it. Not a secret.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_usable(cls, value: str) -> str:
+        # The message never repeats the value: it may hold a password.
+        try:
+            parts = urllib.parse.urlsplit(value.strip().strip("'\""))
+            has_credentials = parts.username is not None or parts.password is not None
+            host = parts.hostname
+            parts.port  # noqa: B018 (raises for a port that is not a number)
+        except ValueError:
+            raise ValueError("not a URL (expected e.g. https://api.getcortexapp.com)") from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://api.getcortexapp.com")
+        if has_credentials:
+            raise ValueError("must not contain user:password@: Cortex authenticates with cortex.token or "
+                             "cortex.token_file")
+        return value
 
     @model_validator(mode="after")
     def _settle_after_timeout(self) -> CortexSettings:

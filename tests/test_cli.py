@@ -58,7 +58,7 @@ def test_check_config_validates_and_never_prints_secrets(tmp_path: Path) -> None
     secret_file = tmp_path / "token"
     secret_file.write_text("eyJhbGciOiJIUzI1NiJ9.c3VwZXItc2VjcmV0.sig\n")
     good = tmp_path / "good.yaml"
-    good.write_text(f"cortex:\n  url: https://bridge-user:pa55word-in-url@cortex.example.com/api\n"
+    good.write_text(f"cortex:\n  url: https://cortex.example.com/api\n"
                     f"  token_file: {secret_file}\ningest:\n  token: hunter2-ingest\n")
     env = {"BRIDGE_CORTEX__RATE_LIMIT_PER_MINUTE": "500", "PATH": "/usr/bin:/bin"}
     result = cli("--config", str(good), "check-config", env=env)
@@ -67,8 +67,26 @@ def test_check_config_validates_and_never_prints_secrets(tmp_path: Path) -> None
     assert shown["cortex"]["rate_limit_per_minute"] == 500  # the environment overrides the file
     assert "hunter2" not in result.stdout + result.stderr
     assert "c3VwZXItc2VjcmV0" not in result.stdout + result.stderr
-    assert "pa55word-in-url" not in result.stdout + result.stderr and "bridge-user" not in result.stdout
-    assert shown["cortex"]["url"] == "https://***@cortex.example.com/api"
+    assert shown["cortex"]["url"] == "https://cortex.example.com/api"
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://bridge-user:pa55word-in-url@cortex.example.com/api", "must not contain user:password@"),
+    ("https://:pa55word-in-url@cortex.example.com", "must not contain user:password@"),
+    ("cortex.example.com/pa55word-in-url", "must be an http:// or https:// URL with a host"),
+    ("https://cortex.example.com:pa55word-in-url/", "not a URL"),
+    ("ftp://cortex.example.com/pa55word-in-url", "must be an http:// or https:// URL"),
+])
+def test_an_unusable_cortex_url_is_refused_without_repeating_it(tmp_path: Path, url: str, reason: str) -> None:
+    # A URL with credentials can never work (Cortex takes a bearer token, and one request cannot
+    # carry both): refused at check-config and start, and the password never shown.
+    config = tmp_path / "bridge.yaml"
+    config.write_text(json.dumps({"cortex": {"url": url, "token": "t"}, "ingest": {"allow_unauthenticated": True}}))
+    for command in ("check-config", "run"):
+        result = cli("--config", str(config), command)
+        assert result.returncode == 2, result.stderr
+        assert f"cortex.url: {reason}" in result.stderr and "Traceback" not in result.stderr
+        assert "pa55word" not in result.stdout + result.stderr
 
 
 def test_ingest_without_credentials_fails_check_config(tmp_path: Path) -> None:

@@ -186,13 +186,12 @@ async def test_without_a_queue_and_with_cortex_down(tmp_path: Path) -> None:
     async with SimulatorServer(sim_config()) as down:
         url = down.url
     setup = CommandSetup("sqlite", {"path": str(tmp_path / "missing.db")}, sqlite_opener(tmp_path / "x.db"), tmp_path)
-    for cortex_url, why in ((url, "did not answer"), (url.replace("http://", "http://user:pw@"), "cannot be asked")):
-        config = tmp_path / "bridge.yaml"
-        config.write_text(json.dumps({"cortex": {"url": cortex_url, "token": TOKEN},
-                                      "ingest": {"allow_unauthenticated": True}, "queue": setup.queue}))
-        result = await setup.run(config, "doctor")
-        assert result.returncode == 1, result.stderr
-        assert row(result.stdout, "token").startswith("FAIL Cortex at http://") and why in row(result.stdout, "token")
-        assert row(result.stdout, "queue").startswith("FAIL cannot open the queue: no queue database at")
-        assert ":pw@" not in result.stdout + result.stderr
-        no_secret(result.stdout, result.stderr)
+    config = tmp_path / "bridge.yaml"
+    config.write_text(json.dumps({"cortex": {"url": url, "token": TOKEN},
+                                  "ingest": {"allow_unauthenticated": True}, "queue": setup.queue}))
+    result = await setup.run(config, "doctor")
+    assert result.returncode == 1, result.stderr
+    assert row(result.stdout, "token").startswith("FAIL Cortex at http://")
+    assert "did not answer" in row(result.stdout, "token")
+    assert row(result.stdout, "queue").startswith("FAIL cannot open the queue: no queue database at")
+    no_secret(result.stdout, result.stderr)
