@@ -69,7 +69,8 @@ def _fields(item: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
     """A record object as the model validates it: its content-derived id, the bridge's provenance."""
     fields = {k: v for k, v in item.items() if k != "provenance"}
     if "id" not in fields:
-        if fields.get("kind") in _RESTATED_KINDS:
+        kind = fields.get("kind")
+        if isinstance(kind, str) and kind in _RESTATED_KINDS:  # any JSON may stand here: validation says why
             fields["id"] = record_id("native", fields, provenance["received_at"])
         else:
             fields["id"] = record_id("native", fields)

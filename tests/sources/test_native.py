@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bridge.cortex.simulator import SimulatorServer
+from bridge.sources.native import RecordErrors, parse_native
 from tests.support.cortex import BridgeFactory, post_records, sim_state, wait_until
 from tests.support.queue_file import queue_pragma
 from tests.support.records import event
@@ -157,3 +159,11 @@ async def test_setting_a_value_back_is_a_new_record_and_cortex_ends_with_it(sim:
 async def _custom_value(sim: SimulatorServer, entity: str, key: str, value: Any) -> bool:
     stored = (await sim_state(sim))["custom_data"].get(entity, {})
     return bool(stored.get(key, {}).get("value") == value)
+
+
+@pytest.mark.parametrize("kind", [[], {}, None, 3, ["custom_data"], {"custom_data": 1}])
+def test_a_kind_of_any_json_type_is_a_validation_error(kind: Any) -> None:
+    # found by the fuzz test: an unhashable kind once raised TypeError (a 500) before validation
+    with pytest.raises(RecordErrors) as caught:
+        parse_native({"kind": kind, "entity": "inventory", "key": "k", "value": 1}, source="native")
+    assert caught.value.errors[0]["index"] == 0
