@@ -76,7 +76,7 @@ class Bridge:
         client = client_from_settings(cortex, budget_from_settings(cortex, spend_log))
         # A replica that becomes the sender counts what its predecessor spent in the quota window.
         queue.on_sender_takeover(client.bucket.reload)
-        sender = Sender(queue, client, settings.cortex, settings.retry)
+        sender = Sender(queue, client, settings.cortex, settings.retry, settings.dependencies)
         bridge = cls(settings, queue, client, sender, [],
                      body_budget=BodyBudget(settings.http.unauthenticated_body_bytes))
         ctx = SourceContext(

@@ -276,6 +276,18 @@ class DrainSettings(_Section):
     deadline_seconds: float = Field(25.0, gt=0, description="On SIGTERM, exit within this many seconds.")
 
 
+class DependencySettings(_Section):
+    reconcile_after_seconds: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Per source name (`native` for POST /v1/records): remove a dependency the bridge created from"
+        " that source once the source has not reported it for this many seconds (Delete dependencies in bulk)."
+        " Edges the bridge did not create, or created from a source not named here, are never deleted."
+        " Empty: nothing is ever deleted.",
+    )
+    reconcile_interval_seconds: float = Field(
+        300.0, gt=0, description="How often edges past their reconcile_after_seconds are looked for.")
+
+
 class Settings(BaseSettings):
     """All settings of the bridge."""
 
@@ -291,6 +303,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     drain: DrainSettings = Field(default_factory=DrainSettings)
+    dependencies: DependencySettings = Field(default_factory=DependencySettings)
     sources: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Source adapters (webhooks, kafka, kubernetes); each has `name` and `type`.",
@@ -311,6 +324,15 @@ class Settings(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _reconciled_sources_exist(self) -> Settings:
+        known = {str(s.get("name")) for s in self.sources} | {"native"}
+        unknown = sorted(set(self.dependencies.reconcile_after_seconds) - known)
+        if unknown:
+            raise ValueError(f"dependencies.reconcile_after_seconds: no source named {', '.join(unknown)}"
+                             f" (sources: {', '.join(sorted(known))})")
         return self
 
     @classmethod

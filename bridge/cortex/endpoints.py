@@ -157,6 +157,21 @@ def put_dependencies(items: Sequence[DependencyRecord]) -> WriteRequest:
     return WriteRequest("PUT", "/api/v1/catalog/dependencies", "dependencies.bulk", {"values": values})
 
 
+#: A dependency as Cortex keys it: (caller, callee, method, path).
+Edge = tuple[str, str, str | None, str | None]
+
+
+def delete_dependencies(edges: Sequence[Edge]) -> WriteRequest:
+    """Remove these dependencies (*Delete dependencies in bulk*: the upsert's body, keys only)."""
+    values: dict[str, list[dict[str, Any]]] = {}
+    for caller, callee, method, path in edges:
+        item: dict[str, Any] = {"tag": callee}
+        if method is not None and path is not None:
+            item.update(method=method, path=path)
+        values.setdefault(caller, []).append(item)
+    return WriteRequest("DELETE", "/api/v1/catalog/dependencies", "dependencies.delete", {"values": values})
+
+
 def put_openapi_docs(record: DocsRecord) -> WriteRequest:
     """Replace an entity's OpenAPI docs (*Update OpenAPI docs for entity*): the spec as JSON text."""
     return WriteRequest("PUT", f"/api/v1/catalog/{_segment(record.entity)}/documentation/openapi",

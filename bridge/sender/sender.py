@@ -12,19 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import structlog
 
 from bridge import metrics
-from bridge.config import CortexSettings, RetrySettings
+from bridge.config import CortexSettings, DependencySettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
 from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, DEPENDENCIES_PER_REQUEST, METRIC_POINTS_PER_REQUEST
 from bridge.queue import BatchPolicy, QueueBackend, QueuedRecord
 from bridge.sender.dispositions import Dispositions
 from bridge.sender.docs_order import DOCS_CLAIM_BYTES, DOCS_PER_CLAIM, DocsOrder
-from bridge.sender.outcomes import Outcome, Verdict, classify_failure, classify_response
+from bridge.sender.edges import EdgeLedger
+from bridge.sender.outcomes import AuthState, Outcome, Verdict, classify_failure, classify_response
 from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import BatchRequest, build_request
 
@@ -46,27 +47,19 @@ POLICY = BatchPolicy(
 )
 
 
-@dataclass
-class AuthState:
-    """Cortex rejected the token (401/403): sending stops until a re-check succeeds."""
-
-    failed: bool = False
-    status: int = 0
-    message: str = ""
-
-
 class Sender:
     """Delivers queued records to Cortex; start with :meth:`start`, stop with :meth:`stop`."""
 
-    def __init__(
-        self, queue: QueueBackend, client: CortexClient, cortex: CortexSettings, retry: RetrySettings
-    ) -> None:
+    def __init__(self, queue: QueueBackend, client: CortexClient, cortex: CortexSettings, retry: RetrySettings,
+                 dependencies: DependencySettings | None = None) -> None:
         self.queue = queue
         self.client = client
         self.cortex = cortex
         self.retry = retry
         self.dispositions = Dispositions(queue, retry)
         self.docs = DocsOrder(queue)
+        self.edges = EdgeLedger(queue, client, dependencies) if dependencies and dependencies.reconcile_after_seconds \
+            else None
         self.policy = replace(POLICY, kind_weights={str(kind): weight for kind, weight in cortex.priority_weights.items()})
         self.auth = AuthState()
         self._auth_ok = asyncio.Event()
@@ -107,6 +100,9 @@ class Sender:
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
         self._tasks.append(asyncio.create_task(self._auth_loop(), name="auth-recheck"))
         self._tasks.append(asyncio.create_task(self._unrecorded_loop(), name="unrecorded-outcomes"))
+        if self.edges is not None:
+            self._tasks.append(asyncio.create_task(self.edges.run(lambda: self._stopping, self.queue.may_send),
+                                                   name="dependency-reconcile"))
 
     async def stop(self, deadline: float = 10.0) -> None:
         """Stop claiming; let in-flight requests finish within ``deadline`` seconds.
@@ -268,6 +264,8 @@ class Sender:
                 await self.dispositions.delivered(delivered, verdict.cortex_uuid)
                 if delivered[0].record.kind == "docs":
                     await self.docs.delivered(delivered[0].record.entity, max(q.seq for q in delivered))
+                elif delivered[0].record.kind == "dependency" and self.edges is not None:
+                    await self.edges.reported(delivered)
             not_found = [q for q in batch if q.record.entity in missing]
             if not_found:
                 await self.dispositions.not_found(not_found, f"entity not found in Cortex: {sorted(missing)}")

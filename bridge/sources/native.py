@@ -25,16 +25,12 @@ from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, utc_no
 from bridge.secrets import SecretUnavailable
 from bridge.sources.admit import admit, error_response
 from bridge.sources.edge import BodyBudget, BodyRefused, read_body
+from bridge.sources.pipeline import RESTATED_KINDS
 from bridge.sources.signatures import TokenScheme
 
 log = structlog.get_logger("bridge.ingest")
 
 MAX_RECORDS_PER_REQUEST = 10_000
-
-#: Kinds whose newest record replaces the previous value in Cortex (a PUT): a repeat is a
-#: restatement, so it must not be deduplicated against an older record with the same content.
-#: Resending one is harmless; retries of one request still dedupe by ``Idempotency-Key``.
-_RESTATED_KINDS = frozenset({"custom_data", "dependency", "docs"})
 
 
 class RecordErrors(Exception):
@@ -70,7 +66,7 @@ def _fields(item: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
     fields = {k: v for k, v in item.items() if k != "provenance"}
     if "id" not in fields:
         kind = fields.get("kind")
-        if isinstance(kind, str) and kind in _RESTATED_KINDS:  # any JSON may stand here: validation says why
+        if isinstance(kind, str) and kind in RESTATED_KINDS:  # any JSON may stand here: validation says why
             fields["id"] = record_id("native", fields, provenance["received_at"])
         else:
             fields["id"] = record_id("native", fields)

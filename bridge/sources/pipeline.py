@@ -240,8 +240,17 @@ class InputPipeline:
 #: Kinds that say when they happened (custom data, dependencies and docs are state, not events).
 TIMED_KINDS = frozenset({"deploy", "event", "metric"})
 
+#: Kinds whose newest record replaces the previous value in Cortex (a PUT). A repeat of one is a
+#: restatement: its id includes when it was received, so it is not deduplicated against an older
+#: record of the same content (A, B, then A again must end with A; a dependency still reported
+#: must look reported). Resending one is harmless; a redelivered input still dedupes by its
+#: delivery id.
+RESTATED_KINDS = frozenset({"custom_data", "dependency", "docs"})
+
 
 def _record(draft: Draft, rid: str, tag: str, provenance: dict[str, Any]) -> Record:
+    if draft.kind in RESTATED_KINDS:
+        rid = record_id(rid, provenance["received_at"])
     fields = {**draft.fields, "kind": draft.kind, "id": rid, "entity": tag, "provenance": provenance}
     if draft.kind in TIMED_KINDS and fields.get("timestamp") is None:
         # An input that carries no time of its own happened when it was delivered.

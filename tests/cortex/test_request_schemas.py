@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft4Validator
 
+from bridge.cortex.endpoints import delete_dependencies
 from bridge.queue import QueuedRecord
 from bridge.records import RECORD_ADAPTER, Record
 from bridge.sender.requests import build_request
@@ -127,3 +128,12 @@ def test_only_the_newest_document_of_a_batch_is_sent() -> None:
     assert json.loads(request.write.body["spec"])["info"]["title"] == "v2"
     assert [q.seq for q in request.superseded] == [0, 1]
     assert [q.seq for q in request.entities["svc"]] == [2]
+
+
+def test_the_dependency_delete_body_validates_against_the_official_schema() -> None:
+    request = delete_dependencies([("svc", "db", None, None), ("svc", "api", "GET", "/x"), ("web", "svc", None, None)])
+    assert (request.method, request.path) == ("DELETE", "/api/v1/catalog/dependencies")
+    assert request.body == {"values": {"svc": [{"tag": "db"}, {"tag": "api", "method": "GET", "path": "/x"}],
+                                       "web": [{"tag": "svc"}]}}
+    errors = list(_validator(CURRENT, "/api/v1/catalog/dependencies", "delete").iter_errors(request.body))
+    assert not errors, [e.message for e in errors]
