@@ -7,16 +7,12 @@ which is how Kubernetes mounts them.
 
 from __future__ import annotations
 
-import contextvars
-import difflib
 import os
 import re
-import typing
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,13 +28,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bridge.config_file import CONFIG_FILE, YamlFileSource, describe_errors
+from bridge.config_file import ConfigError as ConfigError  # raised by every module that reads settings
 from bridge.secrets import SecretSet
-
-_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_file", default=None)
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line, fit for an operator."""
 
 
 class _Section(BaseModel):
@@ -344,71 +336,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlFileSource(settings_cls))
-
-
-class _YamlFileSource(PydanticBaseSettingsSource):
-    """The YAML config file, lowest priority."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = _CONFIG_FILE.get()
-        if path is None:
-            return {}
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None)
-            context = getattr(exc, "context", None)
-            context_mark = getattr(exc, "context_mark", None)
-            if context and context_mark is not None:
-                context = f"{context} (opened at line {context_mark.line + 1})"
-            reason = ", ".join(str(r) for r in (context, problem) if r) or str(exc).splitlines()[0]
-            raise ConfigError(f"config file {path} is not valid YAML{where}: {reason}") from exc
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        return data
-
-
-def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the model at ``loc`` (the path to an unknown key) accepts, or ``[]`` if not a model."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
-        if field is None:
-            return []
-        current = field.annotation
-        # ``Section | None`` and ``list[Section]``: the model inside
-        for inner in typing.get_args(current) or ():
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                current = inner
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
-    """One line per problem of ``exc`` (all of them), an unknown key with the closest known one."""
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            known = _known_keys(model, tuple(err["loc"]))
-            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
-            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
-        problems.append(f"{loc}: {msg}" if loc else msg)
-    return problems
+        return (init_settings, env_settings, YamlFileSource(settings_cls))
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
@@ -418,10 +346,10 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     """
     if path is None and os.environ.get("BRIDGE_CONFIG"):
         path = os.environ["BRIDGE_CONFIG"]
-    token = _CONFIG_FILE.set(Path(path) if path is not None else None)
+    token = CONFIG_FILE.set(Path(path) if path is not None else None)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError("invalid configuration: " + "; ".join(describe_errors(exc, Settings))) from None
     finally:
-        _CONFIG_FILE.reset(token)
+        CONFIG_FILE.reset(token)

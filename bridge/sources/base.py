@@ -17,7 +17,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from bridge.config import Settings, describe_errors
+from bridge.config import Settings
+from bridge.config_file import describe_errors
 from bridge.queue import QueueBackend
 from bridge.sources.edge import BodyBudget
 
