@@ -78,6 +78,9 @@ class QueueBackend(Protocol):
     async def next_due_at(self) -> float | None:
         """When the earliest ready record becomes due."""
 
+    async def newest_in_lane(self, lane: str) -> int | None:
+        """The highest seq among the undelivered records of ``lane`` (any state), if any."""
+
     async def ambiguous(self, limit: int = 1000, *, settled_by: float | None = None) -> list[QueuedRecord]:
         """Records whose outcome is unknown, oldest first."""
 

@@ -165,6 +165,14 @@ class Claims(QueueCore):
         """When the earliest READY record becomes due (None when there is none)."""
         return await self._run(self._earliest_sync, State.READY)
 
+    async def newest_in_lane(self, lane: str) -> int | None:
+        """The highest seq among the undelivered records of ``lane`` (any state)."""
+        return await self._run(self._newest_in_lane_sync, lane)
+
+    def _newest_in_lane_sync(self, lane: str) -> int | None:
+        row = self.conn.execute("SELECT MAX(seq) FROM records WHERE lane = ?", (lane,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def _earliest_sync(self, state: State) -> float | None:
         """The earliest ``next_attempt_at`` of records in ``state`` (for AMBIGUOUS: settle time)."""
         row = self.conn.execute(

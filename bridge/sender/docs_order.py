@@ -2,9 +2,10 @@
 
 A claim takes a lane's due records, and a document that failed once is due again only after its
 backoff: a newer document of the same entity can be claimed, and delivered, first. Sending the
-older one then would leave Cortex with a stale spec. So the seq of the newest document delivered
-per entity is kept in the queue's durable key/value state, and a document older than that is
-settled as superseded without a request. One entity's documents are sent one at a time (a lock
+older one then would leave Cortex with a stale spec, and sending it before the newer one spends a
+request on a document about to be replaced. So the seq of the newest document delivered per
+entity is kept in the queue's durable key/value state, and a document older than that, or than
+one still queued for the entity, is settled as superseded without a request. One entity's documents are sent one at a time (a lock
 per entity), so two workers cannot race each other to Cortex either.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from bridge.queue import QueueBackend, QueuedRecord
+from bridge.records import lane_of
 
 #: Documents of one entity claimed together: only the newest of them is sent. A claim of
 #: several MB is read into memory, so a long backlog of one entity is taken in a few claims.
@@ -34,9 +36,14 @@ class DocsOrder:
         return self._locks.setdefault(entity, asyncio.Lock())
 
     async def superseded(self, batch: list[QueuedRecord]) -> bool:
-        """Whether a newer document of the batch's entity was delivered already."""
-        newest = await self._delivered_seq(batch[0].record.entity)
-        return newest is not None and newest > max(q.seq for q in batch)
+        """Whether a newer document of the batch's entity was delivered already, or waits in the
+        queue (backing off after a failure, while this older one came due first)."""
+        seq = max(q.seq for q in batch)
+        delivered = await self._delivered_seq(batch[0].record.entity)
+        if delivered is not None and delivered > seq:
+            return True
+        queued = await self.queue.newest_in_lane(lane_of(batch[0].record))
+        return queued is not None and queued > seq
 
     async def delivered(self, entity: str, seq: int) -> None:
         """Cortex stored the document ``seq`` of ``entity``."""

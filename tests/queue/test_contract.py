@@ -316,3 +316,20 @@ async def test_spend_log_records_at_the_clock_and_expires_when_asked(backend: Op
     await queue.record_spends(1, clock=lambda: 300.0, expiry=lambda stamp: stamp - 150.0)
     assert await queue.load_spends(0.0) == [200.0, 300.0]
     await queue.close()
+
+
+async def test_newest_in_lane_sees_every_undelivered_state(backend: Opener) -> None:
+    queue = await backend()
+    lane = lane_of(points(1)[0])
+    assert await queue.newest_in_lane(lane) is None
+    await queue.append(points(1, 2, 3))
+    claimed = await queue.claim(BatchPolicy(max_items={"metric": 3}), now=time.time() + 1)
+    seqs = sorted(q.seq for q in claimed)
+    assert len(seqs) == 3
+    await queue.append(events(9))  # another lane, a higher seq: not counted
+    assert await queue.newest_in_lane(lane) == seqs[2]  # claimed records are undelivered too
+    await queue.mark_delivered([(seqs[2], None)])
+    assert await queue.newest_in_lane(lane) == seqs[1]
+    await queue.mark_delivered([(seqs[0], None), (seqs[1], None)])
+    assert await queue.newest_in_lane(lane) is None
+    await queue.close()

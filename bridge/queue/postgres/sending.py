@@ -140,6 +140,16 @@ class PgSending(PgCore):
         """When the earliest READY record becomes due (None when there is none, or not the sender)."""
         return await self._earliest(State.READY)
 
+    async def newest_in_lane(self, lane: str) -> int | None:
+        """The highest seq among the undelivered records of ``lane`` (any state)."""
+
+        async def read(conn: AsyncConnection[Any]) -> int | None:
+            cur = await conn.execute("SELECT MAX(seq) FROM records WHERE lane = %s", (lane,))
+            row = await cur.fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._tx(read)
+
     async def _earliest(self, state: State) -> float | None:
         if not await self.may_send():
             return None
