@@ -168,7 +168,7 @@ async def keep_dead_letters(queue: QueueBackend, dead: Sequence[DeadLetters], *,
             return NotAdmitted(503, _UNAVAILABLE, retry=True)
         except UnstorableRecord as exc:
             return _unstorable(exc)
-        log.warning("webhook_dead_lettered", source=source, reason=group.reason, detail=group.detail,
+        log.warning("input_dead_lettered", source=source, reason=group.reason, detail=group.detail,
                     records=len(group.records))
     return None
 

@@ -187,12 +187,12 @@ class InputPipeline:
             return Refused(exc.kind, str(exc))
         except QueueError as exc:
             # An adapter that keeps state (CDEvents pipeline starts) could not reach the queue.
-            log.warning("webhook_state_unavailable", source=self.source, error=str(exc))
+            log.warning("input_state_unavailable", source=self.source, error=str(exc))
             return Refused(RefusalKind.UNAVAILABLE, "the bridge cannot store input right now; retry later")
         except Exception as exc:
             # A payload shape the adapter did not foresee must not become a 500 (senders retry
             # 5xx forever and disable the hook) or stall a partition; the traceback is logged for a fix.
-            log.exception("webhook_mapping_failed", source=self.source, error=str(exc))
+            log.exception("input_mapping_failed", source=self.source, error=str(exc))
             return Refused(RefusalKind.UNMAPPABLE, f"payload could not be mapped: {type(exc).__name__}")
         if not drafts:
             return Ignored("no-records: the payload maps to nothing")
@@ -232,7 +232,7 @@ class InputPipeline:
             try:
                 records = await self.lineage.enrich(records, delivery.facts)
             except QueueError as exc:
-                log.warning("webhook_state_unavailable", source=self.source, error=str(exc))
+                log.warning("input_state_unavailable", source=self.source, error=str(exc))
                 return Refused(RefusalKind.UNAVAILABLE, "the bridge cannot store input right now; retry later")
         return Mapped(records, delivery_id, [DeadLetters(rs, r, d) for (r, d), rs in dead.items()])
 

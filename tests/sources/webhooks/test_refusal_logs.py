@@ -159,3 +159,18 @@ async def test_no_wrong_token_or_body_ever_reaches_a_log_line(gitlab: tuple[Runn
     assert line["delivery_id"] == "d-1"
     logged = json.dumps(events)
     assert token not in logged and SECRET not in logged and BODY_MARKER not in logged
+
+
+async def test_input_kept_as_a_dead_letter_is_one_warning_named_for_any_transport(start_bridge: StartBridge) -> None:
+    # "input_", not "webhook_": the same pipeline logs it for native records and Kafka messages.
+    name = unique("mapped")
+    running = await start_bridge({
+        "name": name, "type": "mapping", "allow_unauthenticated": True, "subject": {"keys": ["body.service"]},
+        "entity": {"lookup": False},
+        "rules": [{"name": "build", "when": "body.ok", "kind": "event", "id": ["body.n"],
+                   "fields": {"title": "body.service"}, "constants": {"type": "BUILD"}}]})
+    with structlog.testing.capture_logs() as events:
+        status, answer = await running.post(name, json.dumps({"service": "nowhere", "ok": True, "n": 1}).encode())
+    assert status == 202 and answer["dead_lettered"] == 1, answer
+    (line,) = [e for e in events if e["event"] == "input_dead_lettered"]
+    assert (line["source"], line["reason"], line["log_level"]) == (name, "entity-unresolved", "warning")
