@@ -134,14 +134,17 @@ def test_only_the_newest_document_of_a_batch_is_sent() -> None:
                                             ("/api/v1/catalog/{tagOrId}/custom-events/{uuid}", "event")])
 def test_update_by_uuid_bodies_validate_against_official_schema(path: str, kind: str) -> None:
     """The PUT of a coalesced deploy (and of an event) takes the same body as its POST."""
-    fields = CASES[0][3][0] if kind == "deploy" else CASES[2][3][0]
+    fields: dict[str, Any] = {"kind": kind, "entity": "svc", "title": "Deploy", "timestamp": "2026-01-01T00:00:00Z",
+                              "url": "https://ci/1", "customData": {"n": 678}}
+    fields |= {"sha": "9f1c", "environment": "prod", "deployer": {"name": "a"}} if kind == "deploy" else {
+        "type": "ALERT", "description": "d"}
     (queued,) = _queued([fields])
     assert isinstance(queued.record, DeployRecord | EventRecord)
     body = deploy_or_event_body(queued.record)
     body["customData"]["sources"] = [{"source": "github", "id": "r0"}, {"source": "argocd", "id": "r1"}]
-    write = (update_deploy if kind == "deploy" else update_event)("svc/a", "0b8e4f6e-5d1a-4c1e-9f5e-2a7d3c9b8e11", body)
+    write = (update_deploy if kind == "deploy" else update_event)("svc a", "0b8e4f6e-5d1a-4c1e-9f5e-2a7d3c9b8e11", body)
     suffix = "deploys" if kind == "deploy" else "custom-events"
-    assert (write.method, write.path) == ("PUT", f"/api/v1/catalog/svc%2Fa/{suffix}/0b8e4f6e-5d1a-4c1e-9f5e-2a7d3c9b8e11")
+    assert (write.method, write.path) == ("PUT", f"/api/v1/catalog/svc%20a/{suffix}/0b8e4f6e-5d1a-4c1e-9f5e-2a7d3c9b8e11")
     errors = list(_validator(CURRENT, path, "put").iter_errors(write.body))
     assert not errors, [e.message for e in errors]
     del body["title"]
