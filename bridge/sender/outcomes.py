@@ -93,3 +93,12 @@ def classify_failure(exc: NotSent | Ambiguous, *, resend_is_harmless: bool) -> V
     if isinstance(exc, Ambiguous) and not resend_is_harmless:
         return Verdict(Outcome.AMBIGUOUS, str(exc))
     return Verdict(Outcome.RETRY, str(exc))
+
+
+@dataclass
+class AuthState:
+    """Cortex rejected the token (401/403): sending stops until a re-check succeeds."""
+
+    failed: bool = False
+    status: int = 0
+    message: str = ""

@@ -12,19 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import structlog
 
 from bridge import metrics
-from bridge.config import CortexSettings, RetrySettings
+from bridge.config import CortexSettings, DeploySettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
 from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, DEPENDENCIES_PER_REQUEST, METRIC_POINTS_PER_REQUEST
 from bridge.queue import BatchPolicy, QueueBackend, QueuedRecord
+from bridge.sender.coalesce import Coalescer
 from bridge.sender.dispositions import Dispositions
 from bridge.sender.docs_order import DOCS_CLAIM_BYTES, DOCS_PER_CLAIM, DocsOrder
-from bridge.sender.outcomes import Outcome, Verdict, classify_failure, classify_response
+from bridge.sender.outcomes import AuthState, Outcome, Verdict, classify_failure, classify_response
 from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import BatchRequest, build_request
 
@@ -46,22 +47,14 @@ POLICY = BatchPolicy(
 )
 
 
-@dataclass
-class AuthState:
-    """Cortex rejected the token (401/403): sending stops until a re-check succeeds."""
-
-    failed: bool = False
-    status: int = 0
-    message: str = ""
-
-
 class Sender:
     """Delivers queued records to Cortex; start with :meth:`start`, stop with :meth:`stop`."""
 
-    def __init__(
-        self, queue: QueueBackend, client: CortexClient, cortex: CortexSettings, retry: RetrySettings
-    ) -> None:
+    def __init__(self, queue: QueueBackend, client: CortexClient, cortex: CortexSettings, retry: RetrySettings,
+                 deploys: DeploySettings | None = None) -> None:
         self.queue = queue
+        #: deploy reports coalesced into one Cortex deploy (bridge/sender/coalesce.py)
+        self.coalescer = Coalescer(queue, deploys.timestamp) if deploys is not None and deploys.coalesce else None
         self.client = client
         self.cortex = cortex
         self.retry = retry
@@ -81,8 +74,8 @@ class Sender:
         self._unrecorded: list[list[QueuedRecord]] = []
         self._wakers: set[asyncio.Task[None]] = set()
         queue.on_ready(self.notify)
-        # A replica that takes the sending over inherits its predecessor's in-flight requests as
-        # ambiguous: the read-back loop must look again, not wait for an ambiguity of its own.
+        # A replica that takes the sending over inherits its predecessor's in-flight requests as ambiguous:
+        # the read-back loop must look again, not wait for an ambiguity of its own.
         queue.on_sender_takeover(self._ambiguous_pending.set)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -246,14 +239,22 @@ class Sender:
             await self._send_batch(batch, permit)
 
     async def _send_batch(self, batch: list[QueuedRecord], permit: Permit) -> None:
-        request = build_request(batch)
-        kind = batch[0].record.kind
+        if batch[0].record.kind != "deploy" or self.coalescer is None:
+            return await self._write(build_request(batch), permit, batch[0].record.kind in IDEMPOTENT_KINDS)
+        async with self.coalescer.turn(batch[0]) as planned:
+            if planned.write is None:
+                permit.cancel()
+                return await self.coalescer.wait(batch[0])
+            await self._write(BatchRequest(planned.write, {batch[0].record.entity: batch}, []), permit,
+                              planned.idempotent)
+
+    async def _write(self, request: BatchRequest, permit: Permit, idempotent: bool) -> None:
         try:
             response = await self.client.write(request.write, permit=permit)
         except (NotSent, Ambiguous) as exc:
-            verdict = classify_failure(exc, resend_is_harmless=kind in IDEMPOTENT_KINDS)
+            verdict = classify_failure(exc, resend_is_harmless=idempotent)
         else:
-            verdict = classify_response(response, kind)
+            verdict = classify_response(response, request.records[0].record.kind)
         await self._apply(request, verdict)
 
     async def _apply(self, request: BatchRequest, verdict: Verdict) -> None:
