@@ -18,8 +18,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator import SimulatorServer
-from tests.support.cortex import post_records, sim_requests
+from bridge.cortex.simulator import SimFaults, SimulatorServer
+from tests.support.cortex import post_records, sim_requests, wait_until
 from tests.support.webhooks import (
     SECRET,
     SIM_TOKEN,
@@ -94,7 +94,8 @@ async def start(cortex: SimulatorServer, queue_settings: dict[str, Any]) -> Asyn
 
     async def _start(**deploys: Any) -> Running:
         settings = load_settings(
-            None, cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5},
+            None, cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5, "request_timeout_seconds": 2,
+                          "reconcile_settle_seconds": 2.5},
             queue=queue_settings, retry={"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
             http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
             log={"level": "warning"}, ingest={"allow_unauthenticated": True},
@@ -203,3 +204,38 @@ async def test_coalescing_off_posts_every_report(start: Start) -> None:
     await report_argocd(running)
     await report_rollout(running)
     assert len((await running.settled())["deploys"][ENTITY]) == 3
+
+
+async def test_a_dead_lettered_first_report_leaves_the_next_to_create(start: Start) -> None:
+    running = await start()
+    running.cortex.config.faults = SimFaults(reject_bodies_containing="Codertocat/Hello-World/deployments")
+    await report_github(running)  # its URL is refused: 400, dead-lettered
+    await running.settled()
+    assert await running.bridge.queue.dead_counts_by_kind() == {"deploy": 1}
+    running.cortex.config.faults = SimFaults()
+    await report_argocd(running)
+    await report_rollout(running)
+    [deploy] = (await running.settled())["deploys"][ENTITY]
+    assert sorted(s["source"] for s in deploy["customData"]["sources"]) == ["argocd", "native"]
+    assert deploy_writes(await sim_requests(running.cortex)).count("POST") == 2  # the refused one, then argocd's
+
+
+async def test_an_unanswered_put_is_repeated_and_an_unanswered_post_read_back(start: Start) -> None:
+    running = await start()
+    running.cortex.config.faults = SimFaults(drop_after_commit_every=1)
+    await report_github(running)  # the POST is stored, its answer lost: read back for the uuid
+    await report_argocd(running)  # waits, queued, until the read-back named the uuid
+    await wait_until(lambda: _lost(running, "POST"))
+    running.cortex.config.faults = SimFaults()
+    await running.settled(timeout=20)
+    running.cortex.config.faults = SimFaults(drop_after_commit_every=1)
+    await report_rollout(running)  # the PUT is stored, its answer lost: simply repeated
+    await wait_until(lambda: _lost(running, "PUT"))
+    running.cortex.config.faults = SimFaults()
+    [deploy] = (await running.settled(timeout=20))["deploys"][ENTITY]
+    assert sorted(s["source"] for s in deploy["customData"]["sources"]) == ["argocd", "github", "native"]
+    assert deploy_writes(await sim_requests(running.cortex)).count("POST") == 1
+
+
+async def _lost(running: Running, method: str) -> bool:
+    return any(e["method"] == method and e["status"] == 0 for e in await sim_requests(running.cortex))
