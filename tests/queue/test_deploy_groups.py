@@ -34,8 +34,8 @@ def report(source: str, n: int, *, sha: str = "ABC123", environment: str = "prod
     return record
 
 
-async def opened(backend: Opener) -> QueueBackend:
-    queue = await backend()
+async def opened(backend: Opener, **options: Any) -> QueueBackend:
+    queue = await backend(**options)
     queue.deploy_policy = POLICY
     return queue
 
@@ -120,3 +120,16 @@ async def test_replicas_appending_one_new_deploy_at_once_create_it_once(pg_dsn: 
     assert sorted(m.id for m in group.members) == sorted(r.id for r in reports)
     for queue in replicas:
         await queue.close()
+
+
+async def test_groups_older_than_the_history_are_forgotten(backend: Opener) -> None:
+    queue = await opened(backend, history_seconds=0.2)
+    first, second = report("github", 1), report("k8s", 2)
+    await queue.append([first])
+    await asyncio.sleep(0.3)
+    assert await queue.prune_history() >= 1
+    assert await queue.deploy_group(first.id) is None
+    await queue.append([second])  # the old group is gone: a deploy of its own
+    group = await queue.deploy_group(second.id)
+    assert group is not None and group.creator_id == second.id
+    await queue.close()
