@@ -4,9 +4,9 @@ A deploy's identity is (entity, environment, change): the change is its commit s
 sorted image references of ``customData.images`` (container -> image, as the Kubernetes source
 sets it) or ``customData.image``. At append time, in the same transaction as the records (so it
 survives restarts, and on PostgreSQL two replicas cannot both create), each report either
-creates a group (it will be POSTed) or joins the *head* group of its entity and environment:
-the newest one, when it has the same change and its first report is within the window. A report
-of a change after a different one was deployed is a new group, never a merge.
+creates a group (it will be POSTed) or joins the group of the same change on its entity and
+environment whose first report is within the window, by deploy time. A report of a change after
+a different one was deployed (in deploy time) is a new group, never a merge.
 
 The group's Cortex uuid is the one its creator's delivery recorded (``delivered.cortex_uuid``,
 written with the delivery), so it is known exactly when the creator is delivered. The SQLite
@@ -59,7 +59,7 @@ class DeployClaim:
 
     @property
     def head_key(self) -> str:
-        """The entity and environment whose newest group a report may join."""
+        """The entity and environment whose groups a report may join."""
         return f"{self.entity}\x1f{self.environment}"
 
 
@@ -105,11 +105,19 @@ def claims_of(policy: DeployPolicy, records: Sequence[Record]) -> tuple[list[Rec
     return kept, claims
 
 
-def joins(head: tuple[int, str, float] | None, claim: DeployClaim, window: float) -> int | None:
-    """The group ``claim`` joins, given its head group (id, change, first_at); None: not that one."""
-    if head is None or head[1] != claim.change or abs(claim.at - head[2]) > window:
-        return None
-    return head[0]
+def joins(candidates: Sequence[tuple[int, str, float]], claim: DeployClaim, window: float) -> int | None:
+    """The group ``claim`` joins among its entity and environment's groups (id, change, first_at)
+    within the window; None: a deploy of its own.
+
+    The nearest group of the same change, unless a group of another change lies between them in
+    deploy time (then this report is a redeploy, not the same deploy).
+    """
+    near = [g for g in candidates if abs(claim.at - g[2]) <= window]
+    for group in sorted((g for g in near if g[1] == claim.change), key=lambda g: abs(claim.at - g[2])):
+        low, high = sorted((group[2], claim.at))
+        if not any(g[1] != claim.change and low <= g[2] <= high for g in near):
+            return group[0]
+    return None
 
 
 def creator_state(in_records: bool, delivered: tuple[str | None] | None, in_dead: bool) -> CreatorState:
@@ -127,9 +135,11 @@ def group_sync(conn: sqlite3.Connection, policy: DeployPolicy, claims: Iterable[
     """Group ``claims`` (inside the append's transaction); returns the ids not to store."""
     skipped: set[str] = set()
     for claim in claims:
-        head = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
-                            " ORDER BY id DESC LIMIT 1", (claim.entity, claim.environment)).fetchone()
-        group = joins(head, claim, policy.window_seconds)
+        window = policy.window_seconds
+        near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
+                            " AND first_at BETWEEN ? AND ?", (claim.entity, claim.environment, claim.at - window,
+                                                               claim.at + window)).fetchall()
+        group = joins(near, claim, window)
         if group is None:
             if claim.mode == "enrich-only":
                 skipped.add(claim.record_id)

@@ -194,7 +194,7 @@ CREATE TABLE IF NOT EXISTS deploy_groups (
     creator_id TEXT NOT NULL,
     created_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS deploy_groups_head ON deploy_groups (entity, environment, id);
+CREATE INDEX IF NOT EXISTS deploy_groups_near ON deploy_groups (entity, environment, first_at);
 CREATE TABLE IF NOT EXISTS deploy_members (
     n INTEGER PRIMARY KEY,
     record_id TEXT NOT NULL UNIQUE,

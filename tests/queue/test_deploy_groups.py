@@ -133,3 +133,13 @@ async def test_groups_older_than_the_history_are_forgotten(backend: Opener) -> N
     group = await queue.deploy_group(second.id)
     assert group is not None and group.creator_id == second.id
     await queue.close()
+
+
+async def test_a_later_change_arriving_first_does_not_split_an_earlier_deploy(backend: Opener) -> None:
+    queue = await opened(backend)
+    first, newer, late = report("github", 1), report("github", 2, sha="newer", at=7200), report("k8s", 3, at=40)
+    for record in (first, newer, late):  # the newer change's report arrives before the late one of the first
+        await queue.append([record])
+    group = await queue.deploy_group(late.id)
+    assert group is not None and group.creator_id == first.id
+    await queue.close()

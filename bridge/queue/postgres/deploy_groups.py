@@ -33,11 +33,12 @@ async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Seq
         await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_HEAD_LOCK, key))
     skipped: set[str] = set()
     for claim in claims:
+        window = policy.window_seconds
         cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s AND environment = %s"
-                                 " ORDER BY id DESC LIMIT 1", (claim.entity, claim.environment))
-        head = await cur.fetchone()
-        group = joins(None if head is None else (int(head[0]), str(head[1]), float(head[2])), claim,
-                      policy.window_seconds)
+                                 " AND first_at BETWEEN %s AND %s", (claim.entity, claim.environment,
+                                                                     claim.at - window, claim.at + window))
+        near = [(int(r[0]), str(r[1]), float(r[2])) for r in await cur.fetchall()]
+        group = joins(near, claim, window)
         if group is None:
             if claim.mode == "enrich-only":
                 skipped.add(claim.record_id)

@@ -140,7 +140,7 @@ CREATE TABLE deploy_groups (
     creator_id TEXT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX deploy_groups_head ON deploy_groups (entity, environment, id);
+CREATE INDEX deploy_groups_near ON deploy_groups (entity, environment, first_at);
 CREATE TABLE deploy_members (
     n BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     record_id TEXT NOT NULL UNIQUE,
