@@ -68,7 +68,8 @@ class Bridge:
     async def create(cls, settings: Settings) -> Bridge:
         """Open the queue and build client, sender and sources; raises ``ConfigError`` or
         ``SourceConfigError`` for settings that cannot work (a secret file that cannot be read)."""
-        queue = await open_queue(settings.queue, settle_seconds=settings.cortex.reconcile_settle_seconds)
+        queue = await open_queue(settings.queue, settle_seconds=settings.cortex.reconcile_settle_seconds,
+                                 deploys=settings.deploys)
         cortex = settings.cortex
         # What earlier processes sent in the current window is in the queue database: a
         # restart inside a minute must not start with a fresh budget (bridge/cortex/budget.py).
@@ -76,7 +77,8 @@ class Bridge:
         client = client_from_settings(cortex, budget_from_settings(cortex, spend_log))
         # A replica that becomes the sender counts what its predecessor spent in the quota window.
         queue.on_sender_takeover(client.bucket.reload)
-        sender = Sender(queue, client, settings.cortex, settings.retry, settings.dependencies)
+        sender = Sender(queue, client, settings.cortex, settings.retry, settings.deploys,
+                        dependencies=settings.dependencies)
         bridge = cls(settings, queue, client, sender, [],
                      body_budget=BodyBudget(settings.http.unauthenticated_body_bytes))
         ctx = SourceContext(

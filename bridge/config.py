@@ -259,6 +259,21 @@ class IngestSettings(_Section):
         return read_secret(self.token, self.token_file)
 
 
+DeployMode = Literal["create", "enrich-only", "off"]
+
+
+class DeploySettings(_Section):
+    """Coalescing: one Cortex deploy per (entity, environment, change), whoever reports it (docs/deploy-identity.md)."""
+
+    coalesce: bool = Field(True, description="Reports of one deploy identity within the window become one Cortex deploy:"
+                           " the first is POSTed, later ones update it by uuid (PUT).")
+    window_seconds: float = Field(1800.0, gt=0, description="Most seconds between reports (deploy timestamps) of one deploy.")
+    timestamp: Literal["first-report", "rollout-complete"] = Field("first-report", description="The deploy's time:"
+                                                                   " the earliest report's, or the latest's (rollout done).")
+    sources: dict[str, DeployMode] = Field(default_factory=dict, description="By source name (or `deploys:` on a source):"
+                                           " create (default), enrich-only (only enriches another source's deploy), off.")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["json", "console"] = Field("json", description="JSON lines or human console output.")
@@ -296,6 +311,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     drain: DrainSettings = Field(default_factory=DrainSettings)
     dependencies: DependencySettings = Field(default_factory=DependencySettings)
+    deploys: DeploySettings = Field(default_factory=DeploySettings)
     sources: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Source adapters (webhooks, kafka, kubernetes); each has `name` and `type`.",
@@ -308,6 +324,12 @@ class Settings(BaseSettings):
         problem = self.ingest.credentials_problem()
         if problem is not None:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _source_deploy_modes(self) -> Settings:  # a source's `deploys:` is the queue's business, not its type's
+        modes = {str(s.get("name")): s.pop("deploys") for s in self.sources if "deploys" in s}
+        self.deploys.sources.update(DeploySettings.model_validate({"sources": modes}).sources)
         return self
 
     @model_validator(mode="after")

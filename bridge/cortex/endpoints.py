@@ -3,7 +3,8 @@
 This is the only module that knows the wire format (docs/cortex-api.md; the schemas are those
 of ``tests/fixtures/cortex/openapi.json``). Each record kind maps onto one write endpoint:
 
-* ``deploy``      -> ``POST /api/v1/catalog/{entity}/deploys``
+* ``deploy``      -> ``POST /api/v1/catalog/{entity}/deploys``; a later report of the same
+  deploy (coalesced, bridge/sender/coalesce.py) -> ``PUT /api/v1/catalog/{entity}/deploys/{uuid}``
 * ``event``       -> ``POST /api/v1/catalog/{entity}/custom-events``
 * ``metric``      -> ``POST /api/v1/eng-intel/custom-metrics/{key}/entity/{entity}/bulk``
 * ``custom_data`` -> ``PUT /api/v1/catalog/custom-data`` (a map of entity -> items)
@@ -118,6 +119,18 @@ def create_deploy_or_event(record: DeployRecord | EventRecord) -> WriteRequest:
         "custom-events", "custom_events.create")
     return WriteRequest("POST", f"/api/v1/catalog/{_segment(record.entity)}/{suffix}", endpoint,
                         deploy_or_event_body(record))
+
+
+def update_deploy(entity: str, deploy_uuid: str, body: dict[str, Any]) -> WriteRequest:
+    """*Update deployment by UUID*: ``PUT`` replaces every field, so ``body`` is the whole deploy."""
+    return WriteRequest("PUT", f"/api/v1/catalog/{_segment(entity)}/deploys/{_segment(deploy_uuid)}",
+                        "deploys.update", body)
+
+
+def update_event(entity: str, event_uuid: str, body: dict[str, Any]) -> WriteRequest:
+    """*Update custom event by UUID*: ``PUT`` replaces every field, so ``body`` is the whole event."""
+    return WriteRequest("PUT", f"/api/v1/catalog/{_segment(entity)}/custom-events/{_segment(event_uuid)}",
+                        "custom_events.update", body)
 
 
 def add_metric_points(points: Sequence[MetricRecord]) -> WriteRequest:

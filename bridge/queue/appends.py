@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 from bridge.queue.core import QueueCore
+from bridge.queue.deploy_groups import group_sync
 from bridge.queue.group_commit import AppendResult, GroupCommit, Submission
 from bridge.queue.schema import state_key, transaction
 
@@ -55,6 +56,14 @@ class Appends(QueueCore, GroupCommit):
                         fresh.append((*row, now, now))
                 states.extend((state_key(key), state_key(value), now) for key, value in sub.state_updates.items())
                 results[i] = AppendResult(new_ids, dup_ids)
+                if sub.deploys and self.deploy_policy is not None:
+                    bodies = {row[0]: row[4] for row in sub.rows}
+                    skip = group_sync(conn, self.deploy_policy, [c for c in sub.deploys if c.record_id in new_ids],
+                                      bodies, now)
+                    if skip:
+                        fresh = [row for row in fresh if row[0] not in skip]
+                        new_ids[:] = [rid for rid in new_ids if rid not in skip]
+                        results[i] = AppendResult(new_ids, dup_ids, skipped_ids=sorted(skip))
             if deliveries:
                 conn.executemany(
                     "INSERT INTO deliveries (source, delivery_id, seen_at, record_ids) VALUES (?, ?, ?, ?)", deliveries

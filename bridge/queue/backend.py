@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from bridge.queue.appends import AppendResult
 from bridge.queue.claims import BatchPolicy, QueuedRecord
+from bridge.queue.deploy_groups import DeployGroup, DeployPolicy
 from bridge.queue.poison import RawInput
 from bridge.records import Record
 
@@ -28,6 +29,8 @@ class QueueBackend(Protocol):
     writable: bool
     #: why input is refused while ``writable`` is false (readiness shows it)
     unwritable_reason: str
+    #: deploy coalescing and per-source deploy modes, applied at append (None: none)
+    deploy_policy: DeployPolicy | None
 
     @property
     def depth(self) -> int:
@@ -102,6 +105,12 @@ class QueueBackend(Protocol):
 
     async def mark_ambiguous(self, seqs: Sequence[int], error: str) -> None:
         """The request for these records may or may not have been stored."""
+
+    async def deploy_group(self, record_id: str) -> DeployGroup | None:
+        """The deploy group ``record_id`` belongs to (None: not coalesced)."""
+
+    async def take_over_deploy_group(self, group_id: int, record_id: str, previous: str) -> bool:
+        """Make ``record_id`` the creator of a group whose creator ``previous`` failed for good."""
 
     # dead letters
     async def dead_letter(self, seqs: Sequence[int], *, reason: str, detail: str, status: int | None) -> None:

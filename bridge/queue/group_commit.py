@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge import metrics
+from bridge.queue.deploy_groups import DeployClaim, DeployPolicy, claims_of
 from bridge.queue.errors import QueueFull, QueueUnavailable
 from bridge.records import Record, encode_record, lane_of
 
@@ -30,6 +31,8 @@ class AppendResult:
     new_ids: list[str]
     duplicate_ids: list[str]
     duplicate_delivery: bool = False
+    #: deploys not stored by their source's ``deploys`` mode (``off``; ``enrich-only`` with nothing to enrich)
+    skipped_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Submission:
     delivery: tuple[str, str] | None
     state_updates: dict[str, str]
     future: asyncio.Future[AppendResult]
+    #: the deploy reports among ``rows`` to group in the same transaction
+    deploys: Sequence[DeployClaim] = ()
 
 
 def encode_rows(records: Sequence[Record]) -> tuple[list[Row], int]:
@@ -69,6 +74,8 @@ class GroupCommit:
     _writer: asyncio.Task[None] | None
     #: the readiness reason while the queue cannot store records
     unwritable_reason: str = "queue cannot write to disk"
+    #: deploy coalescing and per-source deploy modes (None: every deploy stored, none grouped)
+    deploy_policy: DeployPolicy | None = None
 
     def _init_group_commit(self) -> None:
         """The append front's state (a backend's constructor calls it)."""
@@ -94,6 +101,13 @@ class GroupCommit:
         :class:`~bridge.records.UnstorableRecord` (a record that would not read back); in each
         case nothing is stored.
         """
+        claims: list[DeployClaim] = []
+        skipped: list[str] = []
+        if self.deploy_policy is not None:
+            kept, claims = claims_of(self.deploy_policy, records)
+            stored = {id(r) for r in kept}
+            skipped = [r.id for r in records if id(r) not in stored]
+            records = kept
         rows, size = encode_rows(records)
         if rows and (
             self._count + self._reserved_count + len(rows) > self.max_records
@@ -104,12 +118,14 @@ class GroupCommit:
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._reserved_count += len(rows)
         self._reserved_bytes += size
-        self._pending.append(Submission(rows, delivery, dict(state_updates or {}), future))
+        self._pending.append(Submission(rows, delivery, dict(state_updates or {}), future, claims))
         self._wakeup.set()
         try:
             # A cancelled caller (client gone) cancels only its wait: the writer still stores the
             # rows and skips the cancelled future.
-            return await future
+            result = await future
+            result.skipped_ids.extend(skipped)
+            return result
         finally:
             self._reserved_count -= len(rows)
             self._reserved_bytes -= size

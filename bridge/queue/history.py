@@ -16,7 +16,7 @@ class History(QueueCore):
     """Expiring delivered ids, delivered metric points and seen delivery ids."""
 
     async def prune_history(self, chunk: int = 5000) -> int:
-        """Forget delivered ids and delivery ids older than the configured history.
+        """Forget delivered ids, delivery ids and deploy groups older than the configured history.
 
         In transactions of at most ``chunk`` rows per table: between them the database thread
         takes appends, so a large expiry (an hour of a busy metric stream) never holds up input.
@@ -46,5 +46,9 @@ class History(QueueCore):
                 " (SELECT source, delivery_id FROM deliveries WHERE seen_at < ? ORDER BY seen_at LIMIT ?)",
                 (cutoff, chunk),
             ).rowcount
+            # Deploy groups (deploy_groups.py) long past their window: members first, then groups.
+            old_groups = "SELECT id FROM deploy_groups WHERE created_at < ? ORDER BY id LIMIT ?"
+            self.conn.execute(f"DELETE FROM deploy_members WHERE group_id IN ({old_groups})", (cutoff, chunk))
+            n += self.conn.execute(f"DELETE FROM deploy_groups WHERE id IN ({old_groups})", (cutoff, chunk)).rowcount
         return int(n)
 

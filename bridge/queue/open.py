@@ -7,8 +7,9 @@ imported only when configured, so a SQLite deployment never loads the driver.
 
 from __future__ import annotations
 
-from bridge.config import QueueSettings
+from bridge.config import DeploySettings, QueueSettings
 from bridge.queue.backend import QueueBackend
+from bridge.queue.deploy_groups import DeployPolicy
 from bridge.queue.errors import QueueUnavailable
 from bridge.queue.operator import OperatorQueue, SqliteOperator
 from bridge.queue.store import DurableQueue
@@ -26,12 +27,20 @@ def _dsn(settings: QueueSettings) -> str:
                                f"{': ' + exc.strerror if isinstance(exc, OSError) and exc.strerror else ''}") from None
 
 
-async def open_queue(settings: QueueSettings, *, settle_seconds: float = 0.0) -> QueueBackend:
+async def open_queue(settings: QueueSettings, *, settle_seconds: float = 0.0,
+                     deploys: DeploySettings | None = None) -> QueueBackend:
     """Open the queue ``settings`` describe; raises a :class:`~bridge.queue.errors.QueueError`.
 
     ``settle_seconds``: how long an ambiguous request may still be alive at Cortex (records
-    found in flight are read back only after it).
+    found in flight are read back only after it). ``deploys``: coalescing and per-source deploy
+    modes, applied at append (bridge/queue/deploy_groups.py).
     """
+    queue = await _open_queue(settings, settle_seconds)
+    queue.deploy_policy = None if deploys is None else DeployPolicy.of(deploys)
+    return queue
+
+
+async def _open_queue(settings: QueueSettings, settle_seconds: float) -> QueueBackend:
     if settings.backend == "postgres":
         from bridge.queue.postgres import PostgresQueue
 

@@ -183,6 +183,28 @@ COMMIT;
 """
 
 
+# Deploy groups (bridge/queue/deploy_groups.py): additive, created at open in older files too.
+DEPLOY_GROUPS_DDL = """
+CREATE TABLE IF NOT EXISTS deploy_groups (
+    id INTEGER PRIMARY KEY,
+    entity TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    change TEXT NOT NULL,
+    first_at REAL NOT NULL,
+    creator_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deploy_groups_near ON deploy_groups (entity, environment, first_at);
+CREATE TABLE IF NOT EXISTS deploy_members (
+    n INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    group_id INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deploy_members_group ON deploy_members (group_id, n);
+"""
+
+
 def column_text(value: str, limit: int) -> str:
     """Free text (a reason, an error, a detail) as it can be stored: at most ``limit`` characters,
     lone surrogates written as ``\\udXXX`` escapes.
@@ -218,6 +240,7 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA wal_autocheckpoint=256")
     conn.execute("PRAGMA journal_size_limit=4194304")
     conn.executescript(_DDL)
+    conn.executescript(DEPLOY_GROUPS_DDL)  # additive (IF NOT EXISTS): older files gain it at open
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )

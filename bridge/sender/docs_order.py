@@ -45,8 +45,11 @@ class DocsOrder:
         queued = await self.queue.newest_in_lane(lane_of(batch[0].record))
         return queued is not None and queued > seq
 
-    async def delivered(self, entity: str, seq: int) -> None:
-        """Cortex stored the document ``seq`` of ``entity``."""
+    async def delivered(self, batch: list[QueuedRecord]) -> None:
+        """Cortex stored these records: if they are documents, remember the newest one's seq."""
+        if batch[0].record.kind != "docs":
+            return
+        entity, seq = batch[0].record.entity, max(q.seq for q in batch)
         newest = await self._delivered_seq(entity)
         if newest is None or seq > newest:
             await self.queue.put_state({STATE_PREFIX + entity: str(seq)})

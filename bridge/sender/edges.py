@@ -52,6 +52,12 @@ class EdgeLedger:
         self.clock = clock
         self._lock = asyncio.Lock()
 
+    @classmethod
+    def when_configured(cls, queue: QueueBackend, client: CortexClient,
+                        settings: DependencySettings | None) -> EdgeLedger | None:
+        """A ledger when some source is reconciled, else ``None`` (nothing to keep)."""
+        return cls(queue, client, settings) if settings is not None and settings.reconcile_after_seconds else None
+
     async def reported(self, delivered: Sequence[QueuedRecord]) -> None:
         """Cortex stored these records: note when their sources last reported each edge."""
         newest: dict[str, dict[str, tuple[Edge, float]]] = {}

@@ -17,11 +17,12 @@ from dataclasses import replace
 import structlog
 
 from bridge import metrics
-from bridge.config import CortexSettings, DependencySettings, RetrySettings
+from bridge.config import CortexSettings, DependencySettings, DeploySettings, RetrySettings
 from bridge.cortex.budget import Permit
 from bridge.cortex.client import Ambiguous, CortexClient, CortexResponse, NotSent
 from bridge.cortex.endpoints import CUSTOM_DATA_MAX_BYTES, DEPENDENCIES_PER_REQUEST, METRIC_POINTS_PER_REQUEST
 from bridge.queue import BatchPolicy, QueueBackend, QueuedRecord
+from bridge.sender.coalesce import Coalescer
 from bridge.sender.dispositions import Dispositions
 from bridge.sender.docs_order import DOCS_CLAIM_BYTES, DOCS_PER_CLAIM, DocsOrder
 from bridge.sender.edges import EdgeLedger
@@ -51,15 +52,16 @@ class Sender:
     """Delivers queued records to Cortex; start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(self, queue: QueueBackend, client: CortexClient, cortex: CortexSettings, retry: RetrySettings,
-                 dependencies: DependencySettings | None = None) -> None:
+                 deploys: DeploySettings | None = None, *, dependencies: DependencySettings | None = None) -> None:
         self.queue = queue
+        #: deploy reports coalesced into one Cortex deploy (bridge/sender/coalesce.py)
+        self.coalescer = Coalescer(queue, deploys.timestamp) if deploys is not None and deploys.coalesce else None
         self.client = client
         self.cortex = cortex
         self.retry = retry
         self.dispositions = Dispositions(queue, retry)
         self.docs = DocsOrder(queue)
-        self.edges = EdgeLedger(queue, client, dependencies) if dependencies and dependencies.reconcile_after_seconds \
-            else None
+        self.edges = EdgeLedger.when_configured(queue, client, dependencies)
         self.policy = replace(POLICY, kind_weights={str(kind): weight for kind, weight in cortex.priority_weights.items()})
         self.auth = AuthState()
         self._auth_ok = asyncio.Event()
@@ -74,8 +76,8 @@ class Sender:
         self._unrecorded: list[list[QueuedRecord]] = []
         self._wakers: set[asyncio.Task[None]] = set()
         queue.on_ready(self.notify)
-        # A replica that takes the sending over inherits its predecessor's in-flight requests as
-        # ambiguous: the read-back loop must look again, not wait for an ambiguity of its own.
+        # A replica that takes the sending over inherits its predecessor's in-flight requests as ambiguous:
+        # the read-back loop must look again, not wait for an ambiguity of its own.
         queue.on_sender_takeover(self._ambiguous_pending.set)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -231,25 +233,30 @@ class Sender:
         if not batch:
             permit.cancel()
             return
-        if batch[0].record.kind == "docs":
-            async with self.docs.lock(batch[0].record.entity):
-                if await self.docs.superseded(batch):
-                    permit.cancel()
-                    await self.dispositions.delivered(batch, None)
-                else:
-                    await self._send_batch(batch, permit)
-        else:
+        docs = batch[0].record.kind == "docs"
+        async with self.docs.lock(batch[0].record.entity) if docs else contextlib.nullcontext():
+            if docs and await self.docs.superseded(batch):
+                permit.cancel()
+                return await self.dispositions.delivered(batch, None)
             await self._send_batch(batch, permit)
 
     async def _send_batch(self, batch: list[QueuedRecord], permit: Permit) -> None:
-        request = build_request(batch)
-        kind = batch[0].record.kind
+        if batch[0].record.kind != "deploy" or self.coalescer is None:
+            return await self._write(build_request(batch), permit, batch[0].record.kind in IDEMPOTENT_KINDS)
+        async with self.coalescer.turn(batch[0]) as planned:
+            if planned.write is None:
+                permit.cancel()
+                return await self.coalescer.wait(batch[0])
+            await self._write(BatchRequest(planned.write, {batch[0].record.entity: batch}, []), permit,
+                              planned.idempotent)
+
+    async def _write(self, request: BatchRequest, permit: Permit, idempotent: bool) -> None:
         try:
             response = await self.client.write(request.write, permit=permit)
         except (NotSent, Ambiguous) as exc:
-            verdict = classify_failure(exc, resend_is_harmless=kind in IDEMPOTENT_KINDS)
+            verdict = classify_failure(exc, resend_is_harmless=idempotent)
         else:
-            verdict = classify_response(response, kind)
+            verdict = classify_response(response, request.records[0].record.kind)
         await self._apply(request, verdict)
 
     async def _apply(self, request: BatchRequest, verdict: Verdict) -> None:
@@ -262,9 +269,8 @@ class Sender:
             delivered += [q for q in request.superseded if q.record.entity not in missing]
             if delivered:
                 await self.dispositions.delivered(delivered, verdict.cortex_uuid)
-                if delivered[0].record.kind == "docs":
-                    await self.docs.delivered(delivered[0].record.entity, max(q.seq for q in delivered))
-                elif delivered[0].record.kind == "dependency" and self.edges is not None:
+                await self.docs.delivered(delivered)
+                if self.edges is not None:
                     await self.edges.reported(delivered)
             not_found = [q for q in batch if q.record.entity in missing]
             if not_found:

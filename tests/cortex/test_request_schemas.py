@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft4Validator
 
-from bridge.cortex.endpoints import delete_dependencies
+from bridge.cortex.endpoints import delete_dependencies, deploy_or_event_body, update_deploy, update_event
 from bridge.queue import QueuedRecord
-from bridge.records import RECORD_ADAPTER, Record
+from bridge.records import RECORD_ADAPTER, DeployRecord, EventRecord, Record
 from bridge.sender.requests import build_request
 from tests.support.paths import FIXTURES
 
@@ -137,3 +137,24 @@ def test_the_dependency_delete_body_validates_against_the_official_schema() -> N
                                        "web": [{"tag": "svc"}]}}
     errors = list(_validator(CURRENT, "/api/v1/catalog/dependencies", "delete").iter_errors(request.body))
     assert not errors, [e.message for e in errors]
+
+
+@pytest.mark.parametrize(("path", "kind"), [("/api/v1/catalog/{tagOrId}/deploys/{uuid}", "deploy"),
+                                            ("/api/v1/catalog/{tagOrId}/custom-events/{uuid}", "event")])
+def test_update_by_uuid_bodies_validate_against_official_schema(path: str, kind: str) -> None:
+    """The PUT of a coalesced deploy (and of an event) takes the same body as its POST."""
+    fields: dict[str, Any] = {"kind": kind, "entity": "svc", "title": "Deploy", "timestamp": "2026-01-01T00:00:00Z",
+                              "url": "https://ci/1", "customData": {"n": 678}}
+    fields |= {"sha": "9f1c", "environment": "prod", "deployer": {"name": "a"}} if kind == "deploy" else {
+        "type": "ALERT", "description": "d"}
+    (queued,) = _queued([fields])
+    assert isinstance(queued.record, DeployRecord | EventRecord)
+    body = deploy_or_event_body(queued.record)
+    body["customData"]["sources"] = [{"source": "github", "id": "r0"}, {"source": "argocd", "id": "r1"}]
+    write = (update_deploy if kind == "deploy" else update_event)("svc a", "0b8e4f6e-5d1a-4c1e-9f5e-2a7d3c9b8e11", body)
+    suffix = "deploys" if kind == "deploy" else "custom-events"
+    assert (write.method, write.path) == ("PUT", f"/api/v1/catalog/svc%20a/{suffix}/0b8e4f6e-5d1a-4c1e-9f5e-2a7d3c9b8e11")
+    errors = list(_validator(CURRENT, path, "put").iter_errors(write.body))
+    assert not errors, [e.message for e in errors]
+    del body["title"]
+    assert list(_validator(CURRENT, path, "put").iter_errors(body))

@@ -65,6 +65,8 @@ class GitHubDeliveries:
         self._next_run += 1
         document = json.loads(json.dumps(WORKFLOW_RUN))
         document["workflow_run"]["id"] = self._next_run
+        # A new commit too: runs of one commit to one environment are one deploy (coalesced).
+        document["workflow_run"]["head_sha"] = f"{self._next_run:040x}"
         body = json.dumps(document).encode()
         return body, {"Content-Type": "application/json", "X-GitHub-Event": "workflow_run",
                       "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": github_signature(body, WEBHOOK_SECRET)}

@@ -149,6 +149,13 @@ async def _add_deploy(request: web.Request) -> web.Response:
     return web.json_response(request.app[STORE].add_deploy(request.match_info["tag"], body))
 
 
+@ROUTES.put("/api/v1/catalog/{tag}/deploys/{uuid}")
+async def _update_deploy(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return web.json_response(
+        request.app[STORE].update_deploy(request.match_info["tag"], request.match_info["uuid"], body))
+
+
 @ROUTES.get("/api/v1/catalog/{tag}/deploys")
 async def _list_deploys(request: web.Request) -> web.Response:
     return _page(request, "deployments", request.app[STORE].deploys_of(request.match_info["tag"]))
@@ -158,6 +165,13 @@ async def _list_deploys(request: web.Request) -> web.Response:
 async def _add_event(request: web.Request) -> web.Response:
     body = await json_body(request)
     return web.json_response(request.app[STORE].add_event(request.match_info["tag"], body))
+
+
+@ROUTES.put("/api/v1/catalog/{tag}/custom-events/{uuid}")
+async def _update_event(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return web.json_response(
+        request.app[STORE].update_event(request.match_info["tag"], request.match_info["uuid"], body))
 
 
 @ROUTES.get("/api/v1/catalog/{tag}/custom-events")

@@ -176,27 +176,19 @@ class SimStore:
         """Store a new deploy (a resend is a new deploy: Cortex has no dedup) and return CustomDeploy."""
         request = validate(DeployBody, body)
         entity = self.entity(tag_or_id)
-        deployer = request.deployer or Deployer()
-        deploy = {
-            "uuid": str(uuid.uuid4()),
-            "id": next(self._ids),
-            "serviceId": entity.service_id,
-            "title": request.title,
-            "timestamp": format_timestamp(request.timestamp),
-            "type": request.type,
-            **_present(
-                {
-                    "sha": request.sha,
-                    "environment": request.environment,
-                    "url": request.url,
-                    "customData": request.customData,
-                    "deployerName": deployer.name,
-                    "deployerEmail": deployer.email,
-                }
-            ),
-        }
+        deploy = {"uuid": str(uuid.uuid4()), "id": next(self._ids), "serviceId": entity.service_id,
+                  **deploy_fields(request)}
         self.deploys.setdefault(entity.tag, []).append(deploy)
         return deploy
+
+    def update_deploy(self, tag_or_id: str, deploy_uuid: str, body: Any) -> dict[str, Any]:
+        """*Update deployment by UUID*: replace the deploy's fields, keep its uuid and ids; 404 if unknown."""
+        request = validate(DeployBody, body)
+        deploys = self.deploys.get(self.entity(tag_or_id).tag, [])
+        index = _index_of(deploys, deploy_uuid, "Deployment not found")
+        kept = {key: deploys[index][key] for key in ("uuid", "id", "serviceId")}
+        deploys[index] = {**kept, **deploy_fields(request)}
+        return deploys[index]
 
     def deploys_of(self, tag_or_id: str) -> list[dict[str, Any]]:
         """An entity's deploys as ``CustomDeploy1`` list items, newest first."""
@@ -216,17 +208,17 @@ class SimStore:
         """Store a new custom event and return ``CustomEventResponse``."""
         request = validate(EventBody, body)
         entity = self.entity(tag_or_id)
-        event = {
-            "uuid": str(uuid.uuid4()),
-            "title": request.title,
-            "type": request.type,
-            "timestamp": format_timestamp(request.timestamp),
-            **_present(
-                {"description": request.description, "url": request.url, "customData": request.customData}
-            ),
-        }
+        event = {"uuid": str(uuid.uuid4()), **event_fields(request)}
         self.events.setdefault(entity.tag, []).append(event)
         return event
+
+    def update_event(self, tag_or_id: str, event_uuid: str, body: Any) -> dict[str, Any]:
+        """*Update custom event by UUID*: replace the event's fields, keep its uuid; 404 if unknown."""
+        request = validate(EventBody, body)
+        events = self.events.get(self.entity(tag_or_id).tag, [])
+        index = _index_of(events, event_uuid, "Custom event not found")
+        events[index] = {"uuid": events[index]["uuid"], **event_fields(request)}
+        return events[index]
 
     def events_of(
         self, tag_or_id: str, type_: str | None, start: datetime | None, end: datetime | None
@@ -358,6 +350,41 @@ class SimStore:
             "discarded_old_points": self.discarded_old_points,
             **self.graph.snapshot(),
         }
+
+
+def deploy_fields(request: DeployBody) -> dict[str, Any]:
+    """What a ``CustomDeploy`` answer carries of its request (all but uuid and ids)."""
+    deployer = request.deployer or Deployer()
+    return {
+        "title": request.title,
+        "timestamp": format_timestamp(request.timestamp),
+        "type": request.type,
+        **_present({"sha": request.sha, "environment": request.environment, "url": request.url,
+                    "customData": request.customData, "deployerName": deployer.name,
+                    "deployerEmail": deployer.email}),
+    }
+
+
+def event_fields(request: EventBody) -> dict[str, Any]:
+    """What a ``CustomEventResponse`` carries of its request (all but the uuid)."""
+    return {
+        "title": request.title,
+        "type": request.type,
+        "timestamp": format_timestamp(request.timestamp),
+        **_present({"description": request.description, "url": request.url, "customData": request.customData}),
+    }
+
+
+def _index_of(items: list[dict[str, Any]], item_uuid: str, missing: str) -> int:
+    # The path parameter is ``format: uuid``: Spring refuses anything else before the lookup.
+    try:
+        wanted = str(uuid.UUID(item_uuid))
+    except ValueError:
+        raise SimError(400, "Bad Request", f"uuid: not a UUID: {item_uuid!r}") from None
+    for index, item in enumerate(items):
+        if item["uuid"] == wanted:
+            return index
+    raise SimError(404, missing, f"no item with uuid {item_uuid!r} on this entity")
 
 
 def _within(timestamp: str, start: datetime | None, end: datetime | None) -> bool:

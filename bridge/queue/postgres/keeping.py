@@ -110,7 +110,7 @@ class PgKeeping(PgCore):
         return await self._tx(read)
 
     async def prune_history(self, chunk: int = 5000) -> int:
-        """Forget delivered ids and delivery ids older than the configured history.
+        """Forget delivered ids, delivery ids and deploy groups older than the configured history.
 
         In transactions of at most ``chunk`` rows per table, so a large expiry never holds locks
         for long. A forgotten delivered id leaves ``admitted`` with it: it may be stored again.
@@ -209,4 +209,9 @@ async def _prune(conn: AsyncConnection[Any], cutoff: float, chunk: int) -> int:
     cur = await conn.execute(
         "DELETE FROM deliveries WHERE (source, delivery_id) IN"
         " (SELECT source, delivery_id FROM deliveries WHERE seen_at < %s ORDER BY seen_at LIMIT %s)", (cutoff, chunk))
+    n += cur.rowcount
+    # Deploy groups (deploy_groups.py) long past their window: members first, then groups.
+    old_groups = "SELECT id FROM deploy_groups WHERE created_at < %s ORDER BY id LIMIT %s"
+    await conn.execute(f"DELETE FROM deploy_members WHERE group_id IN ({old_groups})", (cutoff, chunk))
+    cur = await conn.execute(f"DELETE FROM deploy_groups WHERE id IN ({old_groups})", (cutoff, chunk))
     return n + cur.rowcount

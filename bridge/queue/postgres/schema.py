@@ -129,8 +129,29 @@ ALTER TABLE spend ADD COLUMN replica TEXT NOT NULL DEFAULT '';
 # Version 3: turns inside a kind (bridge/queue/turns.py): the next source, its next lane, whether it is due.
 _V3 = "CREATE INDEX records_turns ON records (kind, state, source, lane, next_attempt_at);"
 
+# Version 4: deploy groups (bridge/queue/deploy_groups.py), written in the appending transaction.
+_V4 = """
+CREATE TABLE deploy_groups (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    entity TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    change TEXT NOT NULL,
+    first_at DOUBLE PRECISION NOT NULL,
+    creator_id TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX deploy_groups_near ON deploy_groups (entity, environment, first_at);
+CREATE TABLE deploy_members (
+    n BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    group_id BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX deploy_members_group ON deploy_members (group_id, n);
+"""
+
 #: Migration ``n`` (1-based) brings the schema from version n-1 to n.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from bridge.queue.errors import QueueError
 from bridge.queue.postgres.core import dsn_password, unavailable
+from bridge.queue.postgres.deploy_groups import PgDeployGroups
 from bridge.queue.postgres.keeping import PgKeeping
 from bridge.queue.postgres.schema import migrate
 from bridge.queue.postgres.sender_lock import SenderLock
@@ -29,7 +30,7 @@ from bridge.queue.schema import State
 POOL_WAIT_SECONDS = 2.0
 
 
-class PostgresQueue(PgWrites, PgSending, PgKeeping):
+class PostgresQueue(PgWrites, PgSending, PgKeeping, PgDeployGroups):
     """Queue of records, dead letters and delivery history in a PostgreSQL database."""
 
     _sender_lock: SenderLock | None = None

@@ -17,9 +17,11 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from bridge.queue.deploy_groups import DeployPolicy
 from bridge.queue.errors import QueueUnavailable
 from bridge.queue.group_commit import AppendResult, GroupCommit, Row, Submission
 from bridge.queue.postgres.core import PgCore
+from bridge.queue.postgres.deploy_groups import group_pg
 from bridge.queue.postgres.schema import stored_text
 
 #: After a failed commit, appends are refused at once for this long before one is tried again.
@@ -39,7 +41,7 @@ class PgWrites(PgCore, GroupCommit):
             # pool cannot make; a commit is tried again a second later (or the probe succeeds).
             raise QueueUnavailable("the last write failed; waiting for the database to take writes again")
         try:
-            results, added, size = await self._tx(lambda conn: _append(conn, batch))
+            results, added, size = await self._tx(lambda conn: _append(conn, batch, self.deploy_policy))
         except QueueUnavailable:
             self._failed_at = time.monotonic()
             raise
@@ -92,7 +94,8 @@ class PgWrites(PgCore, GroupCommit):
         return await self._tx(purge)
 
 
-async def _append(conn: AsyncConnection[Any], batch: list[Submission]) -> tuple[list[AppendResult], int, int]:
+async def _append(conn: AsyncConnection[Any], batch: list[Submission],
+                  policy: DeployPolicy | None) -> tuple[list[AppendResult], int, int]:
     """The group commit's statements; returns the results, and the records and bytes added."""
     now = time.time()
     firsts: dict[tuple[str, str], Submission] = {}
@@ -138,6 +141,12 @@ async def _append(conn: AsyncConnection[Any], batch: list[Submission]) -> tuple[
                 dup_ids.append(row[0])
         states.update({stored_text(k): stored_text(v) for k, v in sub.state_updates.items()})
         results[id(sub)] = AppendResult(new_ids, dup_ids)
+        if sub.deploys and policy is not None:
+            skip = await group_pg(conn, policy, [c for c in sub.deploys if c.record_id in new_ids],
+                                  {row[0]: row[4] for row in sub.rows}, now)
+            if skip:
+                fresh = [row for row in fresh if row[0] not in skip]
+                results[id(sub)] = AppendResult([i for i in new_ids if i not in skip], dup_ids, skipped_ids=sorted(skip))
     if fresh:
         await conn.execute(
             "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at, next_attempt_at)"

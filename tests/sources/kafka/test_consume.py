@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def deploy(n: int, tag: str = "run") -> bytes:
         "entity": ENTITIES[n % len(ENTITIES)],
         "title": f"{tag}-{n}",
         "timestamp": 1_760_000_000 + n,
-        "sha": f"{n:040x}",
+        # Per title: a message of another tag is another change, not a report of the same deploy.
+        "sha": hashlib.sha1(f"{tag}-{n}".encode()).hexdigest(),
     }).encode()
 
 

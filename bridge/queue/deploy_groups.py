@@ -1,0 +1,189 @@
+"""Deploy groups: which queued deploy reports are one Cortex deploy (docs/deploy-identity.md).
+
+A deploy's identity is (entity, environment, change): the change is its commit sha, or else the
+sorted image references of ``customData.images`` (container -> image, as the Kubernetes source
+sets it) or ``customData.image``. At append time, in the same transaction as the records (so it
+survives restarts, and on PostgreSQL two replicas cannot both create), each report either
+creates a group (it will be POSTed) or joins the group of the same change on its entity and
+environment whose first report is within the window, by deploy time. A report of a change after
+a different one was deployed (in deploy time) is a new group, never a merge.
+
+The group's Cortex uuid is the one its creator's delivery recorded (``delivered.cortex_uuid``,
+written with the delivery), so it is known exactly when the creator is delivered. The SQLite
+statements are here; the PostgreSQL ones in ``postgres/deploy_groups.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bridge.config import DeploySettings
+from bridge.queue.core import QueueCore
+from bridge.records import DeployRecord, Record, record_from_json
+
+#: Deploy types that are a change reaching an environment; SCALE and RESTART are never merged.
+COALESCED_TYPES = frozenset({"DEPLOY", "ROLLBACK"})
+
+CreatorState = Literal["queued", "delivered", "dead", "gone"]
+
+
+@dataclass(frozen=True)
+class DeployPolicy:
+    """What the queue needs of ``deploys`` settings: the window and each source's mode."""
+
+    window_seconds: float
+    modes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: DeploySettings) -> DeployPolicy:
+        """The policy ``settings`` describe; window 0 when coalescing is off (modes still apply)."""
+        return cls(settings.window_seconds if settings.coalesce else 0.0, dict(settings.sources))
+
+    def mode(self, source: str) -> str:
+        return self.modes.get(source, "create")
+
+
+@dataclass(frozen=True)
+class DeployClaim:
+    """One appended deploy report's identity, time and its source's mode."""
+
+    record_id: str
+    entity: str
+    environment: str
+    change: str
+    at: float
+    mode: str
+
+    @property
+    def head_key(self) -> str:
+        """The entity and environment whose groups a report may join."""
+        return f"{self.entity}\x1f{self.environment}"
+
+
+@dataclass(frozen=True)
+class DeployGroup:
+    """A group as the sender needs it: who creates it, how far that got, and every live report."""
+
+    group_id: int
+    creator_id: str
+    creator: CreatorState
+    uuid: str | None
+    members: list[DeployRecord]
+
+
+def change_of(record: DeployRecord) -> str | None:
+    """The change a deploy carries: its sha, else its image references; None if neither."""
+    if record.sha:
+        return "sha:" + record.sha.strip().lower()
+    custom = record.custom_data or {}
+    images = custom.get("images")
+    refs = [str(v) for v in images.values()] if isinstance(images, dict) else []
+    if not refs and isinstance(custom.get("image"), str):
+        refs = [custom["image"]]
+    return "images:" + ",".join(sorted(set(refs))) if refs else None
+
+
+def claims_of(policy: DeployPolicy, records: Sequence[Record]) -> tuple[list[Record], list[DeployClaim]]:
+    """The records to store (a source with mode ``off`` stores no deploys) and the deploy claims."""
+    kept: list[Record] = []
+    claims: list[DeployClaim] = []
+    for record in records:
+        if not isinstance(record, DeployRecord):
+            kept.append(record)
+            continue
+        mode = policy.mode(record.provenance.source)
+        if mode == "off" or (mode == "enrich-only" and policy.window_seconds <= 0):
+            continue  # without coalescing there is nothing an enrich-only report could enrich
+        kept.append(record)
+        change = change_of(record) if record.type in COALESCED_TYPES else None
+        if change is not None and policy.window_seconds > 0:
+            claims.append(DeployClaim(record.id, record.entity, record.environment or "", change,
+                                      record.timestamp.timestamp(), mode))
+    return kept, claims
+
+
+def joins(candidates: Sequence[tuple[int, str, float]], claim: DeployClaim, window: float) -> int | None:
+    """The group ``claim`` joins among its entity and environment's groups (id, change, first_at)
+    within the window; None: a deploy of its own.
+
+    The nearest group of the same change, unless a group of another change lies between them in
+    deploy time (then this report is a redeploy, not the same deploy).
+    """
+    near = [g for g in candidates if abs(claim.at - g[2]) <= window]
+    for group in sorted((g for g in near if g[1] == claim.change), key=lambda g: abs(claim.at - g[2])):
+        low, high = sorted((group[2], claim.at))
+        if not any(g[1] != claim.change and low <= g[2] <= high for g in near):
+            return group[0]
+    return None
+
+
+def creator_state(in_records: bool, delivered: tuple[str | None] | None, in_dead: bool) -> CreatorState:
+    """How far a group's creating report got."""
+    if delivered is not None:
+        return "delivered"
+    return "queued" if in_records else "dead" if in_dead else "gone"
+
+
+# -- SQLite --------------------------------------------------------------------------------------
+
+
+def group_sync(conn: sqlite3.Connection, policy: DeployPolicy, claims: Iterable[DeployClaim],
+               bodies: dict[str, str], now: float) -> set[str]:
+    """Group ``claims`` (inside the append's transaction); returns the ids not to store."""
+    skipped: set[str] = set()
+    for claim in claims:
+        window = policy.window_seconds
+        near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
+                            " AND first_at BETWEEN ? AND ?", (claim.entity, claim.environment, claim.at - window,
+                                                               claim.at + window)).fetchall()
+        group = joins(near, claim, window)
+        if group is None:
+            if claim.mode == "enrich-only":
+                skipped.add(claim.record_id)
+                continue
+            group = conn.execute(
+                "INSERT INTO deploy_groups (entity, environment, change, first_at, creator_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (claim.entity, claim.environment, claim.change, claim.at, claim.record_id, now)).fetchone()[0]
+        conn.execute("INSERT OR IGNORE INTO deploy_members (record_id, group_id, body) VALUES (?, ?, ?)",
+                     (claim.record_id, group, bodies[claim.record_id]))
+    return skipped
+
+
+class DeployGroups(QueueCore):
+    """The sender's side of deploy groups on SQLite."""
+
+    async def deploy_group(self, record_id: str) -> DeployGroup | None:
+        """The group ``record_id`` belongs to, or None (not coalesced)."""
+        return await self._run(self._group_sync, record_id)
+
+    def _group_sync(self, record_id: str) -> DeployGroup | None:
+        conn = self.conn
+        row = conn.execute("SELECT g.id, g.creator_id FROM deploy_members m JOIN deploy_groups g ON g.id = m.group_id"
+                           " WHERE m.record_id = ?", (record_id,)).fetchone()
+        if row is None:
+            return None
+        group_id, creator = row
+        delivered = conn.execute("SELECT cortex_uuid FROM delivered WHERE id = ?", (creator,)).fetchone()
+        state = creator_state(conn.execute("SELECT 1 FROM records WHERE id = ?", (creator,)).fetchone() is not None,
+                              delivered, conn.execute("SELECT 1 FROM dead WHERE id = ?", (creator,)).fetchone() is not None)
+        bodies = conn.execute("SELECT body FROM deploy_members WHERE group_id = ? AND record_id NOT IN"
+                              " (SELECT id FROM dead) ORDER BY n", (group_id,)).fetchall()
+        return DeployGroup(group_id, creator, state, delivered[0] if delivered else None, members_of(b for (b,) in bodies))
+
+    async def take_over_deploy_group(self, group_id: int, record_id: str, previous: str) -> bool:
+        """Make ``record_id`` the group's creator in place of ``previous`` (whose POST failed for good)."""
+        def update() -> bool:
+            cur = self.conn.execute("UPDATE deploy_groups SET creator_id = ? WHERE id = ? AND creator_id = ?",
+                                    (record_id, group_id, previous))
+            return cur.rowcount == 1
+
+        return await self._run(update)
+
+
+def members_of(bodies: Iterable[str]) -> list[DeployRecord]:
+    """The group's reports from their stored bodies, in append order."""
+    return [r for r in (record_from_json(b) for b in bodies) if isinstance(r, DeployRecord)]

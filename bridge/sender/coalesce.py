@@ -1,0 +1,124 @@
+"""Sending coalesced deploys: one Cortex deploy per group of reports (bridge/queue/deploy_groups.py).
+
+The group's creator is POSTed as any deploy (an ambiguous POST is read back by its bridge id, the
+creator's record id). A later report is sent once the creator's uuid is known, as a PUT by uuid
+of the whole merged deploy (a PUT replaces every field); until then it waits, queued. If the
+creator was dead-lettered, the next report takes its place and POSTs. Merging is a pure function
+of the group's reports, so a repeated PUT (an ambiguous one is simply repeated) sends the same
+body or a more complete one; one group's requests are sent one at a time, so a PUT built from
+fewer reports never lands after one built from more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from bridge.cortex.endpoints import WriteRequest, create_deploy_or_event, deploy_or_event_body, update_deploy
+from bridge.queue import QueueBackend, QueuedRecord
+from bridge.queue.deploy_groups import DeployGroup
+from bridge.records import BRIDGE_ID_KEY, DeployRecord, format_timestamp
+
+log = structlog.get_logger("bridge.sender")
+
+#: How long a report waits, queued, before looking again whether its deploy's uuid is known.
+WAIT_FOR_UUID_SECONDS = 0.25
+#: Groups share this many locks (group id modulo): bounded memory, rare needless waits.
+LOCK_STRIPES = 64
+
+TimestampMode = Literal["first-report", "rollout-complete"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What to do with one claimed deploy: send ``write`` (None: wait for the creator's POST)."""
+
+    write: WriteRequest | None
+    #: a PUT, which may be repeated when its answer is lost
+    idempotent: bool = False
+
+
+def merged_body(creator: DeployRecord, members: list[DeployRecord], timestamp: TimestampMode) -> dict[str, Any]:
+    """The whole deploy the group's reports describe: the creator's fields, completed by the others.
+
+    ``customData`` keeps every report's keys (the earlier report's value wins), lists each
+    report as ``sources`` ({source, id}) and every distinct URL as ``urls``; the bridge id is the
+    creator's, so that a read-back of its POST still finds it.
+    """
+    ordered = [creator] + [m for m in members if m.id != creator.id]
+    body = deploy_or_event_body(creator)
+    times = [m.timestamp for m in ordered]
+    body["timestamp"] = format_timestamp(min(times) if timestamp == "first-report" else max(times))
+    for name in ("sha", "url"):
+        value = next((getattr(m, name) for m in ordered if getattr(m, name)), None)
+        if value is not None:
+            body[name] = value
+    deployer = next((m.deployer for m in ordered if m.deployer is not None), None)
+    if deployer is not None:
+        body["deployer"] = deployer.model_dump(exclude_none=True)
+    custom: dict[str, Any] = {}
+    for member in ordered:
+        for key, value in (member.custom_data or {}).items():
+            custom.setdefault(key, value)
+    custom["sources"] = [{"source": m.provenance.source, "id": m.id} for m in ordered]
+    urls = list(dict.fromkeys(m.url for m in ordered if m.url))
+    if urls:
+        custom["urls"] = urls
+    custom[BRIDGE_ID_KEY] = creator.id
+    body["customData"] = custom
+    return body
+
+
+class Coalescer:
+    """Plans the request of each claimed deploy from its group; one group's requests at a time."""
+
+    def __init__(self, queue: QueueBackend, timestamp: TimestampMode) -> None:
+        self.queue = queue
+        self.timestamp = timestamp
+        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+
+    @contextlib.asynccontextmanager
+    async def turn(self, q: QueuedRecord) -> AsyncIterator[Planned]:
+        """The plan for ``q``, held (with the group's lock) until its outcome is recorded."""
+        record = q.record
+        assert isinstance(record, DeployRecord)
+        group = await self.queue.deploy_group(record.id)
+        if group is None:
+            yield Planned(create_deploy_or_event(record))
+            return
+        async with self._locks[group.group_id % LOCK_STRIPES]:
+            # Looked at again under the lock: the request before ours may just have settled.
+            group = await self.queue.deploy_group(record.id) or group
+            yield await self._plan(record, group)
+
+    async def wait(self, q: QueuedRecord) -> None:
+        """Put ``q`` back, due shortly, without using an attempt: its deploy's uuid is not known yet."""
+        await self.queue.reschedule([q.seq], next_attempt_at=time.time() + WAIT_FOR_UUID_SECONDS,
+                                    error="waiting for the deploy's first report to be delivered", count_attempt=False)
+
+    async def _plan(self, record: DeployRecord, group: DeployGroup) -> Planned:
+        creator = next((m for m in group.members if m.id == group.creator_id), None)
+        if group.creator_id == record.id:
+            return Planned(self._create(record, group))
+        if group.uuid is not None and creator is not None:
+            body = merged_body(creator, group.members, self.timestamp)
+            return Planned(update_deploy(record.entity, group.uuid, body), idempotent=True)
+        # The creating POST failed for good (or Cortex named no uuid): this report creates.
+        failed = group.creator in ("dead", "gone") or (group.creator == "delivered" and group.uuid is None)
+        if failed and await self.queue.take_over_deploy_group(group.group_id, record.id, group.creator_id):
+            log.info("deploy_group_taken_over", group=group.group_id, record=record.id, previous=group.creator_id)
+            return Planned(self._create(record, group))
+        return Planned(None)
+
+    def _create(self, record: DeployRecord, group: DeployGroup) -> WriteRequest:
+        members = [m for m in group.members if m.id != record.id]
+        write = create_deploy_or_event(record)
+        if not members:
+            return write
+        return WriteRequest(write.method, write.path, write.endpoint, merged_body(record, members, self.timestamp))

@@ -1,0 +1,145 @@
+"""Deploy groups in the queue, on SQLite and PostgreSQL: written with the appended records, kept
+across a reopen, and created once when replicas append reports of one new deploy at once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import DeploySettings
+from bridge.queue import BatchPolicy, QueueBackend
+from bridge.queue.deploy_groups import DeployPolicy, change_of
+from bridge.records import DeployRecord, Record
+from bridge.sources.native import parse_native
+from tests.queue.contract import Opener, postgres_opener, sqlite_opener
+
+POLICY = DeployPolicy.of(DeploySettings(sources={"argocd": "enrich-only", "quiet": "off"}))
+CLAIM_ALL = BatchPolicy(max_items={"deploy": 1})
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if request.param == "sqlite":
+        return sqlite_opener(tmp_path / "q.db")
+    return postgres_opener(request.getfixturevalue("pg_dsn"))
+
+
+def report(source: str, n: int, *, sha: str = "ABC123", environment: str = "prod", at: int = 0,
+           **fields: Any) -> Record:
+    [record] = parse_native([{"kind": "deploy", "entity": "svc", "title": f"{source} {n}", "sha": sha,
+                              "environment": environment, "timestamp": 1_700_000_000 + at, **fields}], source=source)
+    return record
+
+
+async def opened(backend: Opener, **options: Any) -> QueueBackend:
+    queue = await backend(**options)
+    queue.deploy_policy = POLICY
+    return queue
+
+
+def test_change_is_the_sha_else_the_sorted_images() -> None:
+    def deploy(**fields: Any) -> DeployRecord:
+        record = report("k8s", 0, **fields)
+        assert isinstance(record, DeployRecord)
+        return record
+
+    assert change_of(deploy(sha="ABC")) == "sha:abc"
+    both = {"customData": {"images": {"b": "img:2", "a": "img:1"}}}
+    assert change_of(deploy(sha=None, **both)) == "images:img:1,img:2"
+    assert change_of(deploy(sha=None, customData={"image": "img:3"})) == "images:img:3"
+    assert change_of(deploy(sha=None)) is None
+
+
+async def test_reports_of_one_change_join_the_first_and_survive_a_reopen(backend: Opener) -> None:
+    queue = await opened(backend)
+    first, second = report("github", 1), report("k8s", 2, at=60)
+    await queue.append([first])
+    await queue.close()
+    queue = await opened(backend)
+    await queue.append([second, report("github", 3, sha="other", at=120), report("github", 4, environment="dev")])
+    group = await queue.deploy_group(second.id)
+    assert group is not None and group.creator_id == first.id and group.creator == "queued" and group.uuid is None
+    assert [m.id for m in group.members] == [first.id, second.id]
+    other = await queue.deploy_group(report("github", 3, sha="other", at=120).id)
+    assert other is not None and other.group_id != group.group_id
+    # The first sha again after another was deployed: a new group, not a merge.
+    again = report("k8s", 5, at=180)
+    await queue.append([again])
+    renewed = await queue.deploy_group(again.id)
+    assert renewed is not None and renewed.creator_id == again.id
+    # Delivered with a uuid: the group knows it.
+    claimed = await queue.claim(CLAIM_ALL)
+    assert claimed[0].record.id == first.id
+    await queue.mark_delivered([(claimed[0].seq, "6f9619ff-8b86-d011-b42d-00cf4fc964ff")])
+    delivered = await queue.deploy_group(second.id)
+    assert delivered is not None and (delivered.creator, delivered.uuid) == (
+        "delivered", "6f9619ff-8b86-d011-b42d-00cf4fc964ff")
+    await queue.close()
+
+
+async def test_modes_and_the_window(backend: Opener) -> None:
+    queue = await opened(backend)
+    alone = await queue.append([report("argocd", 1), report("quiet", 2)])
+    assert alone.new_ids == [] and sorted(alone.skipped_ids) == sorted([report("argocd", 1).id, report("quiet", 2).id])
+    await queue.append([report("github", 3)])
+    enriching = await queue.append([report("argocd", 4, at=600)])
+    assert enriching.new_ids == [report("argocd", 4, at=600).id]
+    late = report("k8s", 5, at=1801)
+    await queue.append([late])
+    group = await queue.deploy_group(late.id)
+    assert group is not None and group.creator_id == late.id, "outside the window: a deploy of its own"
+    assert queue.depth == 3
+    await queue.close()
+
+
+async def test_a_dead_creator_is_taken_over_once(backend: Opener) -> None:
+    queue = await opened(backend)
+    first, second = report("github", 1), report("k8s", 2)
+    await queue.append([first, second])
+    [claimed] = await queue.claim(CLAIM_ALL)
+    await queue.dead_letter([claimed.seq], reason="rejected", detail="400", status=400)
+    group = await queue.deploy_group(second.id)
+    assert group is not None and group.creator == "dead" and [m.id for m in group.members] == [second.id]
+    assert await queue.take_over_deploy_group(group.group_id, second.id, first.id)
+    assert not await queue.take_over_deploy_group(group.group_id, "another", first.id)
+    taken = await queue.deploy_group(second.id)
+    assert taken is not None and (taken.creator_id, taken.creator) == (second.id, "queued")
+    await queue.close()
+
+
+async def test_replicas_appending_one_new_deploy_at_once_create_it_once(pg_dsn: str) -> None:
+    replicas = [await opened(postgres_opener(pg_dsn)) for _ in range(4)]
+    reports = [report(f"source-{n}", n, at=n) for n in range(12)]
+    await asyncio.gather(*(replicas[n % 4].append([r]) for n, r in enumerate(reports)))
+    groups = {g.group_id: g for g in [await replicas[0].deploy_group(r.id) for r in reports] if g is not None}
+    assert len(groups) == 1
+    [group] = groups.values()
+    assert sorted(m.id for m in group.members) == sorted(r.id for r in reports)
+    for queue in replicas:
+        await queue.close()
+
+
+async def test_groups_older_than_the_history_are_forgotten(backend: Opener) -> None:
+    queue = await opened(backend, history_seconds=0.2)
+    first, second = report("github", 1), report("k8s", 2)
+    await queue.append([first])
+    await asyncio.sleep(0.3)
+    assert await queue.prune_history() >= 1
+    assert await queue.deploy_group(first.id) is None
+    await queue.append([second])  # the old group is gone: a deploy of its own
+    group = await queue.deploy_group(second.id)
+    assert group is not None and group.creator_id == second.id
+    await queue.close()
+
+
+async def test_a_later_change_arriving_first_does_not_split_an_earlier_deploy(backend: Opener) -> None:
+    queue = await opened(backend)
+    first, newer, late = report("github", 1), report("github", 2, sha="newer", at=7200), report("k8s", 3, at=40)
+    for record in (first, newer, late):  # the newer change's report arrives before the late one of the first
+        await queue.append([record])
+    group = await queue.deploy_group(late.id)
+    assert group is not None and group.creator_id == first.id
+    await queue.close()
