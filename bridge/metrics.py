@@ -31,6 +31,11 @@ RECORDS_ENQUEUED = Counter(
 RECORDS_DUPLICATE = Counter(
     "cortex_bridge_records_duplicate", "Records not queued because their id was already known.", ["source", "kind"]
 )
+RECORDS_SKIPPED = Counter(
+    "cortex_bridge_records_skipped",
+    "Deploys acknowledged but not stored by their source's deploys mode (off; enrich-only with nothing to enrich).",
+    ["source", "kind"],
+)
 INPUTS_IGNORED = Counter(
     "cortex_bridge_inputs_ignored", "Inputs acknowledged without producing records.", ["source", "reason"]
 )

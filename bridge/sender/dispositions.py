@@ -42,16 +42,28 @@ class Dispositions:
         self.queue = queue
         self.retry = retry
 
-    async def delivered(self, items: Sequence[QueuedRecord], cortex_uuid: str | None) -> None:
-        """Cortex stored these records (``cortex_uuid``: what it named the created item)."""
-        await self.queue.mark_delivered([(q.seq, cortex_uuid) for q in items])
+    async def delivered(self, items: Sequence[QueuedRecord], cortex_uuid: str | None, *,
+                        superseded: Sequence[QueuedRecord] = ()) -> None:
+        """Cortex stored these records (``cortex_uuid``: what it named the created item).
+
+        ``superseded``: values a newer one made redundant, settled without being sent (``trace``
+        says ``how: superseded``).
+        """
+        for group, how in ((items, "sent"), (superseded, "superseded")):
+            if group:
+                await self.queue.mark_delivered([(q.seq, cortex_uuid if how == "sent" else None) for q in group],
+                                                how=how)
+        settled = [*items, *superseded]
+        if not settled:
+            return
         now = utc_now()
-        for q in items:
+        for q in settled:
             metrics.RECORDS_DELIVERED.labels(q.record.provenance.source, q.record.kind).inc()
             metrics.TIME_TO_DELIVER.labels(q.record.kind).observe(
                 (now - q.record.provenance.received_at).total_seconds())
         metrics.LAST_DELIVERY.set(time.time())
-        log.debug("delivered", kind=items[0].record.kind, records=len(items), cortex_uuid=cortex_uuid)
+        log.debug("delivered", kind=settled[0].record.kind, records=len(items), superseded=len(superseded),
+                  cortex_uuid=cortex_uuid)
 
     async def retry_later(self, batch: Sequence[QueuedRecord], error: str) -> None:
         """5xx, network error or timeout: exponential backoff, dead letter after the max age."""

@@ -237,7 +237,7 @@ class Sender:
         async with self.docs.lock(batch[0].record.entity) if docs else contextlib.nullcontext():
             if docs and await self.docs.superseded(batch):
                 permit.cancel()
-                return await self.dispositions.delivered(batch, None)
+                return await self.dispositions.delivered([], None, superseded=batch)
             await self._send_batch(batch, permit)
 
     async def _send_batch(self, batch: list[QueuedRecord], permit: Permit) -> None:
@@ -266,9 +266,9 @@ class Sender:
         if outcome is Outcome.DELIVERED:
             missing = verdict.missing
             delivered = [q for tag, items in request.entities.items() if tag not in missing for q in items]
-            delivered += [q for q in request.superseded if q.record.entity not in missing]
             if delivered:
-                await self.dispositions.delivered(delivered, verdict.cortex_uuid)
+                await self.dispositions.delivered(delivered, verdict.cortex_uuid, superseded=[
+                    q for q in request.superseded if q.record.entity not in missing])
                 await self.docs.delivered(delivered)
                 if self.edges is not None:
                     await self.edges.reported(delivered)
@@ -288,7 +288,7 @@ class Sender:
             if request.superseded:
                 # Made redundant by a newer value in this batch: never sent, whatever Cortex
                 # says of the newer one (sending them one by one would overwrite it).
-                await self.dispositions.delivered(request.superseded, None)
+                await self.dispositions.delivered([], None, superseded=request.superseded)
             if len(carried) > 1:
                 await self._isolate(carried)
             else:

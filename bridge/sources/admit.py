@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -24,6 +24,8 @@ from bridge.sources.pipeline import DeadLetters
 log = structlog.get_logger("bridge.ingest")
 
 _UNAVAILABLE = "queue cannot store input right now; retry later"
+SKIPPED_REASON = ("not stored: this source's deploys are `off`, or `enrich-only` and no other source reported"
+                  " this change within deploys.window_seconds")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class Admitted:
 
     ids: list[str]
     duplicate_delivery: bool = False
+    #: deploys not stored by the source's ``deploys:`` mode (``off``, or ``enrich-only`` with
+    #: nothing to enrich): acknowledged, and said so, so that no id in a 2xx goes unaccounted for
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ def admitted_response(admitted: Admitted | None, dead: Sequence[DeadLetters] = (
         return web.json_response({"accepted": 0, "dead_lettered": len(dead_ids), "reasons": reasons,
                                   "ids": dead_ids}, status=202)
     body: dict[str, Any] = {"accepted": len(admitted.ids), "ids": admitted.ids}
+    if admitted.skipped:
+        body["skipped"] = {"ids": admitted.skipped, "reason": SKIPPED_REASON}
     if admitted.duplicate_delivery:
         body["duplicate_delivery"] = True
     if dead_ids:
@@ -123,7 +130,8 @@ def admitted_response(admitted: Admitted | None, dead: Sequence[DeadLetters] = (
 def count_appended(source: str, records: Sequence[Record], result: AppendResult) -> None:
     """Count what an append stored and what it found already known, per record kind."""
     kinds = {r.id: r.kind for r in records}
-    for ids, counter in ((result.new_ids, metrics.RECORDS_ENQUEUED), (result.duplicate_ids, metrics.RECORDS_DUPLICATE)):
+    for ids, counter in ((result.new_ids, metrics.RECORDS_ENQUEUED), (result.duplicate_ids, metrics.RECORDS_DUPLICATE),
+                         (result.skipped_ids, metrics.RECORDS_SKIPPED)):
         counts: dict[str, int] = {}
         for rid in ids:
             counts[kinds[rid]] = counts.get(kinds[rid], 0) + 1
@@ -155,7 +163,11 @@ async def append_records(queue: QueueBackend, records: Sequence[Record], *, sour
     count_appended(source, records, result)
     log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
               new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)
-    return Admitted([r.id for r in records], result.duplicate_delivery)
+    if result.skipped_ids:
+        log.info("deploys_skipped", source=source, delivery_id=delivery_id, ids=result.skipped_ids[:20],
+                 reason=SKIPPED_REASON)
+    skipped = set(result.skipped_ids)
+    return Admitted([r.id for r in records if r.id not in skipped], result.duplicate_delivery, result.skipped_ids)
 
 
 async def keep_dead_letters(queue: QueueBackend, dead: Sequence[DeadLetters], *, source: str) -> NotAdmitted | None:

@@ -50,6 +50,8 @@ async def test_dependencies_are_upserted_in_one_bulk_request(sim: SimulatorServe
     assert len(writes(await sim_requests(sim), "/catalog/dependencies")) == 1
     # the superseded edge is settled as delivered without being sent
     assert inspect.trace(queue_conn(bridge), body["ids"][0])[0]["status"] == "delivered"
+    assert inspect.trace(queue_conn(bridge), body["ids"][0])[0]["how"] == "superseded"
+    assert inspect.trace(queue_conn(bridge), body["ids"][3])[0]["how"] == "sent"
 
 
 async def test_an_unknown_callee_fails_the_bulk_and_only_its_edge_waits(sim: SimulatorServer,
@@ -116,6 +118,7 @@ async def test_only_the_newest_queued_document_of_an_entity_is_sent(make_bridge:
         answered = [r for r in writes(await sim_requests(sim), "/documentation/openapi") if r["status"] == 200]
         assert len(answered) == 1
         assert all(inspect.trace(queue_conn(bridge), i)[0]["status"] == "delivered" for i in ids)
+        assert [inspect.trace(queue_conn(bridge), i)[0]["how"] for i in ids] == ["superseded", "superseded", "sent"]
 
 
 async def test_docs_for_an_unknown_entity_wait_until_it_exists(sim: SimulatorServer, make_bridge: BridgeFactory) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bridge import metrics
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimFaults, SimulatorServer
@@ -73,11 +74,12 @@ async def report_argocd(running: Running, body: bytes | None = None) -> None:
     assert status == 202, answer
 
 
-async def report_rollout(running: Running, *, sha: str = SHA, at: str = "2019-05-15T15:25:02Z") -> None:
+async def report_rollout(running: Running, *, sha: str = SHA, at: str = "2019-05-15T15:25:02Z") -> Any:
     record = {"kind": "deploy", "entity": ENTITY, "title": "Rollout hello-world", "timestamp": at, "sha": sha,
               "environment": "production", "customData": {"images": {"hello-world": IMAGE}}}
     status, answer = await post_records(running.bridge, [record])
     assert status == 202, answer
+    return answer
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -190,8 +192,12 @@ async def test_the_same_sha_after_another_is_a_new_deploy(start: Start) -> None:
 async def test_enrich_only_and_off(start: Start) -> None:
     running = await start(sources={"argocd": "enrich-only", "native": "off"})
     await report_argocd(running)  # nothing to enrich: not stored
-    await report_rollout(running)  # off
+    answer = await report_rollout(running)  # off
     assert (await running.settled())["counts"]["deploys"] == 0
+    # The 2xx says so: the id is not among the accepted, it is skipped with the reason, and counted.
+    assert answer["accepted"] == 0 and answer["ids"] == [] and len(answer["skipped"]["ids"]) == 1
+    assert "deploys are `off`" in answer["skipped"]["reason"]
+    assert metrics.RECORDS_SKIPPED.labels("native", "deploy")._value.get() >= 1
     await report_github(running)
     await report_argocd(running, argocd_sync(finished="2019-05-15T15:24:11Z"))  # enriches GitHub's
     [deploy] = (await running.settled())["deploys"][ENTITY]
