@@ -1,6 +1,6 @@
 """The input pipeline, the same for every transport: one payload in, records or a refusal out.
 
-size -> content type -> decode -> map to drafts (or nothing) -> resolve entities -> records, plus
+size -> content type -> (screen) -> decode -> map to drafts (or nothing) -> resolve entities -> records, plus
 dead letters for records whose entity is unknown. An adapter supplies what is specific to its
 system (:class:`PayloadMapper`: which content types it reads, how it decodes and maps payloads,
 which delivery id a payload has); the order of the steps and the outcomes live here once.
@@ -137,6 +137,10 @@ class PayloadMapper(Protocol):
     def accepts(self, headers: Headers) -> str | None:
         """``None`` if the content type is one this adapter reads, else why not."""
 
+    def screen(self, headers: Headers, body: bytes) -> str | None:
+        """Why the body maps to nothing, when that is certain before decoding (see
+        :mod:`bridge.sources.screening`): the reason :meth:`map` would give; else ``None``."""
+
     def decode(self, headers: Headers, body: bytes) -> Any:
         """The payload of a body; raises ``ValueError`` or :class:`UnusablePayload` if malformed."""
 
@@ -160,11 +164,12 @@ class InputPipeline:
 
     async def run(self, headers: Headers, body: bytes, *, received_at: datetime | None = None) -> Outcome:
         """Every step short of storing: what ``body`` (with ``headers``) maps to."""
-        if len(body) > self.max_bytes:
-            return Refused(RefusalKind.TOO_LARGE, f"body larger than {self.max_bytes} bytes")
-        unaccepted = self.mapper.accepts(headers)
-        if unaccepted is not None:
-            return Refused(RefusalKind.UNSUPPORTED_MEDIA_TYPE, unaccepted)
+        refused = self._refusal(headers, body)
+        if refused is not None:
+            return refused
+        screened = self.mapper.screen(headers, body)
+        if screened is not None:
+            return Ignored(screened)
         try:
             payload = self.mapper.decode(headers, body)
         except UnusablePayload as exc:
@@ -197,6 +202,23 @@ class InputPipeline:
         if not drafts:
             return Ignored("no-records: the payload maps to nothing")
         return await self._resolve(drafts, delivery, delivery_id)
+
+    def screen(self, headers: Headers, body: bytes) -> Ignored | None:
+        """What :meth:`run` would answer when that is "ignored" and certain before decoding (a
+        shared topic's irrelevant messages cost a substring test, not a decode and every rule)."""
+        if self._refusal(headers, body) is not None:
+            return None
+        reason = self.mapper.screen(headers, body)
+        return None if reason is None else Ignored(reason)
+
+    def _refusal(self, headers: Headers, body: bytes) -> Refused | None:
+        """The refusal of an input too large or of a content type the adapter does not read."""
+        if len(body) > self.max_bytes:
+            return Refused(RefusalKind.TOO_LARGE, f"body larger than {self.max_bytes} bytes")
+        unaccepted = self.mapper.accepts(headers)
+        if unaccepted is not None:
+            return Refused(RefusalKind.UNSUPPORTED_MEDIA_TYPE, unaccepted)
+        return None
 
     async def _resolve(self, drafts: list[Draft], delivery: Delivery, delivery_id: str | None) -> Outcome:
         resolutions: dict[tuple[Any, ...], Resolution] = {}

@@ -128,7 +128,8 @@ class BatchWriter:
             else:
                 return [self._item(message, part, outcome) for message, outcome in zip(messages, outcomes, strict=True)]
         decoder = self._decoder_for(topic)
-        return [await self._decode(decoder, message, part, received) for message in messages]
+        return [None if decoder.ignores(message) else await self._decode(decoder, message, part, received)
+                for message in messages]
 
     async def _decode(self, decoder: MessageDecoder, message: Any, part: PartitionOffsets,
                       received: datetime) -> _Item | None:

@@ -25,17 +25,20 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.records import Record
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.native import RecordErrors, parse_native_batch
 from bridge.sources.pipeline import DeadLetters, Ignored, InputPipeline, Refused
+
+log = structlog.get_logger("bridge.kafka")
 
 FormatName = Literal["native", "cloudevents", "mapping"]
 
@@ -86,8 +89,14 @@ class Decoded:
     dead: list[DeadLetters] = field(default_factory=list)
 
 
-#: One message (and when it was received) -> what it maps to; raises :class:`PoisonMessage`.
-MessageDecoder = Callable[[KafkaMessage, datetime], Awaitable[Decoded]]
+class MessageDecoder(Protocol):
+    """A topic's format: one message (and when it was received) -> what it maps to."""
+
+    async def __call__(self, message: KafkaMessage, received_at: datetime) -> Decoded:
+        """What the message maps to; raises :class:`PoisonMessage`."""
+
+    def ignores(self, message: KafkaMessage) -> bool:
+        """True when the message certainly maps to nothing, decided without decoding it."""
 
 
 def delivery_id(message: KafkaMessage) -> str:
@@ -112,17 +121,20 @@ def _json_value(message: KafkaMessage) -> Any:
         raise PoisonMessage("invalid_json", f"value is not valid JSON: {exc}") from None
 
 
-def native_decoder(source: str) -> MessageDecoder:
+class NativeDecoder:
     """The ``native`` format: the value is a native record body."""
-    decode_batch = native_batch_decoder(source)
 
-    async def decode(message: KafkaMessage, received_at: datetime) -> Decoded:
-        outcome = decode_batch([message], received_at)[0]
+    def __init__(self, source: str) -> None:
+        self._decode_batch = native_batch_decoder(source)
+
+    async def __call__(self, message: KafkaMessage, received_at: datetime) -> Decoded:
+        outcome = self._decode_batch([message], received_at)[0]
         if isinstance(outcome, PoisonMessage):
             raise outcome
         return outcome
 
-    return decode
+    def ignores(self, message: KafkaMessage) -> bool:
+        return False  # every native body is records or poison
 
 
 #: Messages of one fetched batch (and when they were received) -> each one's outcome, in order:
@@ -158,6 +170,10 @@ def _native_outcome(parsed: list[Record] | RecordErrors) -> Decoded | PoisonMess
 # -- formats mapped by an adapter in the input pipeline ------------------------------------------
 
 
+#: What a message without headers reads as (immutable, so one serves all of them).
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+
+
 def http_headers(message: KafkaMessage) -> CIMultiDictProxy[str]:
     """The message headers as the HTTP request headers the adapters read.
 
@@ -165,6 +181,8 @@ def http_headers(message: KafkaMessage) -> CIMultiDictProxy[str]:
     ``ce-<name>``; both put the data's media type in ``content-type``. Without one, the value is
     taken as JSON (CloudEvents' default, and what producers that omit the header send).
     """
+    if not message.headers:
+        return _NO_HEADERS
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in text_headers(message).items():
         headers.add(f"ce-{name[3:]}" if name.startswith("ce_") else name, value)
@@ -187,7 +205,7 @@ def adapter_pipeline(fmt: str, *, source: str, options: Mapping[str, Any], ctx: 
     return pipeline
 
 
-def pipeline_decoder(pipeline: InputPipeline) -> MessageDecoder:
+class PipelineDecoder:
     """A format mapped in the input pipeline: the value is the body, the headers the headers.
 
     ``cloudevents``: structured mode (``content-type: application/cloudevents+json``), batches,
@@ -195,17 +213,26 @@ def pipeline_decoder(pipeline: InputPipeline) -> MessageDecoder:
     documents all read as they do over HTTP. ``mapping``: the rules see the JSON value and headers.
     """
 
-    async def decode(message: KafkaMessage, received_at: datetime) -> Decoded:
+    def __init__(self, pipeline: InputPipeline) -> None:
+        self.pipeline = pipeline
+
+    async def __call__(self, message: KafkaMessage, received_at: datetime) -> Decoded:
         if message.value is None:
             raise PoisonMessage("empty_value", "message has no value (tombstone)")
-        outcome = await pipeline.run(http_headers(message), message.value, received_at=received_at)
+        outcome = await self.pipeline.run(http_headers(message), message.value, received_at=received_at)
         if isinstance(outcome, Ignored):
             return Decoded([])
         if isinstance(outcome, Refused):
             raise PoisonMessage("unmappable", f"{outcome.kind}: {outcome.reason}")
         return Decoded(list(outcome.records), list(outcome.dead))
 
-    return decode
+    def ignores(self, message: KafkaMessage) -> bool:
+        value = message.value
+        try:
+            return value is not None and self.pipeline.screen(http_headers(message), value) is not None
+        except Exception:  # a screening bug must cost speed, never a message: decode it in full
+            log.exception("kafka_screen_error", source=self.pipeline.source, message=delivery_id(message))
+            return False
 
 
 def build_batch_decoder(fmt: FormatName, *, source: str) -> BatchDecoder | None:
@@ -217,5 +244,5 @@ def build_batch_decoder(fmt: FormatName, *, source: str) -> BatchDecoder | None:
 def build_decoder(fmt: FormatName, *, source: str, options: Mapping[str, Any], ctx: SourceContext) -> MessageDecoder:
     """The decoder of a topic's configured format; raises :class:`FormatUnavailable`."""
     if fmt == "native":
-        return native_decoder(source)
-    return pipeline_decoder(adapter_pipeline(fmt, source=source, options=options, ctx=ctx))
+        return NativeDecoder(source)
+    return PipelineDecoder(adapter_pipeline(fmt, source=source, options=options, ctx=ctx))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -98,14 +99,15 @@ class WebhookAdapter(ABC, Generic[S]):
 
     def accepts(self, headers: Headers) -> str | None:
         """``None`` if the content type is one this adapter reads, else why not."""
-        ctype = media_type(headers)
-        if ctype in self.content_types or ctype.endswith("+json"):
-            return None
-        return f"content type {ctype or '(none)'} is not accepted ({', '.join(sorted(self.content_types))})"
+        return _unaccepted(self.content_types, headers.get("Content-Type", ""))
 
     def decode(self, headers: Headers, body: bytes) -> Any:
         """The payload of a body; raise ``ValueError`` (or ``UnusablePayload``) if it is malformed."""
         return json.loads(body)
+
+    def screen(self, headers: Headers, body: bytes) -> str | None:
+        """Why the body maps to nothing, when that is certain without decoding it; else ``None``."""
+        return None
 
     @abstractmethod
     async def map(self, delivery: Delivery) -> list[Draft]:
@@ -118,3 +120,11 @@ class WebhookAdapter(ABC, Generic[S]):
                              resolver=EntityResolver(self.settings.entity, ctx.lookup_repository),
                              max_bytes=min(http_limit, self.settings.max_body_bytes or http_limit),
                              lineage=Lineage(ctx.queue, self.settings.lineage))
+
+
+@lru_cache(maxsize=256)  # bounded: the header is the sender's text; a few values recur on every input
+def _unaccepted(content_types: frozenset[str], header: str) -> str | None:
+    ctype = media_type({"Content-Type": header})
+    if ctype in content_types or ctype.endswith("+json"):
+        return None
+    return f"content type {ctype or '(none)'} is not accepted ({', '.join(sorted(content_types))})"

@@ -27,6 +27,7 @@ from bridge.sources.expressions import check_expression, search
 from bridge.sources.gitrefs import repository_from_url
 from bridge.sources.payload import Headers, text
 from bridge.sources.pipeline import TIMED_KINDS, Delivery, Draft, MapsToNothing
+from bridge.sources.screening import Condition, condition_of, plain_json
 from bridge.sources.signatures import AuthScheme, HmacScheme, TokenScheme
 from bridge.sources.timestamps import parse_ci_timestamp
 from bridge.sources.webhooks.adapter import WebhookAdapter, WebhookSettings
@@ -132,6 +133,10 @@ class MappingSettings(WebhookSettings):
         return problem
 
 
+#: Why a payload no rule matches is ignored.
+NO_RULE_MATCHED = "no-rule-matched: no rule matches this payload"
+
+
 def truthy(value: Any) -> bool:
     """JMESPath truthiness: false, null and empty strings, lists and objects are false; 0 is true."""
     return value is not None and value is not False and value != "" and value != [] and value != {}
@@ -139,6 +144,25 @@ def truthy(value: Any) -> bool:
 
 class MappingAdapter(WebhookAdapter[MappingSettings]):
     """Evaluates the configured rules."""
+
+    def __init__(self, settings: MappingSettings) -> None:
+        super().__init__(settings)
+        conditions = [condition_of(rule.when) for rule in settings.rules]
+        #: every rule's necessary condition, or None when some rule has none (then nothing is screened)
+        self._conditions: list[Condition] | None = (
+            None if any(c is None for c in conditions) else [c for c in conditions if c is not None])
+
+    def screen(self, headers: Headers, body: bytes) -> str | None:
+        """"No rule matches", decided from the raw body when every rule's condition fails on it."""
+        conditions = self._conditions
+        if conditions is None:
+            return None
+        for condition in conditions:
+            if condition(headers, body):
+                return None
+        if not plain_json(body):
+            return None  # decoding decides: malformed bodies are refused, not ignored
+        return NO_RULE_MATCHED
 
     def scheme(self) -> AuthScheme | None:
         auth = self.settings.auth
@@ -163,7 +187,7 @@ class MappingAdapter(WebhookAdapter[MappingSettings]):
             else:
                 skipped.append(f"rule {rule.name!r}: {problem}")
         if not drafts:
-            raise MapsToNothing("; ".join(skipped) if skipped else "no-rule-matched: no rule matches this payload")
+            raise MapsToNothing("; ".join(skipped) if skipped else NO_RULE_MATCHED)
         return drafts
 
     def _apply(self, rule: Rule, document: dict[str, Any], subject: Subject) -> tuple[Draft | None, str]:
