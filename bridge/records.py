@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -27,12 +26,14 @@ from pydantic import (
     PlainSerializer,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticSerializationError
 
 from bridge.openapi_spec import openapi_document
+from bridge.storable import json_problem
 
 #: Namespace for record ids (uuid5), fixed forever so ids stay stable across versions.
 RECORD_ID_NAMESPACE = uuid.UUID("6f1c7a52-3a0e-4c55-9a43-1f0d2a8c9b11")
@@ -42,12 +43,6 @@ _NAMESPACE_BYTES = RECORD_ID_NAMESPACE.bytes
 #: so that an ambiguous delivery can be matched exactly when it is read back, and a stored deploy
 #: traced to its record. It is how a record is identified once delivered, so it stays with the id.
 BRIDGE_ID_KEY = "cortexBridgeId"
-
-#: Deepest nesting accepted inside a record (``customData``, custom-data values). The queue reads
-#: records back with pydantic-core, whose JSON reader refuses documents nested deeper than ~200
-#: levels; no CI payload needs more than a handful. Refusing at the door keeps every stored
-#: record readable (and sendable: Cortex's own JSON reader has a nesting limit too).
-MAX_JSON_DEPTH = 64
 
 DeployType = Literal["DEPLOY", "SCALE", "ROLLBACK", "RESTART"]
 RecordKind = Literal["deploy", "event", "metric", "custom_data", "dependency", "docs"]
@@ -103,6 +98,10 @@ def parse_timestamp(value: str | int | float | datetime) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+#: Validation context of a record read from the queue's own serialization (see ``_storable``).
+READ_BACK: dict[str, Any] = {"read_back": True}
+
+
 class UnstorableRecord(ValueError):
     """A record that would not read back from the queue exactly as it is (never acknowledged)."""
 
@@ -110,87 +109,6 @@ class UnstorableRecord(ValueError):
         super().__init__(f"record {record_id}: {problem}")
         self.record_id = record_id
         self.problem = problem
-
-
-def _is_unicode(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800" from a JSON escape): no UTF-8 for it
-        return False
-    return True
-
-
-def json_problem(value: Any, where: str = "") -> str | None:
-    """Why ``value`` cannot be stored and sent as JSON exactly as given, or ``None``.
-
-    Refused: text with lone surrogates (in values or keys), non-finite numbers (JSON has none;
-    they would be stored as ``null``), nesting deeper than :data:`MAX_JSON_DEPTH`. Iterative,
-    so a hostile depth cannot exhaust the stack.
-    """
-    return None if _plainly_storable(value) else walk_for_problem(value, where)
-
-
-def walk_for_problem(value: Any, where: str = "") -> str | None:
-    """:func:`json_problem` by walking every value with its path (what the fast check defers to)."""
-    stack: list[tuple[Any, tuple[str, ...], int]] = [(value, (where,) if where else (), 0)]
-    while stack:
-        item, path, depth = stack.pop()
-        problem: str | None = None
-        if isinstance(item, str):
-            if not _is_unicode(item):
-                problem = "text is not valid Unicode (lone surrogate)"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                problem = f"{item} is not a JSON number"
-        elif isinstance(item, BaseModel):
-            stack.extend((v, (*path, k), depth) for k, v in item.__dict__.items())
-        elif isinstance(item, dict | list | tuple):
-            if depth >= MAX_JSON_DEPTH:
-                problem = f"nested deeper than {MAX_JSON_DEPTH} levels"
-            else:
-                entries = item.items() if isinstance(item, dict) else enumerate(item)
-                for key, child in entries:
-                    if isinstance(key, str) and not _is_unicode(key):
-                        return f"{_dotted((*path, '?'))}: a key is not valid Unicode (lone surrogate)"
-                    stack.append((child, (*path, str(key)), depth + 1))
-        if problem is not None:
-            return f"{_dotted(path)}: {problem}"
-    return None
-
-
-#: Values that are always storable as they are (no text, no float, no nesting).
-_PLAIN_TYPES = (type(None), bool, int, datetime)
-
-
-def _plainly_storable(item: Any, depth: int = 0) -> bool:
-    """True only if :func:`json_problem` finds nothing in ``item`` (the common record, checked
-    without building paths); False means "walk it": something may be wrong, or it is a type only
-    the walk knows (a ``str`` subclass ...). Recursive, but never deeper than MAX_JSON_DEPTH."""
-    kind = type(item)
-    if kind is str:
-        return _is_unicode(item)
-    if kind is float:
-        return math.isfinite(item)
-    if kind in _PLAIN_TYPES:
-        return True
-    if kind is dict or kind is list or kind is tuple:
-        if depth >= MAX_JSON_DEPTH:
-            return False
-        if kind is dict:
-            return all(type(key) is str and _is_unicode(key) and _plainly_storable(child, depth + 1)
-                       for key, child in item.items())
-        return all(_plainly_storable(child, depth + 1) for child in item)
-    if isinstance(item, BaseModel):
-        return all(_plainly_storable(child, depth) for child in item.__dict__.values())
-    return False
-
-
-def _dotted(path: tuple[str, ...]) -> str:
-    if len(path) > 6:  # a hostile depth must not make a hostile error message
-        path = (*path[:3], "…", *path[-2:])
-    return ".".join(path) or "value"
 
 
 class Provenance(BaseModel):
@@ -229,8 +147,12 @@ class _RecordBase(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _storable(self) -> _RecordBase:
-        # Every field, so that what is acknowledged is exactly what the sender reads back.
+    def _storable(self, info: ValidationInfo) -> _RecordBase:
+        # Every field, so that what is acknowledged is exactly what the sender reads back. Text
+        # the queue wrote from a checked record keeps what this checks (it is JSON, as deep as
+        # the record): reading it back (READ_BACK) need not walk it again.
+        if info.context is READ_BACK:
+            return self
         problem = json_problem(self)
         if problem is not None:
             raise ValueError(problem)
@@ -388,7 +310,7 @@ def encode_record(record: Record) -> str:
 
 def record_from_json(data: str | bytes) -> Record:
     """Inverse of :func:`record_to_json`."""
-    return RECORD_ADAPTER.validate_json(data)
+    return RECORD_ADAPTER.validate_json(data, context=READ_BACK)
 
 
 def lane_of(record: Record) -> str:

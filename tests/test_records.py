@@ -18,14 +18,13 @@ from bridge.records import (
     RECORD_ID_NAMESPACE,
     DeployRecord,
     format_timestamp,
-    json_problem,
     lane_of,
     parse_timestamp,
     record_from_json,
     record_id,
     record_to_json,
-    walk_for_problem,
 )
+from bridge.storable import json_problem, walk_for_problem
 
 PROV = {"source": "test"}
 

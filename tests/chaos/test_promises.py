@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from bridge.cortex.simulator import SimFaults, SimulatorServer
 from bridge.queue import inspect
-from bridge.records import BRIDGE_ID_KEY, MAX_JSON_DEPTH
+from bridge.records import BRIDGE_ID_KEY
+from bridge.storable import MAX_JSON_DEPTH
 from tests.support.cortex import BridgeFactory, hostile_json, sim_config, sim_state, wait_until
 from tests.support.ledger import make_record, scaled
 

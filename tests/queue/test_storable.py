@@ -22,7 +22,6 @@ from bridge.cortex.simulator import SimulatorServer
 from bridge.queue import BatchPolicy, DurableQueue, inspect
 from bridge.queue.schema import State
 from bridge.records import (
-    MAX_JSON_DEPTH,
     RECORD_ADAPTER,
     Record,
     UnstorableRecord,
@@ -30,6 +29,7 @@ from bridge.records import (
     record_from_json,
 )
 from bridge.sources.native import RecordErrors, parse_native
+from bridge.storable import MAX_JSON_DEPTH
 from tests.support.cortex import BridgeFactory, sim_config, sim_state, wait_until
 from tests.support.queue_file import sqlite_queue
 
