@@ -55,11 +55,11 @@ PLACEHOLDER = 987_654_321_000
 PRODUCTION_CORTEX = {"rate_limit_per_minute": 1000, "burst": 50, "linger_ms": 50, "max_concurrency": 8}
 
 GITHUB_LUA = r"""
-local counter, sigs, prefix, suffix, base, run = 0, {}, "", "", 0, "r"
+local counter, sigs, parts, base, run = 0, {}, {}, 0, "r"
 init = function(args)
   local f = io.open(args[1], "r")
-  prefix = f:read("*l")
-  suffix = f:read("*l")
+  local n = tonumber(f:read("*l"))
+  for k = 1, n do parts[k] = f:read("*l") end
   base = tonumber(f:read("*l"))
   for line in f:lines() do sigs[#sigs + 1] = line end
   f:close()
@@ -68,7 +68,7 @@ end
 request = function()
   counter = counter + 1
   local i = (counter - 1) % #sigs
-  local body = prefix .. string.format("%d", base + i) .. suffix
+  local body = table.concat(parts, string.format("%d", base + i))
   return wrk.format("POST", "/webhooks/github", {
     ["Content-Type"] = "application/json",
     ["X-GitHub-Event"] = "deployment_status",
@@ -86,17 +86,23 @@ def sim_for_bench() -> SimulatorConfig:
 
 
 def github_bodies(path: Path, count: int) -> int:
-    """Write prefix, suffix, base id and ``count`` signatures for GITHUB_LUA; return the body size."""
+    """Write the body's parts around the request number, the base number and ``count`` signatures
+    for GITHUB_LUA; return the body size.
+
+    Each request is a new deployment of a new commit (the number is in the deployment id and in
+    the sha): a new record and a deploy of its own, not another report of one change (those
+    coalesce, bench/coalesce.py)."""
     payload = json.loads(FIXTURE.read_text())
     payload["deployment"]["id"] = PLACEHOLDER
+    payload["deployment"]["sha"] = "f" * 28 + str(PLACEHOLDER)
     text = json.dumps(payload, separators=(",", ":"))
-    prefix, suffix = text.split(str(PLACEHOLDER))
-    # New deployment ids on every run; below 2^53 so that Lua's doubles print them exactly.
+    parts = text.split(str(PLACEHOLDER))
+    # New numbers on every run, 12 digits (a 40-character sha); below 2^53 so Lua prints them exactly.
     base = (uuid.uuid4().int % 9_000_000 + 1_000_000) * 100_000
     key = GITHUB_SECRET.encode()
-    sigs = [hmac.new(key, f"{prefix}{base + i}{suffix}".encode(), hashlib.sha256).hexdigest() for i in range(count)]
-    path.write_text("\n".join([prefix, suffix, str(base), *sigs]) + "\n")
-    return len(prefix) + len(str(base)) + len(suffix)
+    sigs = [hmac.new(key, str(base + i).join(parts).encode(), hashlib.sha256).hexdigest() for i in range(count)]
+    path.write_text("\n".join([str(len(parts)), *parts, str(base), *sigs]) + "\n")
+    return len(str(base).join(parts))
 
 
 def durable_total(bridge: BridgeProcess) -> int:

@@ -10,7 +10,6 @@ setting A, then B, then A again must leave A in Cortex, not drop the third as a 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, get_args
@@ -25,6 +24,7 @@ from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, utc_no
 from bridge.secrets import SecretUnavailable
 from bridge.sources.admit import admit, error_response
 from bridge.sources.edge import BodyBudget, BodyRefused, read_body
+from bridge.sources.payload import json_body
 from bridge.sources.pipeline import RESTATED_KINDS
 from bridge.sources.signatures import TokenScheme
 
@@ -237,7 +237,7 @@ class NativeEndpoint:
             except BodyRefused as exc:
                 return exc.response
             try:
-                payload = json.loads(raw)
+                payload = json_body(raw)
             except (ValueError, RecursionError) as exc:
                 return refuse(400, f"body is not valid JSON: {exc}")
         del raw

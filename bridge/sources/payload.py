@@ -7,14 +7,39 @@ decides itself what a missing value means.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from bridge.sources.timestamps import parse_ci_timestamp
 
 #: Headers of an input; case-insensitive where they come from HTTP (or are made to look like it).
 Headers = Mapping[str, str]
+
+
+def json_body(body: bytes | str) -> Any:
+    """The JSON value of a body, exactly as ``json.loads`` reads it, several times faster.
+
+    orjson reads what it can (strict JSON in UTF-8: nearly every payload); what it refuses is
+    read by ``json.loads``, which accepts more (``NaN``, a byte-order mark, UTF-16, integers
+    beyond 64 bits, which orjson would read as floats: a body with 19 digits in a row goes to
+    ``json.loads`` whole) and raises ``ValueError`` or ``RecursionError`` with its own message when the
+    body is not JSON. So the answer, and the value read, are those of ``json.loads``.
+    """
+    if _LONG_DIGITS.search(body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
+
+
+#: 19 digits in a row: perhaps an integer beyond 64 bits, which orjson reads as a float.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def media_type(headers: Headers) -> str:

@@ -36,6 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from bridge.records import Record
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.native import RecordErrors, parse_native_batch
+from bridge.sources.payload import json_body
 from bridge.sources.pipeline import DeadLetters, Ignored, InputPipeline, Refused
 
 log = structlog.get_logger("bridge.kafka")
@@ -116,7 +117,7 @@ def _json_value(message: KafkaMessage) -> Any:
     if message.value is None:
         raise PoisonMessage("empty_value", "message has no value (tombstone)")
     try:
-        return json.loads(message.value)
+        return json_body(message.value)
     except (ValueError, RecursionError) as exc:
         raise PoisonMessage("invalid_json", f"value is not valid JSON: {exc}") from None
 

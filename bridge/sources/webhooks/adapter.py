@@ -12,7 +12,6 @@ pipeline, without the HTTP half.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +24,7 @@ from bridge.sources.base import SourceContext
 from bridge.sources.entity import EntityResolver, EntitySettings
 from bridge.sources.lineage import Lineage, LineageSettings
 from bridge.sources.lineage import MetricKey as MetricKey
-from bridge.sources.payload import Headers, media_type
+from bridge.sources.payload import Headers, json_body, media_type
 from bridge.sources.pipeline import Delivery, Draft, InputPipeline
 from bridge.sources.signatures import AuthScheme
 
@@ -103,7 +102,7 @@ class WebhookAdapter(ABC, Generic[S]):
 
     def decode(self, headers: Headers, body: bytes) -> Any:
         """The payload of a body; raise ``ValueError`` (or ``UnusablePayload``) if it is malformed."""
-        return json.loads(body)
+        return json_body(body)
 
     def screen(self, headers: Headers, body: bytes) -> str | None:
         """Why the body maps to nothing, when that is certain without decoding it; else ``None``."""

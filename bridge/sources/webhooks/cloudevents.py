@@ -27,7 +27,7 @@ from pydantic import Field
 
 from bridge.queue import QueueBackend
 from bridge.sources.base import SourceContext, parse_settings
-from bridge.sources.payload import Headers, media_type, text
+from bridge.sources.payload import Headers, json_body, media_type, text
 from bridge.sources.pipeline import Delivery, Draft, MapsToNothing, RefusalKind, UnusablePayload
 from bridge.sources.signatures import AuthScheme, TokenScheme
 from bridge.sources.webhooks.adapter import MetricKey, WebhookAdapter, WebhookSettings
@@ -69,7 +69,7 @@ class CloudEventsAdapter(WebhookAdapter[CloudEventsSettings]):
     def decode(self, headers: Headers, body: bytes) -> list[dict[str, Any]]:
         if headers.get("ce-specversion"):
             return [_binary_event(headers, body)]
-        document = json.loads(body)
+        document = json_body(body)
         if media_type(headers) == BATCH or isinstance(document, list):
             if not isinstance(document, list):
                 raise UnusablePayload("a batch must be a JSON array of events")
@@ -115,7 +115,7 @@ def _binary_event(headers: Headers, body: bytes) -> dict[str, Any]:
     mtype = media_type(headers)
     # Only JSON data can hold a CDEvent; other data is not needed to map (or ignore) the event.
     if body and (mtype == "application/json" or mtype.endswith("+json")):
-        event["data"] = json.loads(body)
+        event["data"] = json_body(body)
     _validate(event, 0)
     return event
 
