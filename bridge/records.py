@@ -73,7 +73,9 @@ def utc_now() -> datetime:
 def format_timestamp(ts: datetime) -> str:
     """UTC with an explicit ``Z``, millisecond precision: the format Cortex round-trips."""
     ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    if ts.year < 1000:  # strftime's (unpadded) year, which parse_timestamp refuses: kept as it was
+        return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    return ts.isoformat(timespec="milliseconds")[:-6] + "Z"  # the same text, twice as fast
 
 
 def parse_timestamp(value: str | int | float | datetime) -> datetime:

@@ -131,3 +131,9 @@ def test_bad_timestamps_are_validation_errors_not_crashes(bad: object) -> None:
     with pytest.raises(ValidationError):
         RECORD_ADAPTER.validate_python({"kind": "event", "id": "x", "entity": "svc", "provenance": PROV,
                                         "type": "T", "title": "t", "timestamp": bad})
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_format_timestamp_is_strftime_to_the_millisecond(ts: datetime) -> None:
+    utc = ts.astimezone(UTC)
+    assert format_timestamp(ts) == utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
