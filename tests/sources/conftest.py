@@ -15,7 +15,18 @@ import pytest
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.cortex.simulator import SimEntity, SimulatorConfig, SimulatorServer
+from bridge.queue import DurableQueue
+from bridge.sources.base import SourceContext
 from tests.support.webhooks import ENTITIES, METRIC_KEYS, SIM_TOKEN, Running, StartBridge
+
+
+@pytest.fixture
+async def ctx(tmp_path: Path) -> AsyncIterator[SourceContext]:
+    """What a source is built with: default settings (unauthenticated ingest) and a SQLite queue."""
+    queue = await DurableQueue.open(tmp_path / "q.db")
+    yield SourceContext(settings=load_settings(None, queue={"path": str(tmp_path / "q.db")},
+                                               ingest={"allow_unauthenticated": True}), queue=queue)
+    await queue.close()
 
 
 @pytest.fixture

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.config import load_settings
-from bridge.queue import DurableQueue, QueueUnavailable
+from bridge.queue import QueueUnavailable
 from bridge.records import record_to_json
 from bridge.sources.base import SourceConfigError, SourceContext
 from bridge.sources.entity import EntityResolver, EntitySettings, Subject
@@ -52,14 +49,6 @@ class Msg:
     partition: int = 0
     offset: int = 7
     timestamp: int = 1_767_000_000_000
-
-
-@pytest.fixture
-async def ctx(tmp_path: Path) -> AsyncIterator[SourceContext]:
-    queue = await DurableQueue.open(tmp_path / "q.db")
-    yield SourceContext(settings=load_settings(None, queue={"path": str(tmp_path / "q.db")},
-                                               ingest={"allow_unauthenticated": True}), queue=queue)
-    await queue.close()
 
 
 def _records(outcome: Any) -> list[str]:

@@ -4,17 +4,12 @@ pipeline would have ignored it for the same reason; anything else takes the full
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bridge.config import load_settings
-from bridge.queue import DurableQueue
 from bridge.sources.base import SourceContext
 from bridge.sources.expressions import search
 from bridge.sources.kafka.formats import build_decoder
@@ -24,14 +19,6 @@ from bridge.sources.webhooks import mapping
 from bridge.sources.webhooks.mapping import NO_RULE_MATCHED, truthy
 from tests.sources.test_pipeline import NOW, Msg
 from tests.support.paths import FIXTURES
-
-
-@pytest.fixture
-async def ctx(tmp_path: Path) -> AsyncIterator[SourceContext]:
-    queue = await DurableQueue.open(tmp_path / "q.db")
-    yield SourceContext(settings=load_settings(None, queue={"path": str(tmp_path / "q.db")},
-                                               ingest={"allow_unauthenticated": True}), queue=queue)
-    await queue.close()
 
 
 def _rule(name: str, when: str) -> dict[str, Any]:

@@ -14,8 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import load_settings
-from bridge.queue import DurableQueue
 from bridge.queue.poison import RAW_INPUT_KIND, RawInput
 from bridge.records import DependencyRecord, DeployRecord, EventRecord
 from bridge.sources.base import SourceConfigError, SourceContext
@@ -44,14 +42,6 @@ class Msg:
     partition: int = 3
     offset: int = 42
     timestamp: int = 1_767_000_000_000
-
-
-@pytest.fixture
-async def ctx(tmp_path: Path) -> Any:
-    queue = await DurableQueue.open(tmp_path / "q.db")
-    yield SourceContext(settings=load_settings(None, queue={"path": str(tmp_path / "q.db")},
-                                                     ingest={"allow_unauthenticated": True}), queue=queue)
-    await queue.close()
 
 
 def base(**extra: Any) -> dict[str, Any]:
