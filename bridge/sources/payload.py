@@ -26,7 +26,7 @@ def json_body(body: bytes | str) -> Any:
 
     orjson reads what it can (strict JSON in UTF-8: nearly every payload); what it refuses is
     read by ``json.loads``, which accepts more (``NaN``, a byte-order mark, UTF-16, integers
-    beyond 64 bits, which orjson would read as floats: a body with 19 digits in a row goes to
+    beyond 64 bits, which orjson would read as floats: a body with a 19-digit number goes to
     ``json.loads`` whole) and raises ``ValueError`` or ``RecursionError`` with its own message when the
     body is not JSON. So the answer, and the value read, are those of ``json.loads``.
     """
@@ -38,8 +38,10 @@ def json_body(body: bytes | str) -> Any:
     return json.loads(body)
 
 
-#: 19 digits in a row: perhaps an integer beyond 64 bits, which orjson reads as a float.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+#: A number of 19 digits or more where a value starts (the document's start, or after ``:``, ``[``
+#: or ``,``): perhaps an integer beyond 64 bits, which orjson reads as a float. Digits inside a
+#: string (a zero-padded sha) rarely look like that, and if they do, json.loads reads the body.
+_LONG_DIGITS = re.compile(rb"(?:^|[:\[,])\s*-?[0-9]{19}")
 
 
 def media_type(headers: Headers) -> str:
