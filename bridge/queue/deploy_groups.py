@@ -11,6 +11,13 @@ a different one was deployed (in deploy time) is a new group, never a merge.
 The group's Cortex uuid is the one its creator's delivery recorded (``delivered.cortex_uuid``,
 written with the delivery), so it is known exactly when the creator is delivered. The SQLite
 statements are here; the PostgreSQL ones in ``postgres/deploy_groups.py``.
+
+Custom events that are one Cortex event use the same groups (*event groups*): an event whose
+``customData.opened_event`` names a record id (an incident's opening names itself, its
+resolution names the opening) joins the group of that id on its entity, whatever the time
+between them; the first of them to arrive creates the group (and is POSTed), the others update
+that event by its uuid (bridge/sender/incidents.py). Their groups are kept apart from deploys'
+by an environment no deploy has (:data:`EVENT_ENVIRONMENT`).
 """
 
 from __future__ import annotations
@@ -22,12 +29,17 @@ from typing import Literal
 
 from bridge.config import DeploySettings
 from bridge.queue.core import QueueCore
-from bridge.records import DeployRecord, Record, record_from_json
+from bridge.records import DeployRecord, EventRecord, Record, record_from_json
 
 #: Deploy types that are a change reaching an environment; SCALE and RESTART are never merged.
 COALESCED_TYPES = frozenset({"DEPLOY", "ROLLBACK"})
 
 CreatorState = Literal["queued", "delivered", "dead", "gone"]
+
+#: ``customData`` key of an event naming the record id of the event it is (or updates).
+OPENED_EVENT_KEY = "opened_event"
+#: The environment of event groups: a unit separator, which no deploy environment holds.
+EVENT_ENVIRONMENT = "\x1fevents"
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class DeployClaim:
     change: str
     at: float
     mode: str
+    #: an event group's claim: joins the group of its change whatever the time between them
+    exact: bool = False
 
     @property
     def head_key(self) -> str:
@@ -71,7 +85,7 @@ class DeployGroup:
     creator_id: str
     creator: CreatorState
     uuid: str | None
-    members: list[DeployRecord]
+    members: list[DeployRecord | EventRecord]
 
 
 def change_of(record: DeployRecord) -> str | None:
@@ -93,6 +107,10 @@ def claims_of(policy: DeployPolicy, records: Sequence[Record]) -> tuple[list[Rec
     for record in records:
         if not isinstance(record, DeployRecord):
             kept.append(record)
+            opened = (record.custom_data or {}).get(OPENED_EVENT_KEY) if isinstance(record, EventRecord) else None
+            if isinstance(record, EventRecord) and isinstance(opened, str) and opened:
+                claims.append(DeployClaim(record.id, record.entity, EVENT_ENVIRONMENT, "event:" + opened,
+                                          record.timestamp.timestamp(), "create", exact=True))
             continue
         mode = policy.mode(record.provenance.source)
         if mode == "off" or (mode == "enrich-only" and policy.window_seconds <= 0):
@@ -112,6 +130,8 @@ def joins(candidates: Sequence[tuple[int, str, float]], claim: DeployClaim, wind
     The nearest group of the same change, unless a group of another change lies between them in
     deploy time (then this report is a redeploy, not the same deploy).
     """
+    if claim.exact:
+        return next((g[0] for g in candidates if g[1] == claim.change), None)
     near = [g for g in candidates if abs(claim.at - g[2]) <= window]
     for group in sorted((g for g in near if g[1] == claim.change), key=lambda g: abs(claim.at - g[2])):
         low, high = sorted((group[2], claim.at))
@@ -136,9 +156,13 @@ def group_sync(conn: sqlite3.Connection, policy: DeployPolicy, claims: Iterable[
     skipped: set[str] = set()
     for claim in claims:
         window = policy.window_seconds
-        near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
-                            " AND first_at BETWEEN ? AND ?", (claim.entity, claim.environment, claim.at - window,
-                                                               claim.at + window)).fetchall()
+        if claim.exact:
+            near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
+                                " AND change = ?", (claim.entity, claim.environment, claim.change)).fetchall()
+        else:
+            near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
+                                " AND first_at BETWEEN ? AND ?", (claim.entity, claim.environment, claim.at - window,
+                                                                   claim.at + window)).fetchall()
         group = joins(near, claim, window)
         if group is None:
             if claim.mode == "enrich-only":
@@ -184,6 +208,6 @@ class DeployGroups(QueueCore):
         return await self._run(update)
 
 
-def members_of(bodies: Iterable[str]) -> list[DeployRecord]:
+def members_of(bodies: Iterable[str]) -> list[DeployRecord | EventRecord]:
     """The group's reports from their stored bodies, in append order."""
-    return [r for r in (record_from_json(b) for b in bodies) if isinstance(r, DeployRecord)]
+    return [r for r in (record_from_json(b) for b in bodies) if isinstance(r, DeployRecord | EventRecord)]

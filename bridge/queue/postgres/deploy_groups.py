@@ -34,9 +34,14 @@ async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Seq
     skipped: set[str] = set()
     for claim in claims:
         window = policy.window_seconds
-        cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s AND environment = %s"
-                                 " AND first_at BETWEEN %s AND %s", (claim.entity, claim.environment,
-                                                                     claim.at - window, claim.at + window))
+        if claim.exact:
+            cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s"
+                                     " AND environment = %s AND change = %s",
+                                     (claim.entity, claim.environment, claim.change))
+        else:
+            cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s"
+                                     " AND environment = %s AND first_at BETWEEN %s AND %s",
+                                     (claim.entity, claim.environment, claim.at - window, claim.at + window))
         near = [(int(r[0]), str(r[1]), float(r[2])) for r in await cur.fetchall()]
         group = joins(near, claim, window)
         if group is None:
