@@ -34,6 +34,7 @@ from bridge.cortex.endpoints import (
 from bridge.queue import QueueBackend, QueuedRecord
 from bridge.queue.deploy_groups import DeployGroup
 from bridge.records import BRIDGE_ID_KEY, DeployRecord, EventRecord, Record, format_timestamp
+from bridge.sender.change_failure import added_by_failure, change_failure_event, may_still_be_created
 from bridge.sender.incidents import merged_event, opens_group
 
 log = structlog.get_logger("bridge.sender")
@@ -53,6 +54,8 @@ class Planned:
     write: WriteRequest | None
     #: a PUT, which may be repeated when its answer is lost
     idempotent: bool = False
+    #: nothing to send, ever: settle the record unsent (a mark whose deploy will never exist)
+    drop: bool = False
 
 
 def merged_body(creator: DeployRecord, members: list[DeployRecord | EventRecord],
@@ -63,7 +66,9 @@ def merged_body(creator: DeployRecord, members: list[DeployRecord | EventRecord]
     report as ``sources`` ({source, id}) and every distinct URL as ``urls``; the bridge id is the
     creator's, so that a read-back of its POST still finds it.
     """
-    ordered = [creator] + [m for m in members if m.id != creator.id and isinstance(m, DeployRecord)]
+    everything = [creator] + [m for m in members if m.id != creator.id and isinstance(m, DeployRecord)]
+    # A change failure's mark brings only customData.changeFailure: not a report, nor a source.
+    ordered = [m for m in everything if not added_by_failure(m)]
     body = deploy_or_event_body(creator)
     times = [m.timestamp for m in ordered]
     body["timestamp"] = format_timestamp(min(times) if timestamp == "first-report" else max(times))
@@ -75,7 +80,7 @@ def merged_body(creator: DeployRecord, members: list[DeployRecord | EventRecord]
     if deployer is not None:
         body["deployer"] = deployer.model_dump(exclude_none=True)
     custom: dict[str, Any] = {}
-    for member in ordered:
+    for member in everything:
         for key, value in (member.custom_data or {}).items():
             custom.setdefault(key, value)
     custom["sources"] = [{"source": m.provenance.source, "id": m.id} for m in ordered]
@@ -100,6 +105,8 @@ class Coalescer:
 
     def handles(self, record: Record) -> bool:
         """Whether ``record`` may belong to a group (else it is sent as any record of its kind)."""
+        if added_by_failure(record):
+            return True  # whatever the settings now: a mark must never be POSTed as a deploy
         return (self.deploys and isinstance(record, DeployRecord)) or (
             isinstance(record, EventRecord) and opens_group(record))
 
@@ -117,8 +124,13 @@ class Coalescer:
             group = await self.queue.deploy_group(record.id) or group
             yield await self._plan(record, group)
 
-    async def wait(self, q: QueuedRecord) -> None:
-        """Put ``q`` back, due shortly, without using an attempt: its deploy's uuid is not known yet."""
+    async def wait(self, q: QueuedRecord, planned: Planned) -> None:
+        """Put ``q`` back, due shortly, without using an attempt: its deploy's uuid is not known yet
+        (or, ``planned.drop``, settle it unsent: there will never be a deploy to mark)."""
+        if planned.drop:
+            log.info("change_failure_mark_dropped", record=q.record.id, reason="the deploy was never created")
+            await self.queue.mark_delivered([(q.seq, None)], how="superseded")
+            return
         await self.queue.reschedule([q.seq], next_attempt_at=time.time() + WAIT_FOR_UUID_SECONDS,
                                     error="waiting for the deploy's first report to be delivered", count_attempt=False)
 
@@ -126,12 +138,17 @@ class Coalescer:
         creator = next((m for m in group.members if m.id == group.creator_id), None)
         if group.creator_id == record.id:
             return Planned(self._create(record, group))
-        if group.uuid is not None and isinstance(creator, EventRecord):
-            body = merged_event(creator.id, group.members)
-            return Planned(update_event(record.entity, group.uuid, body), idempotent=True)
-        if group.uuid is not None and isinstance(creator, DeployRecord):
+        if group.events:
+            if group.uuid is not None and isinstance(creator, EventRecord):
+                body = merged_event(creator.id, group.members)
+                return Planned(update_event(record.entity, group.uuid, body), idempotent=True)
+        elif isinstance(record, EventRecord):  # a change failure's event (change_failure.py)
+            return Planned(None) if may_still_be_created(group) else Planned(change_failure_event(record, group))
+        elif group.uuid is not None and isinstance(creator, DeployRecord):
             body = merged_body(creator, group.members, self.timestamp)
             return Planned(update_deploy(record.entity, group.uuid, body), idempotent=True)
+        elif added_by_failure(record):  # a mark never creates: it waits for a report that does
+            return Planned(None, drop=not may_still_be_created(group))
         # The creating POST failed for good (or Cortex named no uuid): this report creates.
         failed = group.creator in ("dead", "gone") or (group.creator == "delivered" and group.uuid is None)
         if failed and await self.queue.take_over_deploy_group(group.group_id, record.id, group.creator_id):

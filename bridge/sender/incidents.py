@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.cortex.endpoints import deploy_or_event_body
-from bridge.queue.deploy_groups import OPENED_EVENT_KEY
+from bridge.queue.change_failures import OPENED_EVENT_KEY
 from bridge.records import BRIDGE_ID_KEY, DeployRecord, EventRecord
 
 

@@ -246,7 +246,7 @@ class Sender:
         async with self.coalescer.turn(batch[0]) as planned:
             if planned.write is None:
                 permit.cancel()
-                return await self.coalescer.wait(batch[0])
+                return await self.coalescer.wait(batch[0], planned)
             await self._write(BatchRequest(planned.write, {batch[0].record.entity: batch}, []), permit,
                               planned.idempotent)
 

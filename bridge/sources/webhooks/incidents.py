@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from bridge.queue.deploy_groups import OPENED_EVENT_KEY
+from bridge.queue.change_failures import OPENED_EVENT_KEY
 from bridge.records import format_timestamp, record_id
 from bridge.sources.entity import Subject
 from bridge.sources.pipeline import Draft
