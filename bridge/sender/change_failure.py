@@ -17,17 +17,22 @@ from __future__ import annotations
 from bridge.cortex.endpoints import WriteRequest, create_deploy_or_event
 from bridge.queue.change_failures import CHANGE_FAILURE_SOURCE
 from bridge.queue.deploy_groups import DeployGroup
+from bridge.queue.enrichment import LINEAGE_SOURCE
 from bridge.records import DeployRecord, EventRecord, Record
 
+#: Sources of the records the queue adds to a deploy's group: not reports, never a deploy of their own.
+ADDED_SOURCES = frozenset({CHANGE_FAILURE_SOURCE, LINEAGE_SOURCE})
 
-def added_by_failure(record: Record) -> bool:
-    """Whether ``record`` is a change failure's event or mark (not a report of any source)."""
-    return record.provenance.source == CHANGE_FAILURE_SOURCE
+
+def added_by_bridge(record: Record) -> bool:
+    """Whether ``record`` was added to a group by the bridge (a change failure's event or mark, a
+    lineage enrichment, bridge/queue/enrichment.py), not reported by a source."""
+    return record.provenance.source in ADDED_SOURCES
 
 
 def reports(group: DeployGroup) -> list[DeployRecord]:
     """The group's deploy reports, without the marks (and the change-failure events)."""
-    return [m for m in group.members if isinstance(m, DeployRecord) and not added_by_failure(m)]
+    return [m for m in group.members if isinstance(m, DeployRecord) and not added_by_bridge(m)]
 
 
 def may_still_be_created(group: DeployGroup) -> bool:
@@ -44,7 +49,8 @@ def change_failure_event(record: EventRecord, group: DeployGroup) -> WriteReques
     deploy = dict(custom.get("deploy") or {})
     deploy["uuid"] = group.uuid
     creator = [m for m in reports(group) if m.id == group.creator_id]
-    sha = next((m.sha for m in creator + reports(group) if m.sha), None)
+    everything = [m for m in group.members if isinstance(m, DeployRecord)]  # a lineage enrichment's sha too
+    sha = next((m.sha for m in creator + reports(group) + everything if m.sha), None)
     if sha is not None:
         deploy["sha"] = sha
     custom["deploy"] = deploy

@@ -34,7 +34,7 @@ from bridge.cortex.endpoints import (
 from bridge.queue import QueueBackend, QueuedRecord
 from bridge.queue.deploy_groups import DeployGroup
 from bridge.records import BRIDGE_ID_KEY, DeployRecord, EventRecord, Record, format_timestamp
-from bridge.sender.change_failure import added_by_failure, change_failure_event, may_still_be_created
+from bridge.sender.change_failure import added_by_bridge, change_failure_event, may_still_be_created
 from bridge.sender.incidents import merged_event, opens_group
 
 log = structlog.get_logger("bridge.sender")
@@ -67,13 +67,14 @@ def merged_body(creator: DeployRecord, members: list[DeployRecord | EventRecord]
     creator's, so that a read-back of its POST still finds it.
     """
     everything = [creator] + [m for m in members if m.id != creator.id and isinstance(m, DeployRecord)]
-    # A change failure's mark brings only customData.changeFailure: not a report, nor a source.
-    ordered = [m for m in everything if not added_by_failure(m)]
+    # A change failure's mark brings only customData.changeFailure, a lineage enrichment only the
+    # sha: neither is a report, nor a source.
+    ordered = [m for m in everything if not added_by_bridge(m)]
     body = deploy_or_event_body(creator)
     times = [m.timestamp for m in ordered]
     body["timestamp"] = format_timestamp(min(times) if timestamp == "first-report" else max(times))
-    for name in ("sha", "url"):
-        value = next((getattr(m, name) for m in ordered if getattr(m, name)), None)
+    for name, among in (("sha", ordered + everything), ("url", ordered)):
+        value = next((getattr(m, name) for m in among if getattr(m, name)), None)
         if value is not None:
             body[name] = value
     deployer = next((m.deployer for m in ordered if m.deployer is not None), None)
@@ -105,7 +106,7 @@ class Coalescer:
 
     def handles(self, record: Record) -> bool:
         """Whether ``record`` may belong to a group (else it is sent as any record of its kind)."""
-        if added_by_failure(record):
+        if added_by_bridge(record):
             return True  # whatever the settings now: a mark must never be POSTed as a deploy
         return (self.deploys and isinstance(record, DeployRecord)) or (
             isinstance(record, EventRecord) and opens_group(record))
@@ -147,7 +148,7 @@ class Coalescer:
         elif group.uuid is not None and isinstance(creator, DeployRecord):
             body = merged_body(creator, group.members, self.timestamp)
             return Planned(update_deploy(record.entity, group.uuid, body), idempotent=True)
-        elif added_by_failure(record):  # a mark never creates: it waits for a report that does
+        elif added_by_bridge(record):  # a mark or enrichment never creates: it waits for a report that does
             return Planned(None, drop=not may_still_be_created(group))
         # The creating POST failed for good (or Cortex named no uuid): this report creates.
         failed = group.creator in ("dead", "gone") or (group.creator == "delivered" and group.uuid is None)

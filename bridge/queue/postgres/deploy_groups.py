@@ -26,7 +26,7 @@ from bridge.queue.postgres.change_failures import link_pg
 from bridge.queue.postgres.core import PgCore
 
 #: The advisory-lock namespace of deploy heads (the first key of the two-key form).
-_HEAD_LOCK = 0x44504C59  # "DPLY"
+HEAD_LOCK = 0x44504C59  # "DPLY"
 
 
 async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Sequence[Claim],
@@ -34,7 +34,7 @@ async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Seq
     """Group ``claims`` inside the append's transaction, then link the change failures among
     them; returns the ids not to store."""
     for key in sorted({c.head_key for c in claims if not isinstance(c, FailureClaim)}):
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_HEAD_LOCK, key))
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (HEAD_LOCK, key))
     skipped: set[str] = set()
     failures: list[FailureClaim] = []
     for claim in claims:
