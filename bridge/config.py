@@ -272,6 +272,17 @@ class DeploySettings(_Section):
                                                                    " the earliest report's, or the latest's (rollout done).")
     sources: dict[str, DeployMode] = Field(default_factory=dict, description="By source name (or `deploys:` on a source):"
                                            " create (default), enrich-only (only enriches another source's deploy), off.")
+    change_failure_window_seconds: float | None = Field(
+        3600.0, ge=0, description="An incident opening, a failed rollout or a ROLLBACK this many seconds after a deploy"
+        " of its entity (and environment) is a change failure of that deploy: one `change_failure_event_type` event"
+        " naming the deploy's uuid and sha, and `customData.changeFailure` on the deploy. 0 or null: off."
+        " Needs `coalesce` (docs/deploy-identity.md).")
+    change_failure_event_type: str = Field("change-failure", min_length=1,
+                                           description="Custom event type of a change failure.")
+    change_failure_signals: list[str] = Field(
+        default_factory=lambda: ["ROLLOUT_FAILED", "SYNC_FAILED", "HEALTH_DEGRADED", "RECONCILIATION_FAILED"],
+        description="Custom event types that are a failed rollout (besides every incident opening and every"
+        " ROLLBACK deploy): Kubernetes', Argo CD's and Flux's failure events by default.")
 
 
 class LogSettings(_Section):

@@ -16,8 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 from bridge.queue.appends import AppendResult
 from bridge.queue.claims import BatchPolicy, QueuedRecord
 from bridge.queue.deploy_groups import DeployGroup, DeployPolicy
+from bridge.queue.enrichment import ImageGroup
 from bridge.queue.poison import RawInput
-from bridge.records import Record
+from bridge.records import DeployRecord, Record
 
 
 class QueueBackend(Protocol):
@@ -111,6 +112,12 @@ class QueueBackend(Protocol):
 
     async def take_over_deploy_group(self, group_id: int, record_id: str, previous: str) -> bool:
         """Make ``record_id`` the creator of a group whose creator ``previous`` failed for good."""
+
+    async def image_deploy_groups(self) -> list[ImageGroup]:
+        """Image-only deploy groups created within the coalescing window (bridge/queue/enrichment.py)."""
+
+    async def enrich_deploy_group(self, group: ImageGroup, record: DeployRecord) -> bool:
+        """Give an image-only deploy group its sha and ``record`` as a report, once."""
 
     # dead letters
     async def dead_letter(self, seqs: Sequence[int], *, reason: str, detail: str, status: int | None) -> None:

@@ -11,6 +11,13 @@ a different one was deployed (in deploy time) is a new group, never a merge.
 The group's Cortex uuid is the one its creator's delivery recorded (``delivered.cortex_uuid``,
 written with the delivery), so it is known exactly when the creator is delivered. The SQLite
 statements are here; the PostgreSQL ones in ``postgres/deploy_groups.py``.
+
+Custom events that are one Cortex event use the same groups (*event groups*): an event whose
+``customData.opened_event`` names a record id (an incident's opening names itself, its
+resolution names the opening) joins the group of that id on its entity, whatever the time
+between them; the first of them to arrive creates the group (and is POSTed), the others update
+that event by its uuid (bridge/sender/incidents.py). Their groups are kept apart from deploys'
+by an environment no deploy has (:data:`EVENT_ENVIRONMENT`).
 """
 
 from __future__ import annotations
@@ -21,13 +28,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bridge.config import DeploySettings
+from bridge.queue.change_failures import OPENED_EVENT_KEY, FailureClaim, FailurePolicy, failure_of, link_sync
 from bridge.queue.core import QueueCore
-from bridge.records import DeployRecord, Record, record_from_json
+from bridge.records import DeployRecord, EventRecord, Record, record_from_json
 
 #: Deploy types that are a change reaching an environment; SCALE and RESTART are never merged.
 COALESCED_TYPES = frozenset({"DEPLOY", "ROLLBACK"})
 
 CreatorState = Literal["queued", "delivered", "dead", "gone"]
+
+#: The environment of event groups: a unit separator, which no deploy environment holds.
+EVENT_ENVIRONMENT = "\x1fevents"
 
 
 @dataclass(frozen=True)
@@ -36,11 +47,15 @@ class DeployPolicy:
 
     window_seconds: float
     modes: dict[str, str] = field(default_factory=dict)
+    #: change failures (bridge/queue/change_failures.py); they need coalescing (deploy groups)
+    failures: FailurePolicy = FailurePolicy()
 
     @classmethod
     def of(cls, settings: DeploySettings) -> DeployPolicy:
         """The policy ``settings`` describe; window 0 when coalescing is off (modes still apply)."""
-        return cls(settings.window_seconds if settings.coalesce else 0.0, dict(settings.sources))
+        failures = FailurePolicy(settings.change_failure_window_seconds or 0.0, settings.change_failure_event_type,
+                                 frozenset(settings.change_failure_signals)) if settings.coalesce else FailurePolicy()
+        return cls(settings.window_seconds if settings.coalesce else 0.0, dict(settings.sources), failures)
 
     def mode(self, source: str) -> str:
         return self.modes.get(source, "create")
@@ -56,6 +71,8 @@ class DeployClaim:
     change: str
     at: float
     mode: str
+    #: an event group's claim: joins the group of its change whatever the time between them
+    exact: bool = False
 
     @property
     def head_key(self) -> str:
@@ -71,7 +88,9 @@ class DeployGroup:
     creator_id: str
     creator: CreatorState
     uuid: str | None
-    members: list[DeployRecord]
+    members: list[DeployRecord | EventRecord]
+    #: an event group (an incident's events), not a deploy's
+    events: bool = False
 
 
 def change_of(record: DeployRecord) -> str | None:
@@ -86,13 +105,24 @@ def change_of(record: DeployRecord) -> str | None:
     return "images:" + ",".join(sorted(set(refs))) if refs else None
 
 
-def claims_of(policy: DeployPolicy, records: Sequence[Record]) -> tuple[list[Record], list[DeployClaim]]:
-    """The records to store (a source with mode ``off`` stores no deploys) and the deploy claims."""
+#: What an appended record asks of the groups: to join one, or to be linked as a change failure.
+Claim = DeployClaim | FailureClaim
+
+
+def claims_of(policy: DeployPolicy, records: Sequence[Record]) -> tuple[list[Record], list[Claim]]:
+    """The records to store (a source with mode ``off`` stores no deploys) and their claims."""
     kept: list[Record] = []
-    claims: list[DeployClaim] = []
+    claims: list[Claim] = []
     for record in records:
+        failure = failure_of(policy.failures, record)
+        if failure is not None:
+            claims.append(failure)  # linked after every group claim of the append is grouped
         if not isinstance(record, DeployRecord):
             kept.append(record)
+            opened = (record.custom_data or {}).get(OPENED_EVENT_KEY) if isinstance(record, EventRecord) else None
+            if isinstance(record, EventRecord) and isinstance(opened, str) and opened:
+                claims.append(DeployClaim(record.id, record.entity, EVENT_ENVIRONMENT, "event:" + opened,
+                                          record.timestamp.timestamp(), "create", exact=True))
             continue
         mode = policy.mode(record.provenance.source)
         if mode == "off" or (mode == "enrich-only" and policy.window_seconds <= 0):
@@ -112,6 +142,8 @@ def joins(candidates: Sequence[tuple[int, str, float]], claim: DeployClaim, wind
     The nearest group of the same change, unless a group of another change lies between them in
     deploy time (then this report is a redeploy, not the same deploy).
     """
+    if claim.exact:
+        return next((g[0] for g in candidates if g[1] == claim.change), None)
     near = [g for g in candidates if abs(claim.at - g[2]) <= window]
     for group in sorted((g for g in near if g[1] == claim.change), key=lambda g: abs(claim.at - g[2])):
         low, high = sorted((group[2], claim.at))
@@ -130,15 +162,24 @@ def creator_state(in_records: bool, delivered: tuple[str | None] | None, in_dead
 # -- SQLite --------------------------------------------------------------------------------------
 
 
-def group_sync(conn: sqlite3.Connection, policy: DeployPolicy, claims: Iterable[DeployClaim],
+def group_sync(conn: sqlite3.Connection, policy: DeployPolicy, claims: Iterable[Claim],
                bodies: dict[str, str], now: float) -> set[str]:
-    """Group ``claims`` (inside the append's transaction); returns the ids not to store."""
+    """Group ``claims`` (inside the append's transaction), then link the change failures among
+    them; returns the ids not to store."""
     skipped: set[str] = set()
+    failures: list[FailureClaim] = []
     for claim in claims:
+        if isinstance(claim, FailureClaim):
+            failures.append(claim)
+            continue
         window = policy.window_seconds
-        near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
-                            " AND first_at BETWEEN ? AND ?", (claim.entity, claim.environment, claim.at - window,
-                                                               claim.at + window)).fetchall()
+        if claim.exact:
+            near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
+                                " AND change = ?", (claim.entity, claim.environment, claim.change)).fetchall()
+        else:
+            near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
+                                " AND first_at BETWEEN ? AND ?", (claim.entity, claim.environment, claim.at - window,
+                                                                   claim.at + window)).fetchall()
         group = joins(near, claim, window)
         if group is None:
             if claim.mode == "enrich-only":
@@ -150,6 +191,7 @@ def group_sync(conn: sqlite3.Connection, policy: DeployPolicy, claims: Iterable[
                 (claim.entity, claim.environment, claim.change, claim.at, claim.record_id, now)).fetchone()[0]
         conn.execute("INSERT OR IGNORE INTO deploy_members (record_id, group_id, body) VALUES (?, ?, ?)",
                      (claim.record_id, group, bodies[claim.record_id]))
+    link_sync(conn, policy.failures, [f for f in failures if f.record_id not in skipped], now)
     return skipped
 
 
@@ -162,17 +204,18 @@ class DeployGroups(QueueCore):
 
     def _group_sync(self, record_id: str) -> DeployGroup | None:
         conn = self.conn
-        row = conn.execute("SELECT g.id, g.creator_id FROM deploy_members m JOIN deploy_groups g ON g.id = m.group_id"
-                           " WHERE m.record_id = ?", (record_id,)).fetchone()
+        row = conn.execute("SELECT g.id, g.creator_id, g.environment FROM deploy_members m JOIN deploy_groups g"
+                           " ON g.id = m.group_id WHERE m.record_id = ?", (record_id,)).fetchone()
         if row is None:
             return None
-        group_id, creator = row
+        group_id, creator, environment = row
         delivered = conn.execute("SELECT cortex_uuid FROM delivered WHERE id = ?", (creator,)).fetchone()
         state = creator_state(conn.execute("SELECT 1 FROM records WHERE id = ?", (creator,)).fetchone() is not None,
                               delivered, conn.execute("SELECT 1 FROM dead WHERE id = ?", (creator,)).fetchone() is not None)
         bodies = conn.execute("SELECT body FROM deploy_members WHERE group_id = ? AND record_id NOT IN"
                               " (SELECT id FROM dead) ORDER BY n", (group_id,)).fetchall()
-        return DeployGroup(group_id, creator, state, delivered[0] if delivered else None, members_of(b for (b,) in bodies))
+        return DeployGroup(group_id, creator, state, delivered[0] if delivered else None, members_of(b for (b,) in bodies),
+                           environment == EVENT_ENVIRONMENT)
 
     async def take_over_deploy_group(self, group_id: int, record_id: str, previous: str) -> bool:
         """Make ``record_id`` the group's creator in place of ``previous`` (whose POST failed for good)."""
@@ -184,6 +227,6 @@ class DeployGroups(QueueCore):
         return await self._run(update)
 
 
-def members_of(bodies: Iterable[str]) -> list[DeployRecord]:
+def members_of(bodies: Iterable[str]) -> list[DeployRecord | EventRecord]:
     """The group's reports from their stored bodies, in append order."""
-    return [r for r in (record_from_json(b) for b in bodies) if isinstance(r, DeployRecord)]
+    return [r for r in (record_from_json(b) for b in bodies) if isinstance(r, DeployRecord | EventRecord)]

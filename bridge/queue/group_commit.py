@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bridge import metrics
-from bridge.queue.deploy_groups import DeployClaim, DeployPolicy, claims_of
+from bridge.queue.deploy_groups import Claim, DeployPolicy, claims_of
 from bridge.queue.errors import QueueFull, QueueUnavailable
 from bridge.records import Record, encode_record, lane_of
 
@@ -44,7 +44,7 @@ class Submission:
     state_updates: dict[str, str]
     future: asyncio.Future[AppendResult]
     #: the deploy reports among ``rows`` to group in the same transaction
-    deploys: Sequence[DeployClaim] = ()
+    deploys: Sequence[Claim] = ()
 
 
 def encode_rows(records: Sequence[Record]) -> tuple[list[Row], int]:
@@ -101,7 +101,7 @@ class GroupCommit:
         :class:`~bridge.records.UnstorableRecord` (a record that would not read back); in each
         case nothing is stored.
         """
-        claims: list[DeployClaim] = []
+        claims: list[Claim] = []
         skipped: list[str] = []
         if self.deploy_policy is not None:
             kept, claims = claims_of(self.deploy_policy, records)

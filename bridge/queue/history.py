@@ -49,6 +49,7 @@ class History(QueueCore):
             # Deploy groups (deploy_groups.py) long past their window: members first, then groups.
             old_groups = "SELECT id FROM deploy_groups WHERE created_at < ? ORDER BY id LIMIT ?"
             self.conn.execute(f"DELETE FROM deploy_members WHERE group_id IN ({old_groups})", (cutoff, chunk))
+            self.conn.execute(f"DELETE FROM change_failures WHERE group_id IN ({old_groups})", (cutoff, chunk))
             n += self.conn.execute(f"DELETE FROM deploy_groups WHERE id IN ({old_groups})", (cutoff, chunk)).rowcount
         return int(n)
 

@@ -183,7 +183,8 @@ COMMIT;
 """
 
 
-# Deploy groups (bridge/queue/deploy_groups.py): additive, created at open in older files too.
+# Deploy groups (bridge/queue/deploy_groups.py) and the change failures linked to them
+# (bridge/queue/change_failures.py): additive, created at open in older files too.
 DEPLOY_GROUPS_DDL = """
 CREATE TABLE IF NOT EXISTS deploy_groups (
     id INTEGER PRIMARY KEY,
@@ -202,6 +203,12 @@ CREATE TABLE IF NOT EXISTS deploy_members (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deploy_members_group ON deploy_members (group_id, n);
+CREATE TABLE IF NOT EXISTS change_failures (
+    group_id INTEGER NOT NULL,
+    failure_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (group_id, failure_id)
+);
 """
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from bridge.queue.claims import Claims
 from bridge.queue.dead_letters import DeadLetters
 from bridge.queue.deploy_groups import DeployGroups
+from bridge.queue.enrichment import GroupEnrichment
 from bridge.queue.errors import QueueUnavailable
 from bridge.queue.history import History
 from bridge.queue.outcomes import Outcomes
@@ -22,7 +23,7 @@ from bridge.queue.source_state import SourceState
 from bridge.queue.spend import SpendRows
 
 
-class DurableQueue(SourceState, Claims, Outcomes, DeadLetters, History, SpendRows, DeployGroups):
+class DurableQueue(SourceState, Claims, Outcomes, DeadLetters, History, SpendRows, DeployGroups, GroupEnrichment):
     """SQLite-backed queue of records, dead letters and delivery history."""
 
     @classmethod

@@ -7,6 +7,9 @@ creator was dead-lettered, the next report takes its place and POSTs. Merging is
 of the group's reports, so a repeated PUT (an ambiguous one is simply repeated) sends the same
 body or a more complete one; one group's requests are sent one at a time, so a PUT built from
 fewer reports never lands after one built from more.
+
+Event groups (an incident's opening and resolution) go the same way, with their own merge and no
+merge in the POST (bridge/sender/incidents.py).
 """
 
 from __future__ import annotations
@@ -20,10 +23,19 @@ from typing import Any, Literal
 
 import structlog
 
-from bridge.cortex.endpoints import WriteRequest, create_deploy_or_event, deploy_or_event_body, update_deploy
+from bridge.config import DeploySettings
+from bridge.cortex.endpoints import (
+    WriteRequest,
+    create_deploy_or_event,
+    deploy_or_event_body,
+    update_deploy,
+    update_event,
+)
 from bridge.queue import QueueBackend, QueuedRecord
 from bridge.queue.deploy_groups import DeployGroup
-from bridge.records import BRIDGE_ID_KEY, DeployRecord, format_timestamp
+from bridge.records import BRIDGE_ID_KEY, DeployRecord, EventRecord, Record, format_timestamp
+from bridge.sender.change_failure import added_by_bridge, change_failure_event, may_still_be_created
+from bridge.sender.incidents import merged_event, opens_group
 
 log = structlog.get_logger("bridge.sender")
 
@@ -42,28 +54,34 @@ class Planned:
     write: WriteRequest | None
     #: a PUT, which may be repeated when its answer is lost
     idempotent: bool = False
+    #: nothing to send, ever: settle the record unsent (a mark whose deploy will never exist)
+    drop: bool = False
 
 
-def merged_body(creator: DeployRecord, members: list[DeployRecord], timestamp: TimestampMode) -> dict[str, Any]:
+def merged_body(creator: DeployRecord, members: list[DeployRecord | EventRecord],
+                timestamp: TimestampMode) -> dict[str, Any]:
     """The whole deploy the group's reports describe: the creator's fields, completed by the others.
 
     ``customData`` keeps every report's keys (the earlier report's value wins), lists each
     report as ``sources`` ({source, id}) and every distinct URL as ``urls``; the bridge id is the
     creator's, so that a read-back of its POST still finds it.
     """
-    ordered = [creator] + [m for m in members if m.id != creator.id]
+    everything = [creator] + [m for m in members if m.id != creator.id and isinstance(m, DeployRecord)]
+    # A change failure's mark brings only customData.changeFailure, a lineage enrichment only the
+    # sha: neither is a report, nor a source.
+    ordered = [m for m in everything if not added_by_bridge(m)]
     body = deploy_or_event_body(creator)
     times = [m.timestamp for m in ordered]
     body["timestamp"] = format_timestamp(min(times) if timestamp == "first-report" else max(times))
-    for name in ("sha", "url"):
-        value = next((getattr(m, name) for m in ordered if getattr(m, name)), None)
+    for name, among in (("sha", ordered + everything), ("url", ordered)):
+        value = next((getattr(m, name) for m in among if getattr(m, name)), None)
         if value is not None:
             body[name] = value
     deployer = next((m.deployer for m in ordered if m.deployer is not None), None)
     if deployer is not None:
         body["deployer"] = deployer.model_dump(exclude_none=True)
     custom: dict[str, Any] = {}
-    for member in ordered:
+    for member in everything:
         for key, value in (member.custom_data or {}).items():
             custom.setdefault(key, value)
     custom["sources"] = [{"source": m.provenance.source, "id": m.id} for m in ordered]
@@ -76,18 +94,28 @@ def merged_body(creator: DeployRecord, members: list[DeployRecord], timestamp: T
 
 
 class Coalescer:
-    """Plans the request of each claimed deploy from its group; one group's requests at a time."""
+    """Plans the request of each claimed deploy or grouped event from its group; one group's
+    requests at a time."""
 
-    def __init__(self, queue: QueueBackend, timestamp: TimestampMode) -> None:
+    def __init__(self, queue: QueueBackend, deploys: DeploySettings | None) -> None:
         self.queue = queue
-        self.timestamp = timestamp
+        self.timestamp: TimestampMode = deploys.timestamp if deploys is not None else "first-report"
+        #: without coalescing no deploy is grouped: no group to look up for each one
+        self.deploys = deploys is not None and deploys.coalesce
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+
+    def handles(self, record: Record) -> bool:
+        """Whether ``record`` may belong to a group (else it is sent as any record of its kind)."""
+        if added_by_bridge(record):
+            return True  # whatever the settings now: a mark must never be POSTed as a deploy
+        return (self.deploys and isinstance(record, DeployRecord)) or (
+            isinstance(record, EventRecord) and opens_group(record))
 
     @contextlib.asynccontextmanager
     async def turn(self, q: QueuedRecord) -> AsyncIterator[Planned]:
         """The plan for ``q``, held (with the group's lock) until its outcome is recorded."""
         record = q.record
-        assert isinstance(record, DeployRecord)
+        assert isinstance(record, DeployRecord | EventRecord)
         group = await self.queue.deploy_group(record.id)
         if group is None:
             yield Planned(create_deploy_or_event(record))
@@ -97,18 +125,31 @@ class Coalescer:
             group = await self.queue.deploy_group(record.id) or group
             yield await self._plan(record, group)
 
-    async def wait(self, q: QueuedRecord) -> None:
-        """Put ``q`` back, due shortly, without using an attempt: its deploy's uuid is not known yet."""
+    async def wait(self, q: QueuedRecord, planned: Planned) -> None:
+        """Put ``q`` back, due shortly, without using an attempt: its deploy's uuid is not known yet
+        (or, ``planned.drop``, settle it unsent: there will never be a deploy to mark)."""
+        if planned.drop:
+            log.info("change_failure_mark_dropped", record=q.record.id, reason="the deploy was never created")
+            await self.queue.mark_delivered([(q.seq, None)], how="superseded")
+            return
         await self.queue.reschedule([q.seq], next_attempt_at=time.time() + WAIT_FOR_UUID_SECONDS,
                                     error="waiting for the deploy's first report to be delivered", count_attempt=False)
 
-    async def _plan(self, record: DeployRecord, group: DeployGroup) -> Planned:
+    async def _plan(self, record: DeployRecord | EventRecord, group: DeployGroup) -> Planned:
         creator = next((m for m in group.members if m.id == group.creator_id), None)
         if group.creator_id == record.id:
             return Planned(self._create(record, group))
-        if group.uuid is not None and creator is not None:
+        if group.events:
+            if group.uuid is not None and isinstance(creator, EventRecord):
+                body = merged_event(creator.id, group.members)
+                return Planned(update_event(record.entity, group.uuid, body), idempotent=True)
+        elif isinstance(record, EventRecord):  # a change failure's event (change_failure.py)
+            return Planned(None) if may_still_be_created(group) else Planned(change_failure_event(record, group))
+        elif group.uuid is not None and isinstance(creator, DeployRecord):
             body = merged_body(creator, group.members, self.timestamp)
             return Planned(update_deploy(record.entity, group.uuid, body), idempotent=True)
+        elif added_by_bridge(record):  # a mark or enrichment never creates: it waits for a report that does
+            return Planned(None, drop=not may_still_be_created(group))
         # The creating POST failed for good (or Cortex named no uuid): this report creates.
         failed = group.creator in ("dead", "gone") or (group.creator == "delivered" and group.uuid is None)
         if failed and await self.queue.take_over_deploy_group(group.group_id, record.id, group.creator_id):
@@ -116,9 +157,9 @@ class Coalescer:
             return Planned(self._create(record, group))
         return Planned(None)
 
-    def _create(self, record: DeployRecord, group: DeployGroup) -> WriteRequest:
+    def _create(self, record: DeployRecord | EventRecord, group: DeployGroup) -> WriteRequest:
         members = [m for m in group.members if m.id != record.id]
         write = create_deploy_or_event(record)
-        if not members:
+        if not members or isinstance(record, EventRecord):  # an event's POST is never merged (incidents.py)
             return write
         return WriteRequest(write.method, write.path, write.endpoint, merged_body(record, members, self.timestamp))

@@ -54,8 +54,8 @@ class Sender:
     def __init__(self, queue: QueueBackend, client: CortexClient, cortex: CortexSettings, retry: RetrySettings,
                  deploys: DeploySettings | None = None, *, dependencies: DependencySettings | None = None) -> None:
         self.queue = queue
-        #: deploy reports coalesced into one Cortex deploy (bridge/sender/coalesce.py)
-        self.coalescer = Coalescer(queue, deploys.timestamp) if deploys is not None and deploys.coalesce else None
+        #: deploy reports (and an incident's events) coalesced into one Cortex item (bridge/sender/coalesce.py)
+        self.coalescer = Coalescer(queue, deploys)
         self.client = client
         self.cortex = cortex
         self.retry = retry
@@ -241,12 +241,12 @@ class Sender:
             await self._send_batch(batch, permit)
 
     async def _send_batch(self, batch: list[QueuedRecord], permit: Permit) -> None:
-        if batch[0].record.kind != "deploy" or self.coalescer is None:
+        if not self.coalescer.handles(batch[0].record):
             return await self._write(build_request(batch), permit, batch[0].record.kind in IDEMPOTENT_KINDS)
         async with self.coalescer.turn(batch[0]) as planned:
             if planned.write is None:
                 permit.cancel()
-                return await self.coalescer.wait(batch[0])
+                return await self.coalescer.wait(batch[0], planned)
             await self._write(BatchRequest(planned.write, {batch[0].record.entity: batch}, []), permit,
                               planned.idempotent)
 

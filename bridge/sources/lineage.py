@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge.queue.enrichment import EnrichableGroups, enrichment_report
 from bridge.records import DeployRecord, MetricRecord, Record, record_id, utc_now
 from bridge.sources.gitrefs import sha_from_revision
 from bridge.sources.payload import first_timestamp
@@ -210,11 +211,35 @@ class Lineage:
         return out
 
     async def learn(self, facts: Sequence[Fact]) -> None:
-        """Store ``facts`` (one transaction) and keep the map within its bounds."""
+        """Store ``facts`` (one transaction), keep the map within its bounds, and give the sha to
+        image-only deploys already appended within the coalescing window (:meth:`enrich_sent`)."""
         updates = self.updates(facts)
         if updates:
             await self.state.put_state(updates)
             await self.bound(len(updates))
+            await self.enrich_sent(updates)
+
+    async def enrich_sent(self, updates: Mapping[str, str]) -> int:
+        """Image-only deploy groups (queued or sent) whose image ``updates`` now map to a commit
+        get that sha: the queue rekeys the group, so a later CI report of the sha joins it, and
+        the deploy is updated by PUT (bridge/queue/enrichment.py). Returns how many were."""
+        learned: dict[str, str] = {}
+        for key, value in updates.items():
+            sha = json.loads(value).get("sha") if key.startswith(_IMAGE) else None
+            if isinstance(sha, str):
+                learned[key.removeprefix(_IMAGE)] = sha
+        if not learned or not isinstance(self.state, EnrichableGroups):
+            return 0
+        enriched = 0
+        for group in await self.state.image_deploy_groups():
+            keys: list[str] = []
+            for ref in group.images:
+                parsed = parse_image(ref)
+                keys.extend(parsed.lookup_keys() if parsed is not None else [])
+            sha = next((learned[k] for k in keys if k in learned), None)
+            if sha is not None and await self.state.enrich_deploy_group(group, enrichment_report(group, sha)):
+                enriched += 1
+        return enriched
 
     async def bound(self, added: int) -> None:
         """Note ``added`` new entries; prune when the map may have outgrown ``max_entries`` (or was never counted)."""

@@ -143,3 +143,37 @@ async def test_a_later_change_arriving_first_does_not_split_an_earlier_deploy(ba
     group = await queue.deploy_group(late.id)
     assert group is not None and group.creator_id == first.id
     await queue.close()
+
+
+def event(n: int, opened: str, *, at: int = 0, entity: str = "svc") -> Record:
+    [record] = parse_native([{"kind": "event", "entity": entity, "type": "INCIDENT", "title": f"incident {n}",
+                              "timestamp": 1_700_000_000 + at, "customData": {"opened_event": opened}}],
+                            source="pagerduty")
+    return record
+
+
+async def test_events_naming_one_opening_are_one_group_whatever_the_time(backend: Opener) -> None:
+    queue = await opened(backend)
+    deploy = report("github", 1)
+    opening = event(1, "incident-a")
+    await queue.append([deploy, opening])
+    await queue.close()
+    queue = await opened(backend)
+    # Resolved two days later, after a restart: the same group; a deploy in between changes nothing.
+    resolution, other = event(2, "incident-a", at=172_800), event(3, "incident-b", at=60)
+    later_deploy = report("k8s", 2, at=30)
+    await queue.append([resolution, other, later_deploy])
+    group = await queue.deploy_group(resolution.id)
+    assert group is not None and group.creator_id == opening.id
+    assert [m.id for m in group.members] == [opening.id, resolution.id]
+    alone = await queue.deploy_group(other.id)
+    assert alone is not None and alone.creator_id == other.id and alone.group_id != group.group_id
+    # The deploy reports still coalesce: an event group is no change between them.
+    deploys = await queue.deploy_group(later_deploy.id)
+    assert deploys is not None and deploys.creator_id == deploy.id
+    # Another entity's event naming the same id is not the same incident.
+    elsewhere = event(4, "incident-a", entity="other-svc")
+    await queue.append([elsewhere])
+    own = await queue.deploy_group(elsewhere.id)
+    assert own is not None and own.creator_id == elsewhere.id
+    await queue.close()

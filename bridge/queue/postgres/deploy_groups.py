@@ -12,31 +12,44 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from bridge.queue.change_failures import FailureClaim
 from bridge.queue.deploy_groups import (
-    DeployClaim,
+    EVENT_ENVIRONMENT,
+    Claim,
     DeployGroup,
     DeployPolicy,
     creator_state,
     joins,
     members_of,
 )
+from bridge.queue.postgres.change_failures import link_pg
 from bridge.queue.postgres.core import PgCore
 
 #: The advisory-lock namespace of deploy heads (the first key of the two-key form).
-_HEAD_LOCK = 0x44504C59  # "DPLY"
+HEAD_LOCK = 0x44504C59  # "DPLY"
 
 
-async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Sequence[DeployClaim],
+async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Sequence[Claim],
                    bodies: dict[str, str], now: float) -> set[str]:
-    """Group ``claims`` inside the append's transaction; returns the ids not to store."""
-    for key in sorted({c.head_key for c in claims}):
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_HEAD_LOCK, key))
+    """Group ``claims`` inside the append's transaction, then link the change failures among
+    them; returns the ids not to store."""
+    for key in sorted({c.head_key for c in claims if not isinstance(c, FailureClaim)}):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (HEAD_LOCK, key))
     skipped: set[str] = set()
+    failures: list[FailureClaim] = []
     for claim in claims:
+        if isinstance(claim, FailureClaim):
+            failures.append(claim)
+            continue
         window = policy.window_seconds
-        cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s AND environment = %s"
-                                 " AND first_at BETWEEN %s AND %s", (claim.entity, claim.environment,
-                                                                     claim.at - window, claim.at + window))
+        if claim.exact:
+            cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s"
+                                     " AND environment = %s AND change = %s",
+                                     (claim.entity, claim.environment, claim.change))
+        else:
+            cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s"
+                                     " AND environment = %s AND first_at BETWEEN %s AND %s",
+                                     (claim.entity, claim.environment, claim.at - window, claim.at + window))
         near = [(int(r[0]), str(r[1]), float(r[2])) for r in await cur.fetchall()]
         group = joins(near, claim, window)
         if group is None:
@@ -52,6 +65,7 @@ async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Seq
             group = int(row[0])
         await conn.execute("INSERT INTO deploy_members (record_id, group_id, body) VALUES (%s, %s, %s)"
                            " ON CONFLICT DO NOTHING", (claim.record_id, group, bodies[claim.record_id]))
+    await link_pg(conn, policy.failures, [f for f in failures if f.record_id not in skipped], now)
     return skipped
 
 
@@ -61,12 +75,12 @@ class PgDeployGroups(PgCore):
     async def deploy_group(self, record_id: str) -> DeployGroup | None:
         """The group ``record_id`` belongs to, or None (not coalesced)."""
         async def read(conn: AsyncConnection[Any]) -> DeployGroup | None:
-            cur = await conn.execute("SELECT g.id, g.creator_id FROM deploy_members m JOIN deploy_groups g"
+            cur = await conn.execute("SELECT g.id, g.creator_id, g.environment FROM deploy_members m JOIN deploy_groups g"
                                      " ON g.id = m.group_id WHERE m.record_id = %s", (record_id,))
             row = await cur.fetchone()
             if row is None:
                 return None
-            group_id, creator = int(row[0]), str(row[1])
+            group_id, creator, events = int(row[0]), str(row[1]), row[2] == EVENT_ENVIRONMENT
             cur = await conn.execute(
                 "SELECT (SELECT cortex_uuid FROM delivered WHERE id = %s), EXISTS (SELECT 1 FROM delivered WHERE id = %s),"
                 " EXISTS (SELECT 1 FROM records WHERE id = %s), EXISTS (SELECT 1 FROM dead WHERE id = %s)",
@@ -78,7 +92,7 @@ class PgDeployGroups(PgCore):
                                      " (SELECT id FROM dead) ORDER BY n", (group_id,))
             bodies = [str(b) for (b,) in await cur.fetchall()]
             state = creator_state(bool(queued), (uuid,) if delivered else None, bool(dead))
-            return DeployGroup(group_id, creator, state, uuid, members_of(bodies))
+            return DeployGroup(group_id, creator, state, uuid, members_of(bodies), events)
 
         return await self._tx(read)
 

@@ -213,5 +213,6 @@ async def _prune(conn: AsyncConnection[Any], cutoff: float, chunk: int) -> int:
     # Deploy groups (deploy_groups.py) long past their window: members first, then groups.
     old_groups = "SELECT id FROM deploy_groups WHERE created_at < %s ORDER BY id LIMIT %s"
     await conn.execute(f"DELETE FROM deploy_members WHERE group_id IN ({old_groups})", (cutoff, chunk))
+    await conn.execute(f"DELETE FROM change_failures WHERE group_id IN ({old_groups})", (cutoff, chunk))
     cur = await conn.execute(f"DELETE FROM deploy_groups WHERE id IN ({old_groups})", (cutoff, chunk))
     return n + cur.rowcount

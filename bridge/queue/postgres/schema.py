@@ -150,8 +150,18 @@ CREATE TABLE deploy_members (
 CREATE INDEX deploy_members_group ON deploy_members (group_id, n);
 """
 
+# Version 5: change failures linked to deploy groups (bridge/queue/change_failures.py), once per pair.
+_V5 = """
+CREATE TABLE change_failures (
+    group_id BIGINT NOT NULL,
+    failure_id TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (group_id, failure_id)
+);
+"""
+
 #: Migration ``n`` (1-based) brings the schema from version n-1 to n.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from bridge.queue.errors import QueueError
 from bridge.queue.postgres.core import dsn_password, unavailable
 from bridge.queue.postgres.deploy_groups import PgDeployGroups
+from bridge.queue.postgres.enrichment import PgGroupEnrichment
 from bridge.queue.postgres.keeping import PgKeeping
 from bridge.queue.postgres.schema import migrate
 from bridge.queue.postgres.sender_lock import SenderLock
@@ -30,7 +31,7 @@ from bridge.queue.schema import State
 POOL_WAIT_SECONDS = 2.0
 
 
-class PostgresQueue(PgWrites, PgSending, PgKeeping, PgDeployGroups):
+class PostgresQueue(PgWrites, PgSending, PgKeeping, PgDeployGroups, PgGroupEnrichment):
     """Queue of records, dead letters and delivery history in a PostgreSQL database."""
 
     _sender_lock: SenderLock | None = None

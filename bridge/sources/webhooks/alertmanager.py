@@ -42,7 +42,8 @@ class AlertmanagerSettings(IncidentSettings):
     token_header: str = Field("Authorization", description="Header with the token (Bearer/Basic or raw).")
     open_event_type: EventType = Field("ALERT", min_length=1, description="Custom event type of a firing alert.")
     resolved_event_type: EventType = Field("ALERT_RESOLVED", min_length=1,
-                                           description="Custom event type of a resolved alert.")
+                                           description="Custom event type of a resolved alert whose firing was"
+                                           " never seen (else the firing alert's event is updated).")
     entity_labels: list[str] = Field(default_factory=lambda: ["service", "app", "job"],
                                      description="Labels whose values name the entity, most specific first.")
     match_labels: dict[str, str] = Field(default_factory=dict,

@@ -10,10 +10,15 @@ into records the same way for all three:
   severity and state in ``customData``. Its record id is (system, incident key), so a repeated
   notification of the same incident (Alertmanager's ``repeat_interval``, a PagerDuty retry, a
   second Opsgenie webhook for one alert) is stored once.
-* **resolved** -> a custom event (``resolved_event_type``) whose ``customData`` names the opening
-  event's record id and carries the duration, and, with ``restore_metric``, a metric point: the
-  seconds from opened to resolved (time to restore) when the delivery says when the incident
-  opened. Their record ids are (system, key) too, so a resolution reported twice is stored once.
+* **resolved** -> an update of that same event: a record whose ``customData`` names the opening
+  event's record id (``opened_event``, which the opening carries too: the two are one event
+  group, bridge/queue/deploy_groups.py) with ``state: resolved``, ``resolvedAt`` and the
+  duration. When the opening was delivered, the sender PUTs the merged event by its uuid
+  (bridge/sender/incidents.py); when it is queued the resolution waits for it; when the opening
+  was never seen the resolution is POSTed on its own, as a ``resolved_event_type`` event. With
+  ``restore_metric``, a metric point too: the seconds from opened to resolved (time to restore)
+  when the delivery says when the incident opened. Their record ids are (system, key) too, so a
+  resolution reported twice is stored once.
 
 The key names one incident *episode*: an alert that fires again after it resolved is a new
 incident (the Alertmanager adapter keys by fingerprint and ``startsAt``).
@@ -27,7 +32,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from bridge.records import record_id
+from bridge.queue.change_failures import OPENED_EVENT_KEY
+from bridge.records import format_timestamp, record_id
 from bridge.sources.entity import Subject
 from bridge.sources.pipeline import Draft
 from bridge.sources.webhooks.adapter import MetricKey, WebhookSettings
@@ -40,7 +46,8 @@ class IncidentSettings(WebhookSettings):
 
     open_event_type: EventType = Field("INCIDENT", min_length=1, description="Custom event type of an opened incident.")
     resolved_event_type: EventType = Field(
-        "INCIDENT_RESOLVED", min_length=1, description="Custom event type of a resolution.")
+        "INCIDENT_RESOLVED", min_length=1,
+        description="Custom event type of a resolution whose opening was never seen (else the opening is updated).")
     restore_metric: MetricKey | None = Field(
         None, description="Custom metric key of a time-to-restore point (seconds) per resolution; none when null.")
     environment: str | None = Field(None, description="Environment the incidents are about (customData).")
@@ -79,10 +86,11 @@ def incident_drafts(report: IncidentReport, settings: IncidentSettings) -> list[
     base = {"title": report.title, "description": report.description, "url": report.url}
     if report.state == "opened":
         fields = {**base, "type": settings.open_event_type, "timestamp": report.opened_at or report.at,
-                  "custom_data": custom}
+                  "custom_data": {**custom, OPENED_EVENT_KEY: opening_id(report)}}
         return [Draft("event", opening_id(report), fields, report.subject)]
     seconds = _restore_seconds(report)
-    custom = {**custom, "opened_event": opening_id(report), "restore_seconds": seconds}
+    custom = {**custom, OPENED_EVENT_KEY: opening_id(report), "restore_seconds": seconds,
+              "resolvedAt": format_timestamp(report.at) if report.at is not None else None}
     custom = {k: v for k, v in custom.items() if v is not None}
     drafts = [Draft("event", record_id(report.system, "resolved", report.key),
                     {**base, "type": settings.resolved_event_type, "timestamp": report.at, "custom_data": custom},

@@ -101,3 +101,52 @@ async def test_a_rollout_of_another_change_stays_its_own_deploy(
     await running.caught_up(apiserver)
     found = await deploys(cortex)
     assert len(found) == 2 and all("sources" not in d["customData"] for d in found)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest) -> str:
+    return "queue" if request.param == "sqlite" else str(request.getfixturevalue("pg_dsn"))
+
+
+async def test_lineage_learned_after_an_image_only_deploy_was_sent_gives_it_its_sha(
+    apiserver: FakeApiServer, cluster: Cluster, cortex: SimulatorServer, start_bridge: StartBridge, db: str,
+) -> None:
+    cluster.create_deployment(ENTITY, image="ghcr.io/codertocat/hello-world:old")
+    running = await start_bridge(db=db, environment="production")
+    await running.caught_up(apiserver)
+    cluster.set_image(ENTITY, PACKAGE_IMAGE)  # no lineage yet: posted without a sha
+    await running.caught_up(apiserver)
+    [sent] = await deploys(cortex)
+    assert "sha" not in sent
+    await running.bridge.stop(deadline=2)
+    running = await start_bridge(db=db, environment="production")
+    await teach_lineage(running)  # CI says which commit the image holds: the deploy is updated by PUT
+    await running.caught_up(apiserver)
+    [enriched] = await deploys(cortex)
+    assert (enriched["uuid"], enriched["sha"]) == (sent["uuid"], PACKAGE_SHA)
+    assert [s["source"] for s in enriched["customData"]["sources"]] == ["k8s"], "lineage is not a source"
+    await teach_lineage(running)  # learned again: nothing more to send
+    await report_github(running)  # the CI report of that sha now joins the same deploy
+    await running.caught_up(apiserver)
+    [deploy] = await deploys(cortex)
+    assert deploy["uuid"] == sent["uuid"] and deploy["sha"] == PACKAGE_SHA
+    assert sorted(s["source"] for s in deploy["customData"]["sources"]) == ["github", "k8s"]
+    assert deploy["timestamp"] == sent["timestamp"] and deploy["customData"]["images"] == {"app": PACKAGE_IMAGE}
+    writes = [r["method"] for r in await sim_requests(cortex) if "/deploys" in r["path"] and r["method"] != "GET"]
+    assert writes == ["POST", "PUT", "PUT"]
+
+
+async def test_lineage_of_another_image_enriches_nothing(
+    apiserver: FakeApiServer, cluster: Cluster, cortex: SimulatorServer, start_bridge: StartBridge,
+) -> None:
+    cluster.create_deployment(ENTITY, image="ghcr.io/codertocat/hello-world:old")
+    running = await start_bridge(environment="production")
+    await running.caught_up(apiserver)
+    cluster.set_image(ENTITY, "ghcr.io/codertocat/hello-world:unknown-build")
+    await running.caught_up(apiserver)
+    await teach_lineage(running)  # the package's digest, not this tag
+    await running.caught_up(apiserver)
+    [deploy] = await deploys(cortex)
+    assert "sha" not in deploy
+    writes = [r["method"] for r in await sim_requests(cortex) if "/deploys" in r["path"] and r["method"] != "GET"]
+    assert writes == ["POST"]
