@@ -135,21 +135,14 @@ def claims_of(policy: DeployPolicy, records: Sequence[Record]) -> tuple[list[Rec
     return kept, claims
 
 
-def joins(candidates: Sequence[tuple[int, str, float]], claim: DeployClaim, window: float) -> int | None:
-    """The group ``claim`` joins among its entity and environment's groups (id, change, first_at)
-    within the window; None: a deploy of its own.
-
-    The nearest group of the same change, unless a group of another change lies between them in
-    deploy time (then this report is a redeploy, not the same deploy).
-    """
-    if claim.exact:
-        return next((g[0] for g in candidates if g[1] == claim.change), None)
-    near = [g for g in candidates if abs(claim.at - g[2]) <= window]
-    for group in sorted((g for g in near if g[1] == claim.change), key=lambda g: abs(claim.at - g[2])):
-        low, high = sorted((group[2], claim.at))
-        if not any(g[1] != claim.change and low <= g[2] <= high for g in near):
-            return group[0]
-    return None
+#: The group a report joins (see :func:`group_sync`): of its change, within the window, nearest in
+#: deploy time, with no group of another change between them (then it is a redeploy). Indexed on
+#: both sides (deploy_groups_change, deploy_groups_near): a busy entity's other groups are not read.
+_JOINED = ("SELECT g.id FROM deploy_groups g WHERE g.entity = ? AND g.environment = ? AND g.change = ?"
+           " AND g.first_at BETWEEN ? AND ? AND NOT EXISTS (SELECT 1 FROM deploy_groups o"
+           " WHERE o.entity = g.entity AND o.environment = g.environment"
+           " AND o.first_at BETWEEN min(g.first_at, ?) AND max(g.first_at, ?) AND o.change != g.change)"
+           " ORDER BY abs(g.first_at - ?), g.id LIMIT 1")
 
 
 def creator_state(in_records: bool, delivered: tuple[str | None] | None, in_dead: bool) -> CreatorState:
@@ -173,14 +166,13 @@ def group_sync(conn: sqlite3.Connection, policy: DeployPolicy, claims: Iterable[
             failures.append(claim)
             continue
         window = policy.window_seconds
-        if claim.exact:
-            near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
-                                " AND change = ?", (claim.entity, claim.environment, claim.change)).fetchall()
+        if claim.exact:  # an event group: the group of its change, whatever the time between them
+            row = conn.execute("SELECT id FROM deploy_groups WHERE entity = ? AND environment = ? AND change = ?"
+                               " ORDER BY id LIMIT 1", (claim.entity, claim.environment, claim.change)).fetchone()
         else:
-            near = conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = ? AND environment = ?"
-                                " AND first_at BETWEEN ? AND ?", (claim.entity, claim.environment, claim.at - window,
-                                                                   claim.at + window)).fetchall()
-        group = joins(near, claim, window)
+            row = conn.execute(_JOINED, (claim.entity, claim.environment, claim.change, claim.at - window,
+                                         claim.at + window, claim.at, claim.at, claim.at)).fetchone()
+        group = row[0] if row is not None else None
         if group is None:
             if claim.mode == "enrich-only":
                 skipped.add(claim.record_id)

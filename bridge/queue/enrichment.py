@@ -77,7 +77,7 @@ class GroupEnrichment(QueueCore):
             return []
         rows = await self._run(lambda: self.conn.execute(
             "SELECT id, entity, environment, change, first_at, creator_id FROM deploy_groups"
-            " WHERE change LIKE 'images:%' AND created_at >= ? ORDER BY id", (time.time() - window,)).fetchall())
+            " WHERE created_at >= ? AND change LIKE 'images:%' ORDER BY created_at, id", (time.time() - window,)).fetchall())
         return [ImageGroup(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), str(r[5])) for r in rows]
 
     async def enrich_deploy_group(self, group: ImageGroup, record: DeployRecord) -> bool:

@@ -196,6 +196,8 @@ CREATE TABLE IF NOT EXISTS deploy_groups (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deploy_groups_near ON deploy_groups (entity, environment, first_at);
+CREATE INDEX IF NOT EXISTS deploy_groups_change ON deploy_groups (entity, environment, change, first_at);
+CREATE INDEX IF NOT EXISTS deploy_groups_created ON deploy_groups (created_at);
 CREATE TABLE IF NOT EXISTS deploy_members (
     n INTEGER PRIMARY KEY,
     record_id TEXT NOT NULL UNIQUE,

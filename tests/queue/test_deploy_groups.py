@@ -4,6 +4,7 @@ across a reopen, and created once when replicas append reports of one new deploy
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 
 from bridge.config import DeploySettings
 from bridge.queue import BatchPolicy, QueueBackend
-from bridge.queue.deploy_groups import DeployPolicy, change_of
+from bridge.queue.deploy_groups import _JOINED, DeployPolicy, change_of
+from bridge.queue.schema import DEPLOY_GROUPS_DDL
 from bridge.records import DeployRecord, Record
 from bridge.sources.native import parse_native
 from tests.queue.contract import Opener, postgres_opener, sqlite_opener
@@ -177,3 +179,31 @@ async def test_events_naming_one_opening_are_one_group_whatever_the_time(backend
     own = await queue.deploy_group(elsewhere.id)
     assert own is not None and own.creator_id == elsewhere.id
     await queue.close()
+
+
+async def test_a_busy_entity_joins_by_its_change_among_hundreds_of_other_deploys(backend: Opener) -> None:
+    # 300 deploys of other commits on the entity within the window; the join still finds the
+    # first report's group, and a report of the same commit after another is still a new deploy.
+    queue = await opened(backend, max_records=10_000)
+    first = report("github", 0, sha="target", at=0)
+    await queue.append([first])
+    await queue.append([report("github", n, sha=f"other-{n}", at=-n - 1) for n in range(1, 301)])
+    same = report("k8s", 1, sha="target", at=0)
+    await queue.append([same])
+    group = await queue.deploy_group(same.id)
+    assert group is not None and group.creator_id == first.id
+    await queue.append([report("github", 999, sha="between", at=5)])
+    after = report("k8s", 2, sha="target", at=10)
+    await queue.append([after])
+    renewed = await queue.deploy_group(after.id)
+    assert renewed is not None and renewed.creator_id == after.id
+
+
+def test_the_join_reads_indexes_only() -> None:
+    """No scan of an entity's groups per appended deploy (the join once read every group in the
+    window: quadratic for a busy entity)."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(DEPLOY_GROUPS_DDL)
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _JOINED, ("e", "p", "c", 0, 1, 0, 0, 0))]
+    assert not [step for step in plan if step.startswith("SCAN")], plan
+    assert any("deploy_groups_change" in step for step in plan), plan

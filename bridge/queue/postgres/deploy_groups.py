@@ -19,11 +19,17 @@ from bridge.queue.deploy_groups import (
     DeployGroup,
     DeployPolicy,
     creator_state,
-    joins,
     members_of,
 )
 from bridge.queue.postgres.change_failures import link_pg
 from bridge.queue.postgres.core import PgCore
+
+#: The group a report joins: as bridge/queue/deploy_groups.py's ``_JOINED``, in PostgreSQL's words.
+_JOINED = ("SELECT g.id FROM deploy_groups g WHERE g.entity = %s AND g.environment = %s AND g.change = %s"
+           " AND g.first_at BETWEEN %s AND %s AND NOT EXISTS (SELECT 1 FROM deploy_groups o"
+           " WHERE o.entity = g.entity AND o.environment = g.environment"
+           " AND o.first_at BETWEEN LEAST(g.first_at, %s) AND GREATEST(g.first_at, %s) AND o.change <> g.change)"
+           " ORDER BY abs(g.first_at - %s), g.id LIMIT 1")
 
 #: The advisory-lock namespace of deploy heads (the first key of the two-key form).
 HEAD_LOCK = 0x44504C59  # "DPLY"
@@ -42,16 +48,15 @@ async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Seq
             failures.append(claim)
             continue
         window = policy.window_seconds
-        if claim.exact:
-            cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s"
-                                     " AND environment = %s AND change = %s",
+        if claim.exact:  # an event group: the group of its change, whatever the time between them
+            cur = await conn.execute("SELECT id FROM deploy_groups WHERE entity = %s AND environment = %s"
+                                     " AND change = %s ORDER BY id LIMIT 1",
                                      (claim.entity, claim.environment, claim.change))
         else:
-            cur = await conn.execute("SELECT id, change, first_at FROM deploy_groups WHERE entity = %s"
-                                     " AND environment = %s AND first_at BETWEEN %s AND %s",
-                                     (claim.entity, claim.environment, claim.at - window, claim.at + window))
-        near = [(int(r[0]), str(r[1]), float(r[2])) for r in await cur.fetchall()]
-        group = joins(near, claim, window)
+            cur = await conn.execute(_JOINED, (claim.entity, claim.environment, claim.change, claim.at - window,
+                                               claim.at + window, claim.at, claim.at, claim.at))
+        found = await cur.fetchone()
+        group = int(found[0]) if found is not None else None
         if group is None:
             if claim.mode == "enrich-only":
                 skipped.add(claim.record_id)

@@ -32,7 +32,7 @@ class PgGroupEnrichment(PgCore):
         async def read(conn: AsyncConnection[Any]) -> list[ImageGroup]:
             cur = await conn.execute(
                 "SELECT id, entity, environment, change, first_at, creator_id FROM deploy_groups"
-                " WHERE change LIKE 'images:%%' AND created_at >= %s ORDER BY id", (time.time() - window,))
+                " WHERE created_at >= %s AND change LIKE 'images:%%' ORDER BY created_at, id", (time.time() - window,))
             return [ImageGroup(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), str(r[5]))
                     for r in await cur.fetchall()]
 

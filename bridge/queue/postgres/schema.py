@@ -150,8 +150,12 @@ CREATE TABLE deploy_members (
 CREATE INDEX deploy_members_group ON deploy_members (group_id, n);
 """
 
-# Version 5: change failures linked to deploy groups (bridge/queue/change_failures.py), once per pair.
+# Version 5: change failures linked to deploy groups (bridge/queue/change_failures.py), once per pair;
+# deploy groups found by their change (a join reads the groups of its change, not its whole window)
+# and by creation (lineage looks at the image-only groups of the window, not at every group).
 _V5 = """
+CREATE INDEX deploy_groups_change ON deploy_groups (entity, environment, change, first_at);
+CREATE INDEX deploy_groups_created ON deploy_groups (created_at);
 CREATE TABLE change_failures (
     group_id BIGINT NOT NULL,
     failure_id TEXT NOT NULL,
