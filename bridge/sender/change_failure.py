@@ -6,7 +6,7 @@ deploy, and both wait, queued, until the deploy's uuid is known:
 * the change-failure event is then POSTed with the deploy's uuid and sha (the merged group's)
   added to ``customData.deploy``; its type and time are the record's, so an ambiguous POST is read
   back as any event's. If the deploy never reached Cortex (its reports failed for good), it is
-  POSTed without a uuid rather than never;
+  POSTed without a uuid (``customData.deploy.bridgeId`` still names it) rather than never;
 * the mark is never a deploy of its own: its ``customData.changeFailure`` reaches the deploy in the
   coalescing merge (bridge/sender/coalesce.py), a PUT by uuid like any later report's. If no
   report of the deploy is left to create it, the mark is settled unsent (superseded).
@@ -36,9 +36,11 @@ def reports(group: DeployGroup) -> list[DeployRecord]:
 
 
 def may_still_be_created(group: DeployGroup) -> bool:
-    """Whether the group's deploy may yet get a uuid: its creator is queued or a report is left to
-    take its place."""
-    return group.uuid is None and (group.creator == "queued" or bool(reports(group)))
+    """Whether the group's deploy may yet get a uuid: its creator is queued, or another report is
+    left to take its place (the creator's POST failed for good, or Cortex named no uuid)."""
+    if group.uuid is not None:
+        return False
+    return group.creator == "queued" or any(m.id != group.creator_id for m in reports(group))
 
 
 def change_failure_event(record: EventRecord, group: DeployGroup) -> WriteRequest:

@@ -127,9 +127,9 @@ class Coalescer:
 
     async def wait(self, q: QueuedRecord, planned: Planned) -> None:
         """Put ``q`` back, due shortly, without using an attempt: its deploy's uuid is not known yet
-        (or, ``planned.drop``, settle it unsent: there will never be a deploy to mark)."""
+        (or, ``planned.drop``, settle it unsent: there will never be a deploy to mark or enrich)."""
         if planned.drop:
-            log.info("change_failure_mark_dropped", record=q.record.id, reason="the deploy was never created")
+            log.info("deploy_group_record_dropped", record=q.record.id, reason="the deploy was never created")
             await self.queue.mark_delivered([(q.seq, None)], how="superseded")
             return
         await self.queue.reschedule([q.seq], next_attempt_at=time.time() + WAIT_FOR_UUID_SECONDS,

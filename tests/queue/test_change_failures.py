@@ -68,6 +68,7 @@ async def test_a_failed_rollout_after_a_deploy_is_linked_once_across_a_reopen(ba
     await queue.append([first])
     failure = event(1, "ROLLOUT_FAILED", at=600, environment="prod")
     await queue.append([failure])
+    assert queue.depth == 4, "the records the link adds are counted by the appending replica too"
     await queue.close()
     queue = await opened(backend)
     await queue.append([failure])  # redelivered after a restart: a duplicate, not a second link

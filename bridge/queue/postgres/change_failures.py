@@ -19,8 +19,10 @@ _CANDIDATES = ("SELECT id, environment, first_at, creator_id FROM deploy_groups 
                " AND change NOT LIKE 'event:%%' AND first_at BETWEEN %s AND %s AND id <> %s")
 
 
-async def link_pg(conn: AsyncConnection[Any], policy: FailurePolicy, claims: Sequence[FailureClaim], now: float) -> None:
-    """Link each failure of ``claims`` to the deploy before it (inside the append's transaction)."""
+async def link_pg(conn: AsyncConnection[Any], policy: FailurePolicy, claims: Sequence[FailureClaim], now: float,
+                  added_sizes: list[int] | None = None) -> None:
+    """Link each failure of ``claims`` to the deploy before it (inside the append's transaction);
+    the sizes of the records it adds are appended to ``added_sizes`` (the replica's depth count)."""
     for claim in claims:
         cur = await conn.execute("SELECT g.id, g.creator_id FROM deploy_members m JOIN deploy_groups g"
                                  " ON g.id = m.group_id WHERE m.record_id = %s", (claim.record_id,))
@@ -43,9 +45,12 @@ async def link_pg(conn: AsyncConnection[Any], policy: FailurePolicy, claims: Seq
         added = linked_records(policy, claim, group)
         await conn.execute("INSERT INTO admitted (id, admitted_at) SELECT i, %s FROM unnest(%s::text[]) AS v(i)"
                            " ON CONFLICT DO NOTHING", (now, [r.id for r in added]))
+        rows = record_rows(added, now)
         async with conn.cursor() as many:
             await many.executemany(
                 "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at, next_attempt_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", record_rows(added, now))
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
             await many.executemany("INSERT INTO deploy_members (record_id, group_id, body) VALUES (%s, %s, %s)"
                                    " ON CONFLICT DO NOTHING", [(r.id, group[0], encode_record(r)) for r in added])
+        if added_sizes is not None:
+            added_sizes.extend(int(row[5]) for row in rows)

@@ -36,9 +36,9 @@ HEAD_LOCK = 0x44504C59  # "DPLY"
 
 
 async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Sequence[Claim],
-                   bodies: dict[str, str], now: float) -> set[str]:
+                   bodies: dict[str, str], now: float, added_sizes: list[int] | None = None) -> set[str]:
     """Group ``claims`` inside the append's transaction, then link the change failures among
-    them; returns the ids not to store."""
+    them (the sizes of the records that adds go to ``added_sizes``); returns the ids not to store."""
     for key in sorted({c.head_key for c in claims if not isinstance(c, FailureClaim)}):
         await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (HEAD_LOCK, key))
     skipped: set[str] = set()
@@ -70,7 +70,7 @@ async def group_pg(conn: AsyncConnection[Any], policy: DeployPolicy, claims: Seq
             group = int(row[0])
         await conn.execute("INSERT INTO deploy_members (record_id, group_id, body) VALUES (%s, %s, %s)"
                            " ON CONFLICT DO NOTHING", (claim.record_id, group, bodies[claim.record_id]))
-    await link_pg(conn, policy.failures, [f for f in failures if f.record_id not in skipped], now)
+    await link_pg(conn, policy.failures, [f for f in failures if f.record_id not in skipped], now, added_sizes)
     return skipped
 
 

@@ -129,6 +129,7 @@ async def _append(conn: AsyncConnection[Any], batch: list[Submission],
         fresh_ids = {r[0] for r in await cur.fetchall()}
     results: dict[int, AppendResult] = {}
     fresh: list[Row] = []
+    linked: list[int] = []  # sizes of the records change failures add (postgres/change_failures.py)
     states: dict[str, str] = {}
     for sub in admitted:
         new_ids, dup_ids = [], []
@@ -143,7 +144,7 @@ async def _append(conn: AsyncConnection[Any], batch: list[Submission],
         results[id(sub)] = AppendResult(new_ids, dup_ids)
         if sub.deploys and policy is not None:
             skip = await group_pg(conn, policy, [c for c in sub.deploys if c.record_id in new_ids],
-                                  {row[0]: row[4] for row in sub.rows}, now)
+                                  {row[0]: row[4] for row in sub.rows}, now, linked)
             if skip:
                 fresh = [row for row in fresh if row[0] not in skip]
                 results[id(sub)] = AppendResult([i for i in new_ids if i not in skip], dup_ids, skipped_ids=sorted(skip))
@@ -161,7 +162,7 @@ async def _append(conn: AsyncConnection[Any], batch: list[Submission],
             (now, keys, [states[k] for k in keys]))
     out = [results.get(id(sub)) or AppendResult([], [r[0] for r in sub.rows], duplicate_delivery=True)
            for sub in batch]
-    return out, len(fresh), sum(row[5] for row in fresh)
+    return out, len(fresh) + len(linked), sum(row[5] for row in fresh) + sum(linked)
 
 
 def _delivery_key(delivery: tuple[str, str]) -> tuple[str, str]:

@@ -18,7 +18,7 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import load_settings
-from bridge.cortex.simulator import SimulatorServer
+from bridge.cortex.simulator import SimFaults, SimulatorServer
 from tests.sources.webhooks.test_coalesce import ARGOCD, ENTITY, GITHUB, SHA, github_status, report_github
 from tests.sources.webhooks.test_incidents import ALERTMANAGER, BEARER, recent
 from tests.support.cortex import post_records, sim_requests
@@ -164,3 +164,23 @@ async def test_a_failed_sync_and_a_rollback_queued_with_the_deploy_are_each_one_
     assert "changeFailure" not in deploys["0" * 40]["customData"], "a rollback is not a failure of itself"
     log = await sim_requests(running.cortex)
     assert writes(log, "/deploys").count("POST") == 2 and writes(log, "/deploys").count("PUT") <= 2
+
+
+async def test_a_failure_of_a_deploy_cortex_refused_is_posted_without_a_uuid_and_marks_nothing(
+    start: Start,
+) -> None:
+    running = await start()
+    # GitHub's deploy is refused for good (400: dead-lettered) before the alert arrives.
+    running.cortex.config.faults = SimFaults(reject_bodies_containing="Codertocat/Hello-World/deployments")
+    await report_github(running, github_status(at=at(-timedelta(minutes=20))))
+    await running.settled()
+    running.cortex.config.faults = SimFaults()
+    await fire(running)
+    state = await running.settled()
+    [event] = change_failures(state)
+    # Named by its bridge id only: no Cortex deploy, and its dead-lettered report is not a member any more.
+    assert event["customData"]["deploy"]["uuid"] is None and "sha" not in event["customData"]["deploy"]
+    assert state["deploys"].get(ENTITY, []) == []
+    # The mark had no deploy to go on: settled unsent, never POSTed as a deploy of its own.
+    assert writes(await sim_requests(running.cortex), "/deploys") == ["POST"]
+    assert await running.bridge.queue.dead_counts_by_kind() == {"deploy": 1}
