@@ -9,20 +9,18 @@ Argo CD ``sync-failed`` rendered from the real Application fixture, and a ROLLBA
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.app import Bridge
-from bridge.config import load_settings
-from bridge.cortex.simulator import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults
+from tests.sources.conftest import StartOnQueue
 from tests.sources.webhooks.test_coalesce import ARGOCD, ENTITY, GITHUB, SHA, github_status, report_github
 from tests.sources.webhooks.test_incidents import ALERTMANAGER, BEARER, recent
 from tests.support.cortex import post_records, sim_requests
-from tests.support.webhooks import SECRET, SIM_TOKEN, Running, application, render_argocd
+from tests.support.webhooks import SECRET, Running, application, render_argocd
 
 Start = Callable[..., Awaitable[Running]]
 FIRING = "alertmanager/alertmanager-bot.firing.Fire.json"
@@ -36,35 +34,15 @@ def at(delta: timedelta) -> str:
     return (ALERT_AT + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {"path": tmp_path / "queue.db"}
-    return {"backend": "postgres", "postgres": {"dsn": request.getfixturevalue("pg_dsn")}}
-
-
 @pytest.fixture
-async def start(cortex: SimulatorServer, queue_settings: dict[str, Any]) -> AsyncIterator[Start]:
+def start(start_on_queue: StartOnQueue) -> Start:
     """Start bridges on one queue (a restart is a stop and a start); all are stopped at teardown."""
-    started: list[Bridge] = []
 
     async def _start(alert_entity: str = ENTITY, **deploys: Any) -> Running:
         alerts = {**ALERTMANAGER, "entity": {"static": {"Fire": alert_entity}, "lookup": False}}
-        settings = load_settings(
-            None, cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5, "request_timeout_seconds": 2,
-                          "reconcile_settle_seconds": 2.5},
-            queue=queue_settings, retry={"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
-            http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
-            log={"level": "warning"}, ingest={"allow_unauthenticated": True}, deploys=deploys,
-            sources=[GITHUB, ARGOCD, alerts])
-        bridge = await Bridge.create(settings)
-        await bridge.start()
-        started.append(bridge)
-        return Running(bridge, cortex)
+        return await start_on_queue([GITHUB, ARGOCD, alerts], deploys)
 
-    yield _start
-    for bridge in started:
-        await bridge.stop(deadline=2)
+    return _start
 
 
 async def fire(running: Running) -> None:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from bridge import metrics
-from bridge.app import Bridge
-from bridge.config import load_settings
-from bridge.cortex.simulator import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults
+from tests.sources.conftest import StartOnQueue
 from tests.support.cortex import post_records, sim_requests, wait_until
 from tests.support.webhooks import (
     SECRET,
-    SIM_TOKEN,
     Running,
     application,
     fixture_bytes,
@@ -82,34 +79,14 @@ async def report_rollout(running: Running, *, sha: str = SHA, at: str = "2019-05
     return answer
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {"path": tmp_path / "queue.db"}
-    return {"backend": "postgres", "postgres": {"dsn": request.getfixturevalue("pg_dsn")}}
-
-
 @pytest.fixture
-async def start(cortex: SimulatorServer, queue_settings: dict[str, Any]) -> AsyncIterator[Start]:
+def start(start_on_queue: StartOnQueue) -> Start:
     """Start bridges on one queue (a restart is a stop and a start); all are stopped at teardown."""
-    started: list[Bridge] = []
 
     async def _start(**deploys: Any) -> Running:
-        settings = load_settings(
-            None, cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5, "request_timeout_seconds": 2,
-                          "reconcile_settle_seconds": 2.5},
-            queue=queue_settings, retry={"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
-            http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
-            log={"level": "warning"}, ingest={"allow_unauthenticated": True},
-            deploys=deploys, sources=[GITHUB, ARGOCD])
-        bridge = await Bridge.create(settings)
-        await bridge.start()
-        started.append(bridge)
-        return Running(bridge, cortex)
+        return await start_on_queue([GITHUB, ARGOCD], deploys)
 
-    yield _start
-    for bridge in started:
-        await bridge.stop(deadline=2)
+    return _start
 
 
 async def restart(running: Running, start: Start, **deploys: Any) -> Running:

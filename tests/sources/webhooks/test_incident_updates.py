@@ -8,50 +8,29 @@ and resolved captures (two different incidents: the resolution's opening was nev
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from bridge.app import Bridge
-from bridge.config import load_settings
-from bridge.cortex.simulator import SimFaults, SimulatorServer
+from bridge.cortex.simulator import SimFaults
+from tests.sources.conftest import StartOnQueue
 from tests.sources.webhooks.test_incidents import ALERTMANAGER, BEARER, PAGERDUTY, pd_headers, recent
 from tests.support.cortex import sim_requests, wait_until
-from tests.support.webhooks import SIM_TOKEN, Running, fixture_bytes
+from tests.support.webhooks import Running, fixture_bytes
 
 Start = Callable[..., Awaitable[Running]]
 FIRING, RESOLVED = (f"alertmanager/alertmanager-bot.{name}.Fire.json" for name in ("firing", "resolved"))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {"path": tmp_path / "queue.db"}
-    return {"backend": "postgres", "postgres": {"dsn": request.getfixturevalue("pg_dsn")}}
-
-
 @pytest.fixture
-async def start(cortex: SimulatorServer, queue_settings: dict[str, Any]) -> AsyncIterator[Start]:
+def start(start_on_queue: StartOnQueue) -> Start:
     """Start bridges on one queue (a restart is a stop and a start); all are stopped at teardown."""
-    started: list[Bridge] = []
 
     async def _start() -> Running:
-        settings = load_settings(
-            None, cortex={"url": cortex.url, "token": SIM_TOKEN, "linger_ms": 5, "request_timeout_seconds": 2,
-                          "reconcile_settle_seconds": 2.5},
-            queue=queue_settings, retry={"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5},
-            http={"host": "127.0.0.1", "port": 0}, metrics={"host": "127.0.0.1", "port": 0},
-            log={"level": "warning"}, ingest={"allow_unauthenticated": True}, sources=[ALERTMANAGER, PAGERDUTY])
-        bridge = await Bridge.create(settings)
-        await bridge.start()
-        started.append(bridge)
-        return Running(bridge, cortex)
+        return await start_on_queue([ALERTMANAGER, PAGERDUTY], {})
 
-    yield _start
-    for bridge in started:
-        await bridge.stop(deadline=2)
+    return _start
 
 
 def event_writes(log: list[dict[str, Any]]) -> list[str]:
