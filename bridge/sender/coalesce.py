@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +41,10 @@ log = structlog.get_logger("bridge.sender")
 
 #: How long a report waits, queued, before looking again whether its deploy's uuid is known.
 WAIT_FOR_UUID_SECONDS = 0.25
+#: Reports (and URLs) a merged deploy lists at most, the first ones; the rest are counted under
+#: ``customData.omitted``. A change reported thousands of times (a sender retrying with new ids)
+#: must not grow the deploy towards Cortex's request size limit.
+MAX_LISTED = 50
 #: Groups share this many locks (group id modulo): bounded memory, rare needless waits.
 LOCK_STRIPES = 64
 
@@ -58,12 +62,13 @@ class Planned:
     drop: bool = False
 
 
-def merged_body(creator: DeployRecord, members: list[DeployRecord | EventRecord],
+def merged_body(creator: DeployRecord, members: Sequence[DeployRecord | EventRecord],
                 timestamp: TimestampMode) -> dict[str, Any]:
     """The whole deploy the group's reports describe: the creator's fields, completed by the others.
 
     ``customData`` keeps every report's keys (the earlier report's value wins), lists each
-    report as ``sources`` ({source, id}) and every distinct URL as ``urls``; the bridge id is the
+    report as ``sources`` ({source, id}) and every distinct URL as ``urls`` (the first
+    :data:`MAX_LISTED` of each, the rest counted in ``omitted``); the bridge id is the
     creator's, so that a read-back of its POST still finds it.
     """
     everything = [creator] + [m for m in members if m.id != creator.id and isinstance(m, DeployRecord)]
@@ -84,10 +89,13 @@ def merged_body(creator: DeployRecord, members: list[DeployRecord | EventRecord]
     for member in everything:
         for key, value in (member.custom_data or {}).items():
             custom.setdefault(key, value)
-    custom["sources"] = [{"source": m.provenance.source, "id": m.id} for m in ordered]
+    sources = [{"source": m.provenance.source, "id": m.id} for m in ordered]
+    custom["sources"] = sources[:MAX_LISTED]
     urls = list(dict.fromkeys(m.url for m in ordered if m.url))
     if urls:
-        custom["urls"] = urls
+        custom["urls"] = urls[:MAX_LISTED]
+    if len(sources) > MAX_LISTED or len(urls) > MAX_LISTED:
+        custom["omitted"] = {"sources": max(0, len(sources) - MAX_LISTED), "urls": max(0, len(urls) - MAX_LISTED)}
     custom[BRIDGE_ID_KEY] = creator.id
     body["customData"] = custom
     return body
