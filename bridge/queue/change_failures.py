@@ -24,18 +24,10 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
-from bridge.records import (
-    DeployRecord,
-    EventRecord,
-    Provenance,
-    Record,
-    encode_record,
-    format_timestamp,
-    lane_of,
-    record_id,
-)
+from bridge.queue.rows import queued_rows
+from bridge.records import DeployRecord, EventRecord, Provenance, Record, format_timestamp, record_id
 
 #: ``customData`` key of an event naming the record id of the event it is (or updates).
 OPENED_EVENT_KEY = "opened_event"
@@ -116,16 +108,6 @@ def linked_records(policy: FailurePolicy, claim: FailureClaim, group: GroupRow) 
     return event, mark
 
 
-def record_rows(records: Iterable[Record], now: float) -> list[tuple[Any, ...]]:
-    """``records`` as rows of ``records`` (id, kind, lane, source, body, size, received_at,
-    enqueued_at, next_attempt_at)."""
-    rows = []
-    for record in records:
-        body = encode_record(record)
-        rows.append((record.id, record.kind, lane_of(record), record.provenance.source, body, len(body), now, now, now))
-    return rows
-
-
 # -- SQLite --------------------------------------------------------------------------------------
 
 _CANDIDATES = ("SELECT id, environment, first_at, creator_id FROM deploy_groups WHERE entity = ?"
@@ -149,8 +131,8 @@ def link_sync(conn: sqlite3.Connection, policy: FailurePolicy, claims: Iterable[
         if conn.execute("INSERT OR IGNORE INTO change_failures (group_id, failure_id, created_at) VALUES (?, ?, ?)",
                         (group[0], claim.record_id, now)).rowcount != 1:
             continue  # this (deploy, failure) was linked before
-        added = linked_records(policy, claim, group)
+        rows = queued_rows(linked_records(policy, claim, group), now)
         conn.executemany("INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                         " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", record_rows(added, now))
+                         " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.executemany("INSERT OR IGNORE INTO deploy_members (record_id, group_id, body) VALUES (?, ?, ?)",
-                         [(r.id, group[0], encode_record(r)) for r in added])
+                         [(row[0], group[0], row[4]) for row in rows])

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from bridge.queue.change_failures import record_rows
 from bridge.queue.core import QueueCore
+from bridge.queue.rows import queued_rows
 from bridge.queue.schema import transaction
-from bridge.records import DeployRecord, Provenance, encode_record, record_id
+from bridge.records import DeployRecord, Provenance, record_id
 
 #: Source of the enrichment reports.
 LINEAGE_SOURCE = "lineage"
@@ -87,6 +87,7 @@ class GroupEnrichment(QueueCore):
 
         def enrich() -> bool:
             now = time.time()
+            rows = queued_rows([record], now)
             with transaction(self.conn):
                 updated = self.conn.execute("UPDATE deploy_groups SET change = ? WHERE id = ? AND change = ?",
                                             ("sha:" + sha, group.group_id, group.change))
@@ -94,9 +95,9 @@ class GroupEnrichment(QueueCore):
                     return False
                 self.conn.executemany(
                     "INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", record_rows([record], now))
+                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self.conn.execute("INSERT OR IGNORE INTO deploy_members (record_id, group_id, body) VALUES (?, ?, ?)",
-                                  (record.id, group.group_id, encode_record(record)))
+                                  (record.id, group.group_id, rows[0][4]))
             self._recount_sync()
             return True
 

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from bridge import metrics
 from bridge.queue.deploy_groups import Claim, DeployPolicy, claims_of
 from bridge.queue.errors import QueueFull, QueueUnavailable
-from bridge.records import Record, encode_record, lane_of
-
-#: One record as appended: (id, kind, lane, source, body, size, received_at).
-Row = tuple[str, str, str, str, str, int, float]
+from bridge.queue.rows import Row, encode_rows
+from bridge.records import Record
 
 
 @dataclass(frozen=True)
@@ -45,18 +43,6 @@ class Submission:
     future: asyncio.Future[AppendResult]
     #: the deploy reports among ``rows`` to group in the same transaction
     deploys: Sequence[Claim] = ()
-
-
-def encode_rows(records: Sequence[Record]) -> tuple[list[Row], int]:
-    """``records`` as rows to insert, and their bytes; raises :class:`~bridge.records.UnstorableRecord`."""
-    rows: list[Row] = []
-    size = 0
-    for record in records:
-        body = encode_record(record)
-        rows.append((record.id, record.kind, lane_of(record), record.provenance.source, body, len(body),
-                     record.provenance.received_at.timestamp()))
-        size += len(body)
-    return rows, size
 
 
 class GroupCommit:

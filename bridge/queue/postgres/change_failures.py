@@ -12,8 +12,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from bridge.queue.change_failures import FailureClaim, FailurePolicy, GroupRow, linked_records, record_rows
-from bridge.records import encode_record
+from bridge.queue.change_failures import FailureClaim, FailurePolicy, GroupRow, linked_records
+from bridge.queue.rows import queued_rows
 
 _CANDIDATES = ("SELECT id, environment, first_at, creator_id FROM deploy_groups WHERE entity = %s"
                " AND change NOT LIKE 'event:%%' AND first_at BETWEEN %s AND %s AND id <> %s")
@@ -42,15 +42,14 @@ async def link_pg(conn: AsyncConnection[Any], policy: FailurePolicy, claims: Seq
                                  " ON CONFLICT DO NOTHING", (group[0], claim.record_id, now))
         if cur.rowcount != 1:
             continue  # this (deploy, failure) was linked before
-        added = linked_records(policy, claim, group)
+        rows = queued_rows(linked_records(policy, claim, group), now)
         await conn.execute("INSERT INTO admitted (id, admitted_at) SELECT i, %s FROM unnest(%s::text[]) AS v(i)"
-                           " ON CONFLICT DO NOTHING", (now, [r.id for r in added]))
-        rows = record_rows(added, now)
+                           " ON CONFLICT DO NOTHING", (now, [row[0] for row in rows]))
         async with conn.cursor() as many:
             await many.executemany(
                 "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at, next_attempt_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
             await many.executemany("INSERT INTO deploy_members (record_id, group_id, body) VALUES (%s, %s, %s)"
-                                   " ON CONFLICT DO NOTHING", [(r.id, group[0], encode_record(r)) for r in added])
+                                   " ON CONFLICT DO NOTHING", [(row[0], group[0], row[4]) for row in rows])
         if added_sizes is not None:
             added_sizes.extend(int(row[5]) for row in rows)

@@ -12,11 +12,11 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from bridge.queue.change_failures import record_rows
 from bridge.queue.enrichment import ImageGroup
 from bridge.queue.postgres.core import PgCore
 from bridge.queue.postgres.deploy_groups import HEAD_LOCK
-from bridge.records import DeployRecord, encode_record
+from bridge.queue.rows import queued_rows
+from bridge.records import DeployRecord
 
 
 class PgGroupEnrichment(PgCore):
@@ -42,6 +42,7 @@ class PgGroupEnrichment(PgCore):
         """See :class:`~bridge.queue.enrichment.EnrichableGroups`."""
         assert record.sha
         sha = record.sha.strip().lower()
+        rows = queued_rows([record], time.time())
 
         async def enrich(conn: AsyncConnection[Any]) -> bool:
             now = time.time()
@@ -56,13 +57,13 @@ class PgGroupEnrichment(PgCore):
             async with conn.cursor() as many:
                 await many.executemany(
                     "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at, next_attempt_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", record_rows([record], now))
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
             await conn.execute("INSERT INTO deploy_members (record_id, group_id, body) VALUES (%s, %s, %s)"
-                               " ON CONFLICT DO NOTHING", (record.id, group.group_id, encode_record(record)))
+                               " ON CONFLICT DO NOTHING", (record.id, group.group_id, rows[0][4]))
             return True
 
         done = await self._tx(enrich)
         if done:
-            self._counted(1, len(encode_record(record)))
+            self._counted(1, rows[0][5])
             self._notify_ready()
         return done

@@ -19,10 +19,11 @@ from psycopg import AsyncConnection
 
 from bridge.queue.deploy_groups import DeployPolicy
 from bridge.queue.errors import QueueUnavailable
-from bridge.queue.group_commit import AppendResult, GroupCommit, Row, Submission
+from bridge.queue.group_commit import AppendResult, GroupCommit, Submission
 from bridge.queue.postgres.core import PgCore
 from bridge.queue.postgres.deploy_groups import group_pg
 from bridge.queue.postgres.schema import stored_text
+from bridge.queue.rows import Row
 
 #: After a failed commit, appends are refused at once for this long before one is tried again.
 REFUSE_AFTER_FAILURE_SECONDS = 1.0
