@@ -17,6 +17,7 @@ from bridge.records import (
     RECORD_ADAPTER,
     RECORD_ID_NAMESPACE,
     DeployRecord,
+    canonical_json,
     format_timestamp,
     lane_of,
     parse_timestamp,
@@ -74,11 +75,47 @@ _JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
 
 
+#: What record ids are derived from, and what makes orjson's text differ from json.dumps's: floats
+#: of small magnitude, non-finite ones, integers beyond 64 bits, non-ASCII and control text, DEL,
+#: keys that are not text, datetimes (written through ``str``), tuples, depth beyond orjson's limit.
+_ID_SCALARS = (
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats()
+    | st.floats(1e-12, 1e-3) | st.text() | st.text(st.characters(max_codepoint=0x80))
+    | st.sampled_from(["\x7f", "\ud800", "1e-7", "0.00001", "service-1", "null"])
+    | st.datetimes() | st.datetimes(timezones=st.just(UTC)) | st.dates()
+)
+_ID_PARTS = st.recursive(
+    _ID_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(st.characters(max_codepoint=0x80)) | st.text(), inner, max_size=4)
+    | st.dictionaries(st.integers(), inner, max_size=2),
+    max_leaves=20)
+
+
 @given(st.lists(_JSON, min_size=1, max_size=4))
 def test_record_ids_are_the_uuid5_of_the_canonical_json_they_always_were(parts: list[object]) -> None:
     # Ids must not change across versions: a producer's retry after an upgrade is still a duplicate.
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     assert record_id(*parts) == str(uuid.uuid5(RECORD_ID_NAMESPACE, canonical))
+
+
+@given(st.lists(_ID_PARTS, min_size=1, max_size=4))
+def test_the_fast_canonical_text_is_json_dumps_byte_for_byte(parts: list[object]) -> None:
+    assert canonical_json(tuple(parts)) == json.dumps(
+        tuple(parts), sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def test_the_canonical_text_of_what_orjson_writes_otherwise_is_json_dumps() -> None:
+    # orjson writes these unlike json.dumps (0.00001, 1e-7, null for NaN, raw DEL and UTF-8) or
+    # refuses them (2**64): the fallback must catch every one.
+    for value in (1e-5, 1.234e-5, 9.99e-5, 1e-6, 3e-7, 1e-9, -2.5e-8, 1e-10, 1e-4, 1e16, 1e-300,
+                  float("nan"), float("-inf"), 2**64, "\x7f", "é"):
+        assert canonical_json((value, {"v": [value]})) == json.dumps(
+            (value, {"v": [value]}), sort_keys=True, separators=(",", ":")).encode()
+    deep: object = 1
+    for _ in range(300):  # deeper than orjson writes
+        deep = [deep]
+    assert canonical_json((deep,)) == json.dumps((deep,), separators=(",", ":")).encode()
 
 
 _HOSTILE_JSON = st.recursive(
