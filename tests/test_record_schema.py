@@ -46,7 +46,7 @@ def test_the_module_runs_in_check_mode_on_the_repository() -> None:
 def test_the_docs_page_names_every_field_of_every_kind() -> None:
     page = schema_docs.render_markdown()
     defs = native_input_schema()["$defs"]
-    for name in ("DeployRecord", "EventRecord", "MetricRecord", "CustomDataRecord"):
+    for name in ("DeployRecord", "EventRecord", "MetricRecord", "CustomDataRecord", "DependencyRecord", "DocsRecord"):
         for field in defs[name]["properties"]:
             assert f"`{field}`" in page
     assert "## `custom_data`" in page and "`GET /v1/schema`" in page
@@ -55,7 +55,11 @@ def test_the_docs_page_names_every_field_of_every_kind() -> None:
 def test_records_the_endpoint_accepts_are_valid_against_the_schema() -> None:
     body = {"records": [deploy(1), event(2), point(3),
                         {"kind": "custom_data", "entity": "inventory", "key": "owner", "value": {"team": "x"}},
-                        {**point(4), "timestamp": 1740830400, "id": "my-id"}]}
+                        {**point(4), "timestamp": 1740830400, "id": "my-id"},
+                        {"kind": "dependency", "entity": "checkout", "callee": "payments", "method": "POST",
+                         "path": "/charges"},
+                        {"kind": "docs", "entity": "checkout", "spec": OPENAPI},
+                        {"kind": "docs", "entity": "checkout", "spec": json.dumps(OPENAPI)}]}
     parse_native(body, source="native")
     VALIDATOR.validate(body)
     VALIDATOR.validate(deploy(5))
@@ -76,14 +80,20 @@ def test_bodies_the_endpoint_refuses_are_invalid_against_the_schema() -> None:
         raise AssertionError(f"accepted: {body}")
 
 
+#: the smallest OpenAPI 3 document the door accepts
+OPENAPI = {"openapi": "3.0.3", "info": {"title": "checkout", "version": "1"}, "paths": {}}
+
 fields = st.fixed_dictionaries(
-    {"kind": st.sampled_from(["deploy", "event", "metric", "custom_data"]),
+    {"kind": st.sampled_from(["deploy", "event", "metric", "custom_data", "dependency", "docs"]),
      "entity": st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/"),
                        min_size=1, max_size=20)},
     optional={"title": st.text(min_size=1, max_size=10), "type": st.sampled_from(["DEPLOY", "ROLLBACK", "X"]),
               "key": st.sampled_from(["lead-time", "k", "-bad"]), "value": st.none() | st.floats(allow_nan=False)
               | st.text(max_size=5), "timestamp": st.integers(0, 2_000_000_000) | st.just("2025-03-01T12:00:00Z")
-              | st.just("yesterday"), "sha": st.text(max_size=5), "colour": st.text(max_size=3)})
+              | st.just("yesterday"), "sha": st.text(max_size=5), "colour": st.text(max_size=3),
+              "callee": st.sampled_from(["payments", "a/b"]), "method": st.sampled_from(["GET", "FETCH"]),
+              "path": st.sampled_from(["/charges", ""]), "spec": st.just(OPENAPI) | st.just(json.dumps(OPENAPI))
+              | st.just({"swagger": "2.0"}) | st.text(max_size=5)})
 
 
 @settings(max_examples=300, deadline=None)

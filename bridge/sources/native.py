@@ -152,12 +152,13 @@ def native_input_schema() -> dict[str, Any]:
 
     What a producer sends differs from a stored record as :func:`parse_native` says: ``id`` is
     optional (derived from the content), ``provenance`` is the bridge's own (dropped when sent),
-    ``kind`` is required (it selects the model), and a timestamp may be a number of seconds.
+    ``kind`` is required (it selects the model), a timestamp may be a number of seconds, and an
+    OpenAPI document may be given as an object.
     """
     schema = RECORD_ADAPTER.json_schema()
     defs: dict[str, Any] = schema.pop("$defs")
     defs.pop("Provenance")
-    for name in ("DeployRecord", "EventRecord", "MetricRecord", "CustomDataRecord"):
+    for name in ("DeployRecord", "EventRecord", "MetricRecord", "CustomDataRecord", "DependencyRecord", "DocsRecord"):
         model = defs[name]
         model["properties"].pop("provenance")
         model["required"] = ["kind"] + [f for f in model["required"] if f not in ("id", "provenance")]
@@ -166,6 +167,8 @@ def native_input_schema() -> dict[str, Any]:
             model["properties"]["timestamp"] = {
                 "description": stamp.pop("description"), "title": stamp.pop("title"),
                 "anyOf": [stamp, {"type": "number", "description": "seconds since the epoch"}]}
+    spec = defs["DocsRecord"]["properties"]["spec"]  # the door also takes the document as an object
+    spec["anyOf"] = [{"type": spec.pop("type")}, {"type": "object"}]
     defs["Record"] = schema
     batch = {"type": "object", "additionalProperties": False, "required": ["records"],
              "properties": {"records": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS_PER_REQUEST,
