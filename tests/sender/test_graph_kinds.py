@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bridge.app import Bridge
 from bridge.cortex.simulator import SimEntity, SimFaults, SimulatorServer
 from bridge.queue import inspect
 from tests.sender.test_sender import drained, queue_conn
@@ -27,6 +28,16 @@ def edge(caller: str, callee: str, **fields: Any) -> dict[str, Any]:
 def spec(version: str) -> dict[str, Any]:
     """Cortex's own spec, with the version changed so that documents differ."""
     return {**REAL_SPEC, "info": {**REAL_SPEC["info"], "version": version}}
+
+
+def trace(bridge: Bridge, record_id: str) -> dict[str, Any]:
+    """Where the queue says a record stands (``status``: queued, delivered, dead_letter)."""
+    conn = queue_conn(bridge)
+    try:
+        found: dict[str, Any] = inspect.trace(conn, record_id)[0]
+        return found
+    finally:
+        conn.close()
 
 
 def writes(log: list[dict[str, Any]], suffix: str) -> list[dict[str, Any]]:
@@ -59,10 +70,16 @@ async def test_an_unknown_callee_fails_the_bulk_and_only_its_edge_waits(sim: Sim
     bridge = await make_bridge(sim, cortex={"linger_ms": 200}, retry={"not_found_retry_seconds": 0.3})
     records = [edge("checkout-service", "inventory"), edge("checkout-service", "ledger"),
                edge("payments-api", "inventory")]
-    await post_records(bridge, {"records": records})
+    _, body = await post_records(bridge, {"records": records})
+    good, missing = [body["ids"][0], body["ids"][2]], body["ids"][1]
     await wait_until(lambda: len((sim.store.snapshot()["dependencies"]).get("checkout-service", [])) == 1)
     await wait_until(lambda: "payments-api" in sim.store.snapshot()["dependencies"])
-    assert bridge.queue.depth == 1  # the edge to the missing entity waits, the others went through
+    # Cortex holds an edge before the sender has its answer and has recorded the delivery: wait
+    # for the queue to have settled both good edges (and its depth to say so), not for Cortex.
+    await wait_until(lambda: all(trace(bridge, i)["status"] == "delivered" for i in good)
+                     and bridge.queue.depth == 1)
+    waiting = trace(bridge, missing)  # the edge to the missing entity waits, the others went through
+    assert waiting["status"] == "queued" and "ledger" in waiting["last_error"]
     log = await sim_requests(sim)
     assert [r["status"] for r in writes(log, "/catalog/dependencies")][0] == 404
     sim.store.entities["ledger"] = SimEntity(tag="ledger")
