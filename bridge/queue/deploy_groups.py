@@ -91,6 +91,8 @@ class DeployGroup:
     members: list[DeployRecord | EventRecord]
     #: an event group (an incident's events), not a deploy's
     events: bool = False
+    #: when the creator, queued, is next due (it may be backing off or parked); None unless queued
+    creator_due_at: float | None = None
 
 
 def change_of(record: DeployRecord) -> str | None:
@@ -202,12 +204,13 @@ class DeployGroups(QueueCore):
             return None
         group_id, creator, environment = row
         delivered = conn.execute("SELECT cortex_uuid FROM delivered WHERE id = ?", (creator,)).fetchone()
-        state = creator_state(conn.execute("SELECT 1 FROM records WHERE id = ?", (creator,)).fetchone() is not None,
-                              delivered, conn.execute("SELECT 1 FROM dead WHERE id = ?", (creator,)).fetchone() is not None)
+        due = conn.execute("SELECT next_attempt_at FROM records WHERE id = ?", (creator,)).fetchone()
+        state = creator_state(due is not None, delivered,
+                              conn.execute("SELECT 1 FROM dead WHERE id = ?", (creator,)).fetchone() is not None)
         bodies = conn.execute("SELECT body FROM deploy_members WHERE group_id = ? AND record_id NOT IN"
                               " (SELECT id FROM dead) ORDER BY n", (group_id,)).fetchall()
         return DeployGroup(group_id, creator, state, delivered[0] if delivered else None, members_of(b for (b,) in bodies),
-                           environment == EVENT_ENVIRONMENT)
+                           environment == EVENT_ENVIRONMENT, float(due[0]) if due is not None else None)
 
     async def take_over_deploy_group(self, group_id: int, record_id: str, previous: str) -> bool:
         """Make ``record_id`` the group's creator in place of ``previous`` (whose POST failed for good)."""

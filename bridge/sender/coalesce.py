@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import structlog
@@ -39,8 +39,11 @@ from bridge.sender.incidents import merged_event, opens_group
 
 log = structlog.get_logger("bridge.sender")
 
-#: How long a report waits, queued, before looking again whether its deploy's uuid is known.
+#: How long a report waits, queued, before looking again whether its deploy's uuid is known
+#: (after its creator's next attempt, when the creator is backing off or parked) ...
 WAIT_FOR_UUID_SECONDS = 0.25
+#: ... and at most this long (an operator's ``queue retry`` may send the creator sooner).
+WAIT_FOR_UUID_MAX_SECONDS = 30.0
 #: Reports (and URLs) a merged deploy lists at most, the first ones; the rest are counted under
 #: ``customData.omitted``. A change reported thousands of times (a sender retrying with new ids)
 #: must not grow the deploy towards Cortex's request size limit.
@@ -60,6 +63,19 @@ class Planned:
     idempotent: bool = False
     #: nothing to send, ever: settle the record unsent (a mark whose deploy will never exist)
     drop: bool = False
+    #: when a report that waits (``write`` None) looks again (see :func:`resume_at`)
+    resume_at: float | None = None
+
+
+def resume_at(group: DeployGroup, now: float) -> float:
+    """When a report waiting for its group's uuid looks again: shortly, or just after the creator's
+    next attempt if that is later, so that reports of a creator backing off through a Cortex outage
+    (or parked on a 404) are not claimed four times a second each; never beyond
+    :data:`WAIT_FOR_UUID_MAX_SECONDS`."""
+    soon = now + WAIT_FOR_UUID_SECONDS
+    if group.creator_due_at is None:
+        return soon
+    return min(max(soon, group.creator_due_at + WAIT_FOR_UUID_SECONDS), now + WAIT_FOR_UUID_MAX_SECONDS)
 
 
 def merged_body(creator: DeployRecord, members: Sequence[DeployRecord | EventRecord],
@@ -131,7 +147,10 @@ class Coalescer:
         async with self._locks[group.group_id % LOCK_STRIPES]:
             # Looked at again under the lock: the request before ours may just have settled.
             group = await self.queue.deploy_group(record.id) or group
-            yield await self._plan(record, group)
+            planned = await self._plan(record, group)
+            if planned.write is None and not planned.drop:
+                planned = replace(planned, resume_at=resume_at(group, time.time()))
+            yield planned
 
     async def wait(self, q: QueuedRecord, planned: Planned) -> None:
         """Put ``q`` back, due shortly, without using an attempt: its deploy's uuid is not known yet
@@ -140,7 +159,7 @@ class Coalescer:
             log.info("deploy_group_record_dropped", record=q.record.id, reason="the deploy was never created")
             await self.queue.mark_delivered([(q.seq, None)], how="superseded")
             return
-        await self.queue.reschedule([q.seq], next_attempt_at=time.time() + WAIT_FOR_UUID_SECONDS,
+        await self.queue.reschedule([q.seq], next_attempt_at=planned.resume_at or time.time() + WAIT_FOR_UUID_SECONDS,
                                     error="waiting for the deploy's first report to be delivered", count_attempt=False)
 
     async def _plan(self, record: DeployRecord | EventRecord, group: DeployGroup) -> Planned:

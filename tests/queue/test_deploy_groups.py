@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,27 @@ async def test_a_dead_creator_is_taken_over_once(backend: Opener) -> None:
     assert not await queue.take_over_deploy_group(group.group_id, "another", first.id)
     taken = await queue.deploy_group(second.id)
     assert taken is not None and (taken.creator_id, taken.creator) == (second.id, "queued")
+    await queue.close()
+
+
+async def test_the_group_knows_when_its_queued_creator_is_next_due(backend: Opener) -> None:
+    queue = await opened(backend)
+    first, second = report("github", 1), report("k8s", 2)
+    before = time.time()
+    await queue.append([first, second])
+    group = await queue.deploy_group(second.id)
+    assert group is not None and group.creator_due_at is not None and before <= group.creator_due_at <= time.time()
+    [claimed] = await queue.claim(CLAIM_ALL)
+    later = time.time() + 600  # backing off through an outage
+    await queue.reschedule([claimed.seq], next_attempt_at=later, error="503", count_attempt=True)
+    group = await queue.deploy_group(second.id)
+    assert group is not None and group.creator_due_at == pytest.approx(later)
+    [member] = await queue.claim(CLAIM_ALL, now=later)  # due since the append: first
+    [creator] = await queue.claim(CLAIM_ALL, now=later)
+    assert (member.record.id, creator.record.id) == (second.id, first.id)
+    await queue.mark_delivered([(creator.seq, "6f9619ff-8b86-d011-b42d-00cf4fc964ff")])
+    group = await queue.deploy_group(second.id)
+    assert group is not None and group.creator == "delivered" and group.creator_due_at is None
     await queue.close()
 
 

@@ -88,16 +88,17 @@ class PgDeployGroups(PgCore):
             group_id, creator, events = int(row[0]), str(row[1]), row[2] == EVENT_ENVIRONMENT
             cur = await conn.execute(
                 "SELECT (SELECT cortex_uuid FROM delivered WHERE id = %s), EXISTS (SELECT 1 FROM delivered WHERE id = %s),"
-                " EXISTS (SELECT 1 FROM records WHERE id = %s), EXISTS (SELECT 1 FROM dead WHERE id = %s)",
+                " (SELECT next_attempt_at FROM records WHERE id = %s), EXISTS (SELECT 1 FROM dead WHERE id = %s)",
                 (creator, creator, creator, creator))
             found = await cur.fetchone()
             assert found is not None
-            uuid, delivered, queued, dead = found
+            uuid, delivered, due, dead = found
             cur = await conn.execute("SELECT body FROM deploy_members WHERE group_id = %s AND record_id NOT IN"
                                      " (SELECT id FROM dead) ORDER BY n", (group_id,))
             bodies = [str(b) for (b,) in await cur.fetchall()]
-            state = creator_state(bool(queued), (uuid,) if delivered else None, bool(dead))
-            return DeployGroup(group_id, creator, state, uuid, members_of(bodies), events)
+            state = creator_state(due is not None, (uuid,) if delivered else None, bool(dead))
+            return DeployGroup(group_id, creator, state, uuid, members_of(bodies), events,
+                               float(due) if due is not None else None)
 
         return await self._tx(read)
 
