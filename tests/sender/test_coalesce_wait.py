@@ -52,11 +52,12 @@ async def test_a_report_of_a_creator_backing_off_is_put_back_until_then(tmp_path
             assert planned.write is None  # no uuid yet: it waits
             await coalescer.wait(later, planned)
         expected = min(creator_due + WAIT_FOR_UUID_SECONDS, time.time() + WAIT_FOR_UUID_MAX_SECONDS)
-        assert planned.resume_at == pytest.approx(expected, abs=1.0)
+        resumed = planned.resume_at
+        assert resumed is not None and resumed == pytest.approx(expected, abs=1.0)
         # Not claimable before then (the creator, not due either, stays put too) ...
-        assert await queue.claim(ONE, now=planned.resume_at - 1.0) == []
+        assert await queue.claim(ONE, now=resumed - 1.0) == []
         # ... and claimable then: the creator first when it is due too.
-        [next_claimed] = await queue.claim(ONE, now=planned.resume_at + 0.01)
-        assert next_claimed.record.id == (reports[0].id if creator_due <= planned.resume_at else reports[1].id)
+        [next_claimed] = await queue.claim(ONE, now=resumed + 0.01)
+        assert next_claimed.record.id == (reports[0].id if creator_due <= resumed else reports[1].id)
     finally:
         await queue.close()
