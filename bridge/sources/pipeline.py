@@ -20,6 +20,7 @@ code: what the kind means on the wire is each transport's business.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from bridge.records import RECORD_ADAPTER, Record, RecordKind, record_id, utc_no
 from bridge.sources.entity import EntityResolver, Resolution, Subject
 from bridge.sources.lineage import Fact, Lineage
 from bridge.sources.payload import Headers
+from bridge.sources.screening import Screener
 
 log = structlog.get_logger("bridge.pipeline")
 
@@ -137,9 +139,10 @@ class PayloadMapper(Protocol):
     def accepts(self, headers: Headers) -> str | None:
         """``None`` if the content type is one this adapter reads, else why not."""
 
-    def screen(self, headers: Headers, body: bytes) -> str | None:
-        """Why the body maps to nothing, when that is certain before decoding (see
-        :mod:`bridge.sources.screening`): the reason :meth:`map` would give; else ``None``."""
+    def screener(self, headers: Headers) -> Screener | None:
+        """A test of bodies sent with ``headers``: why a body maps to nothing, when that is certain
+        before decoding (see :mod:`bridge.sources.screening`), the reason :meth:`map` would give;
+        else ``None``. ``None`` instead of a test when no body could be screened."""
 
     def decode(self, headers: Headers, body: bytes) -> Any:
         """The payload of a body; raises ``ValueError`` or :class:`UnusablePayload` if malformed."""
@@ -167,7 +170,8 @@ class InputPipeline:
         refused = self._refusal(headers, body)
         if refused is not None:
             return refused
-        screened = self.mapper.screen(headers, body)
+        screens = self.mapper.screener(headers)
+        screened = screens(body) if screens is not None else None
         if screened is not None:
             return Ignored(screened)
         try:
@@ -208,8 +212,21 @@ class InputPipeline:
         shared topic's irrelevant messages cost a substring test, not a decode and every rule)."""
         if self._refusal(headers, body) is not None:
             return None
-        reason = self.mapper.screen(headers, body)
+        screens = self.mapper.screener(headers)
+        reason = screens(body) if screens is not None else None
         return None if reason is None else Ignored(reason)
+
+    def ignoring(self, headers: Headers) -> Callable[[bytes], bool] | None:
+        """``screen(headers, body) is not None`` as a test of bodies, with what depends on the
+        headers alone decided once (a Kafka topic's messages without headers all share them);
+        ``None`` when no body sent with these headers can be screened."""
+        if self.mapper.accepts(headers) is not None:
+            return None  # refused, never ignored
+        screens = self.mapper.screener(headers)
+        if screens is None:
+            return None
+        max_bytes = self.max_bytes
+        return lambda body: len(body) <= max_bytes and screens(body) is not None
 
     def _refusal(self, headers: Headers, body: bytes) -> Refused | None:
         """The refusal of an input too large or of a content type the adapter does not read."""

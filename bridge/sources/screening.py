@@ -25,6 +25,9 @@ from bridge.sources.payload import Headers
 #: (headers, body) -> False only if the expression it was compiled from cannot be truthy for
 #: that input. Bodies passed to it hold no backslash (:func:`plain_json`).
 Condition = Callable[[Headers, bytes], bool]
+#: body -> why it certainly maps to nothing, else None: an adapter's screening of the bodies sent
+#: with one set of headers.
+Screener = Callable[[bytes], str | None]
 
 #: An upper bound on nesting below which ``json.loads`` cannot hit Python's recursion limit, so
 #: that a body orjson accepts is one the pipeline's decoder accepts too.

@@ -12,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.sources.base import SourceContext
 from bridge.sources.expressions import search
-from bridge.sources.kafka.formats import build_decoder
+from bridge.sources.kafka.formats import build_decoder, http_headers
 from bridge.sources.pipeline import Ignored, InputPipeline, Mapped, Refused
 from bridge.sources.screening import condition_of, plain_json
 from bridge.sources.webhooks import mapping
@@ -152,6 +152,24 @@ async def test_screening_never_changes_what_the_pipeline_answers(
         rules = pipeline.mapper.settings.rules  # type: ignore[attr-defined]
         evaluated = {"headers": {k.lower(): v for k, v in _headers(headers).items()}, "body": decoded}
         assert not any(truthy(search(rule.when, evaluated)) for rule in rules)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=_documents, headers=_header_values, whens=st.lists(_expressions, min_size=1, max_size=3),
+       malformed=st.booleans())
+def test_a_kafka_topic_ignores_exactly_what_the_pipeline_screens(
+    ctx: SourceContext, document: Any, headers: dict[str, str], whens: list[str], malformed: bool
+) -> None:
+    # Messages without headers take a screening decided once per topic; with headers, per message.
+    options = {"rules": [_rule(f"r{i}", w) for i, w in enumerate(whens)],
+               "entity": {"static": {"svc": "checkout-service"}, "lookup": False}, "subject": {"keys": ["'svc'"]}}
+    decoder = build_decoder("mapping", source="m", options=options, ctx=ctx)
+    pipeline = _pipeline(ctx, *whens)
+    body = json.dumps(document).encode() + (b"}" if malformed else b"")
+    for message in (Msg(body), Msg(body, [(k, v.encode()) for k, v in headers.items()])):
+        expected = pipeline.screen(http_headers(message), body) is not None
+        assert decoder.ignores(message) is expected
+        assert decoder.ignores(message) is expected  # the second time from what was decided once
 
 
 def test_real_payloads_are_screened_only_when_no_rule_would_match() -> None:

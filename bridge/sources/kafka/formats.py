@@ -216,6 +216,8 @@ class PipelineDecoder:
 
     def __init__(self, pipeline: InputPipeline) -> None:
         self.pipeline = pipeline
+        #: the screening of messages without headers (nearly all, on most topics): decided once
+        self._headerless: Callable[[bytes], bool] | None | Literal[False] = False
 
     async def __call__(self, message: KafkaMessage, received_at: datetime) -> Decoded:
         if message.value is None:
@@ -229,8 +231,16 @@ class PipelineDecoder:
 
     def ignores(self, message: KafkaMessage) -> bool:
         value = message.value
+        if value is None:
+            return False
         try:
-            return value is not None and self.pipeline.screen(http_headers(message), value) is not None
+            if message.headers:
+                ignoring = self.pipeline.ignoring(http_headers(message))
+            else:
+                if self._headerless is False:
+                    self._headerless = self.pipeline.ignoring(_NO_HEADERS)
+                ignoring = self._headerless
+            return ignoring is not None and ignoring(value)
         except Exception:  # a screening bug must cost speed, never a message: decode it in full
             log.exception("kafka_screen_error", source=self.pipeline.source, message=delivery_id(message))
             return False

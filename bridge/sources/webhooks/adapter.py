@@ -26,6 +26,7 @@ from bridge.sources.lineage import Lineage, LineageSettings
 from bridge.sources.lineage import MetricKey as MetricKey
 from bridge.sources.payload import Headers, json_body, media_type
 from bridge.sources.pipeline import Delivery, Draft, InputPipeline
+from bridge.sources.screening import Screener
 from bridge.sources.signatures import AuthScheme
 
 
@@ -104,8 +105,9 @@ class WebhookAdapter(ABC, Generic[S]):
         """The payload of a body; raise ``ValueError`` (or ``UnusablePayload``) if it is malformed."""
         return json_body(body)
 
-    def screen(self, headers: Headers, body: bytes) -> str | None:
-        """Why the body maps to nothing, when that is certain without decoding it; else ``None``."""
+    def screener(self, headers: Headers) -> Screener | None:
+        """A test saying why a body sent with ``headers`` maps to nothing, when that is certain
+        without decoding it; ``None``: this adapter screens nothing."""
         return None
 
     @abstractmethod

@@ -27,7 +27,7 @@ from bridge.sources.expressions import check_expression, search
 from bridge.sources.gitrefs import repository_from_url
 from bridge.sources.payload import Headers, text
 from bridge.sources.pipeline import TIMED_KINDS, Delivery, Draft, MapsToNothing
-from bridge.sources.screening import Condition, condition_of, plain_json
+from bridge.sources.screening import Condition, Screener, condition_of, plain_json
 from bridge.sources.signatures import AuthScheme, HmacScheme, TokenScheme
 from bridge.sources.timestamps import parse_ci_timestamp
 from bridge.sources.webhooks.adapter import WebhookAdapter, WebhookSettings
@@ -152,17 +152,21 @@ class MappingAdapter(WebhookAdapter[MappingSettings]):
         self._conditions: list[Condition] | None = (
             None if any(c is None for c in conditions) else [c for c in conditions if c is not None])
 
-    def screen(self, headers: Headers, body: bytes) -> str | None:
-        """"No rule matches", decided from the raw body when every rule's condition fails on it."""
+    def screener(self, headers: Headers) -> Screener | None:
+        """"No rule matches", decided from the raw body when every rule's condition fails on it;
+        ``None`` when some rule has no condition (then every body takes the full path)."""
         conditions = self._conditions
         if conditions is None:
             return None
-        for condition in conditions:
-            if condition(headers, body):
-                return None
-        if not plain_json(body):
-            return None  # decoding decides: malformed bodies are refused, not ignored
-        return NO_RULE_MATCHED
+
+        def screen(body: bytes) -> str | None:
+            for condition in conditions:
+                if condition(headers, body):
+                    return None
+            # decoding decides for a malformed body: it is refused, not ignored
+            return NO_RULE_MATCHED if plain_json(body) else None
+
+        return screen
 
     def scheme(self) -> AuthScheme | None:
         auth = self.settings.auth
