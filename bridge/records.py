@@ -120,10 +120,14 @@ def utc_now() -> datetime:
 
 def format_timestamp(ts: datetime) -> str:
     """UTC with an explicit ``Z``, millisecond precision: the format Cortex round-trips."""
-    ts = ts.astimezone(UTC)
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
     if ts.year < 1000:  # strftime's (unpadded) year, which parse_timestamp refuses: kept as it was
         return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-    return ts.isoformat(timespec="milliseconds")[:-6] + "Z"  # the same text, twice as fast
+    # the same text as strftime, three times as fast (it runs for every record serialized); an
+    # f-string of the same fields is slower
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond // 1000)
 
 
 def parse_timestamp(value: str | int | float | datetime) -> datetime:
@@ -131,6 +135,13 @@ def parse_timestamp(value: str | int | float | datetime) -> datetime:
 
     Raises ``ValueError`` for anything else, so validation reports it as a bad field.
     """
+    if type(value) is str and len(value) == 24 and value[23] == "Z":
+        # The queue's own text (format_timestamp), read back with every record: read directly.
+        # fromisoformat takes the "Z" itself (Python >= 3.11); whatever it refuses takes the path below.
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -212,7 +223,7 @@ class _RecordBase(BaseModel):
 def _record_timestamp(value: Any) -> datetime:
     # Millisecond precision, as sent to Cortex, so read-backs compare equal.
     ts = parse_timestamp(value)
-    return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
+    return ts if ts.microsecond % 1000 == 0 else ts.replace(microsecond=ts.microsecond // 1000 * 1000)
 
 
 #: A timestamp field: accepts ISO-8601 or epoch numbers, always serializes as UTC ``Z``.
