@@ -51,6 +51,24 @@ from bridge.sources.native import parse_native
 
 GROUP_TIMINGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 MAX_POLL_RECORDS = 500
+#: A side that makes no progress for this long fails the run with what it reached, instead of
+#: waiting forever (a group that never gets its partitions, a source that stopped).
+STALL_SECONDS = 60.0
+
+
+class Stall:
+    """Raises when a count has not moved for :data:`STALL_SECONDS`."""
+
+    def __init__(self, what: str, count: int) -> None:
+        self.what, self.count = what, count
+        self.last, self.moved_at = -1.0, time.monotonic()
+
+    def check(self, seen: float) -> None:
+        now = time.monotonic()
+        if seen != self.last:
+            self.last, self.moved_at = seen, now
+        elif now - self.moved_at > STALL_SECONDS:
+            raise RuntimeError(f"{self.what}: stalled at {seen:.0f} of {self.count} for {STALL_SECONDS:.0f} s")
 
 
 def start_tansu() -> tuple[subprocess.Popen[bytes], str]:
@@ -107,7 +125,9 @@ async def raw_consume(bootstrap: str, topic: str, group: str, count: int) -> flo
     try:
         seen = 0
         first = 0.0
+        stall = Stall("raw aiokafka", count)
         while seen < count:
+            stall.check(seen)
             batch = await consumer.getmany(timeout_ms=500, max_records=MAX_POLL_RECORDS)
             if batch and not first:
                 first = time.perf_counter()
@@ -151,7 +171,9 @@ async def bridge_consume(bootstrap: str, topic: str, group: str, count: int, wor
     await source.start()
     try:
         first = 0.0
+        stall = Stall("bridge durable", count)
         while queue.depth < count:
+            stall.check(queue.depth)
             if not first and queue.depth:
                 first = time.perf_counter()
             await asyncio.sleep(0.001)
@@ -177,7 +199,9 @@ async def bridge_ignore(bootstrap: str, topic: str, group: str, count: int, work
     try:
         first = 0.0
         seen_first = 0.0
+        stall = Stall("bridge ignored", count)
         while (seen := ignored_so_far(topic) - before) < count:
+            stall.check(seen)
             if not first and seen:
                 first, seen_first = time.perf_counter(), seen
             # Reading the counter collects the whole registry: polled every 1 ms it took ~7 % of
