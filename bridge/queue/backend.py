@@ -66,6 +66,9 @@ class QueueBackend(Protocol):
     async def get_states(self, prefix: str) -> dict[str, str]:
         """All persisted state values under ``prefix``."""
 
+    async def get_states_of(self, keys: Sequence[str]) -> dict[str, str]:
+        """The persisted values of ``keys`` (those that have one), by the keys as given."""
+
     async def put_state(self, updates: dict[str, str]) -> None:
         """Persist source state without records."""
 

@@ -37,6 +37,21 @@ class SourceState(Appends):
         )
         return {k: v for k, v in rows}
 
+    async def get_states_of(self, keys: Sequence[str]) -> dict[str, str]:
+        """The persisted values of ``keys`` (those that have one), by the keys as given."""
+        return await self._run(self._get_states_of_sync, list(keys))
+
+    def _get_states_of_sync(self, keys: list[str]) -> dict[str, str]:
+        stored = {state_key(key): key for key in keys}
+        names = list(stored)
+        found: dict[str, str] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            rows = self.conn.execute(
+                f"SELECT key, value FROM source_state WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update((stored[k], v) for k, v in rows)
+        return found
+
     async def put_state(self, updates: dict[str, str]) -> None:
         """Persist source state without records (same durability as an append)."""
         await self.append([], state_updates=updates)

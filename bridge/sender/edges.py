@@ -60,26 +60,26 @@ class EdgeLedger:
 
     async def reported(self, delivered: Sequence[QueuedRecord]) -> None:
         """Cortex stored these records: note when their sources last reported each edge."""
-        newest: dict[str, dict[str, tuple[Edge, float]]] = {}
+        newest: dict[str, tuple[Edge, float]] = {}  # ledger key (it names the source) -> edge, when
         for queued in delivered:
             record = queued.record
             if not isinstance(record, DependencyRecord) or record.provenance.source not in self.after:
                 continue
-            entries = newest.setdefault(record.provenance.source, {})
             key = _key(record.provenance.source, record.edge)
             seen = record.provenance.received_at.timestamp()
-            if key not in entries or entries[key][1] < seen:
-                entries[key] = (record.edge, seen)
+            if key not in newest or newest[key][1] < seen:
+                newest[key] = (record.edge, seen)
+        if not newest:
+            return
         async with self._lock:
-            for source, entries in newest.items():
-                known = await self.queue.get_states(_prefix(source))
-                updates = {}
-                for key, (edge, seen) in entries.items():
-                    entry = _entry(known.get(key))
-                    if entry is None or entry[1] < seen:  # an older record may be delivered after a newer one
-                        updates[key] = json.dumps({"edge": list(edge), "seen": seen})
-                if updates:
-                    await self.queue.put_state(updates)
+            known = await self.queue.get_states_of(list(newest))  # these edges, not all of a source's
+            updates = {}
+            for key, (edge, seen) in newest.items():
+                entry = _entry(known.get(key))
+                if entry is None or entry[1] < seen:  # an older record may be delivered after a newer one
+                    updates[key] = json.dumps({"edge": list(edge), "seen": seen})
+            if updates:
+                await self.queue.put_state(updates)
 
     async def remove_stale(self) -> int:
         """One pass: remove every edge its source has not reported for too long; how many went."""

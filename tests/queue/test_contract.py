@@ -76,7 +76,17 @@ async def test_hostile_state_keys_find_their_own_rows(backend: Opener) -> None:
     await queue.put_state({key: "started"})
     assert await queue.get_state(key) == "started"
     assert list(await queue.get_states("cdevents:")) != []
+    assert await queue.get_states_of([key, "cdevents:other"]) == {key: "started"}
     assert await queue.forget_state([key]) == 1
+    await queue.close()
+
+
+async def test_state_of_many_keys_is_read_by_key(backend: Opener) -> None:
+    queue = await backend()
+    await queue.put_state({f"edges/a/{n}": str(n) for n in range(1200)} | {"edges/b/1": "other"})
+    wanted = [f"edges/a/{n}" for n in range(0, 1300, 3)]  # beyond the stored ones too
+    assert await queue.get_states_of(wanted) == {k: k.rsplit("/", 1)[1] for k in wanted if int(k.rsplit("/", 1)[1]) < 1200}
+    assert await queue.get_states_of([]) == {}
     await queue.close()
 
 

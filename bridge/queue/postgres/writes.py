@@ -69,6 +69,16 @@ class PgWrites(PgCore, GroupCommit):
 
         return await self._tx(read)
 
+    async def get_states_of(self, keys: Sequence[str]) -> dict[str, str]:
+        """The persisted values of ``keys`` (those that have one), by the keys as given."""
+        stored = {stored_text(key): key for key in keys}
+
+        async def read(conn: AsyncConnection[Any]) -> dict[str, str]:
+            cur = await conn.execute("SELECT key, value FROM source_state WHERE key = ANY(%s)", (list(stored),))
+            return {stored[k]: v for k, v in await cur.fetchall()}
+
+        return await self._tx(read)
+
     async def put_state(self, updates: dict[str, str]) -> None:
         """Persist source state without records (same durability as an append)."""
         await self.append([], state_updates=updates)
