@@ -25,6 +25,10 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message is one line, fit for an operator."""
 
 
+#: the absence of a key that is not text (``None`` can be one)
+_ALL_TEXT = object()
+
+
 class YamlFileSource(PydanticBaseSettingsSource):
     """The YAML config file, lowest priority."""
 
@@ -53,6 +57,10 @@ class YamlFileSource(PydanticBaseSettingsSource):
             return {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        # YAML allows keys of any type (`1:`, `? [a]`, a bare `?` is a null key); settings are named
+        odd = next((key for key in data if not isinstance(key, str)), _ALL_TEXT)
+        if odd is not _ALL_TEXT:
+            raise ConfigError(f"config file {path}: top-level key {str(odd)[:80]!r} is not a setting name")
         return data
 
 

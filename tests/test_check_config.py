@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import ConfigError, Settings, load_settings
@@ -90,6 +90,8 @@ def test_unknown_keys_are_reported_all_at_once_with_a_suggestion(tmp_path: Path)
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=200))
+@example(text="?")  # a null key (YAML's explicit-key indicator alone): once a TypeError traceback
+@example(text="1: 2\n? [a]\n")
 def test_any_config_file_is_settings_or_one_clear_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "fuzz.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
