@@ -101,16 +101,14 @@ def _small_float(text: bytes) -> bool:
         return True
     at = text.find(b"e-")
     while at != -1:
-        if at > 0 and text[at - 1] in _DIGITS and text[at + 2 : at + 3] in _DIGIT_BYTES \
-                and text[at + 3 : at + 4] not in _DIGIT_BYTES:
+        if text[at - 1 : at] in _DIGITS and text[at + 2 : at + 3] in _DIGITS and text[at + 3 : at + 4] not in _DIGITS:
             return True
         at = text.find(b"e-", at + 2)
     return False
 
 
-_DIGITS = frozenset(b"0123456789")
-#: one-byte slices of a digit (an empty slice, past the end, is not one)
-_DIGIT_BYTES = frozenset(bytes([d]) for d in b"0123456789")
+#: one-byte slices of a digit (an empty slice, past either end, is not one)
+_DIGITS = frozenset(bytes([d]) for d in b"0123456789")
 
 
 def utc_now() -> datetime:

@@ -170,10 +170,9 @@ class InputPipeline:
         refused = self._refusal(headers, body)
         if refused is not None:
             return refused
-        screens = self.mapper.screener(headers)
-        screened = screens(body) if screens is not None else None
+        screened = self._screened(headers, body)
         if screened is not None:
-            return Ignored(screened)
+            return screened
         try:
             payload = self.mapper.decode(headers, body)
         except UnusablePayload as exc:
@@ -210,8 +209,10 @@ class InputPipeline:
     def screen(self, headers: Headers, body: bytes) -> Ignored | None:
         """What :meth:`run` would answer when that is "ignored" and certain before decoding (a
         shared topic's irrelevant messages cost a substring test, not a decode and every rule)."""
-        if self._refusal(headers, body) is not None:
-            return None
+        return None if self._refusal(headers, body) is not None else self._screened(headers, body)
+
+    def _screened(self, headers: Headers, body: bytes) -> Ignored | None:
+        """The adapter's screening of an input not refused (see :meth:`screen`)."""
         screens = self.mapper.screener(headers)
         reason = screens(body) if screens is not None else None
         return None if reason is None else Ignored(reason)
