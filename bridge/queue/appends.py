@@ -14,6 +14,7 @@ from bridge.queue.core import QueueCore
 from bridge.queue.deploy_groups import group_sync
 from bridge.queue.group_commit import AppendResult, GroupCommit, Submission
 from bridge.queue.schema import state_key, transaction
+from bridge.queue.totals import insert_records
 
 __all__ = ["AppendResult", "Appends", "Submission", "known_ids"]
 
@@ -68,12 +69,7 @@ class Appends(QueueCore, GroupCommit):
                 conn.executemany(
                     "INSERT INTO deliveries (source, delivery_id, seen_at, record_ids) VALUES (?, ?, ?, ?)", deliveries
                 )
-            if fresh:
-                conn.executemany(
-                    "INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    fresh,
-                )
+            insert_records(conn, fresh)
             if states:
                 conn.executemany(
                     "INSERT INTO source_state (key, value, updated_at) VALUES (?, ?, ?)"

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from bridge.queue.rows import queued_rows
+from bridge.queue.totals import insert_records
 from bridge.records import DeployRecord, EventRecord, Provenance, Record, format_timestamp, record_id
 
 #: ``customData`` key of an event naming the record id of the event it is (or updates).
@@ -132,7 +133,6 @@ def link_sync(conn: sqlite3.Connection, policy: FailurePolicy, claims: Iterable[
                         (group[0], claim.record_id, now)).rowcount != 1:
             continue  # this (deploy, failure) was linked before
         rows = queued_rows(linked_records(policy, claim, group), now)
-        conn.executemany("INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                         " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        insert_records(conn, rows, skip_present=True)
         conn.executemany("INSERT OR IGNORE INTO deploy_members (record_id, group_id, body) VALUES (?, ?, ?)",
                          [(row[0], group[0], row[4]) for row in rows])

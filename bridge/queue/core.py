@@ -77,7 +77,7 @@ class QueueCore(QueueSignals):
         return result
 
     def _recount_sync(self) -> int:
-        """Depth and bytes from the trigger-kept totals (which also see other processes' changes,
+        """Depth and bytes from the totals row (which also sees other processes' changes,
         e.g. an operator's ``dlq replay``); returns the dead-letter count."""
         self._count, self._bytes, dead = totals(self.conn)
         return dead

@@ -20,6 +20,7 @@ from bridge.queue.appends import known_ids
 from bridge.queue.core import QueueCore
 from bridge.queue.poison import POISON_LANE, RAW_INPUT_KIND, RawInput
 from bridge.queue.schema import column_text, transaction
+from bridge.queue.totals import RecordDeletions, insert_records
 from bridge.records import Record, encode_record, lane_of
 
 #: Dead-letter reason of a stored row that does not read back as a record.
@@ -129,20 +130,21 @@ def move_to_dead(
     """Move records to ``dead`` (inside the caller's transaction); returns (id, kind, source) of each."""
     now = time.time()
     moved: list[tuple[str, str, str]] = []
-    for seq in seqs:
-        row = conn.execute(
-            "SELECT id, kind, lane, source, body, size, received_at, attempts FROM records WHERE seq = ?",
-            (seq,),
-        ).fetchone()
-        if row is None:
-            continue
-        conn.execute(
-            "INSERT OR REPLACE INTO dead (id, kind, lane, source, body, size, received_at, attempts,"
-            " reason, detail, status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*row, column_text(reason, MAX_DETAIL), column_text(detail, MAX_DETAIL), status, now),
-        )
-        conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
-        moved.append((str(row[0]), str(row[1]), str(row[3])))
+    with RecordDeletions(conn) as deletions:
+        for seq in seqs:
+            row = conn.execute(
+                "SELECT id, kind, lane, source, body, size, received_at, attempts FROM records WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+            if row is None:
+                continue
+            conn.execute(
+                "INSERT OR REPLACE INTO dead (id, kind, lane, source, body, size, received_at, attempts,"
+                " reason, detail, status, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, column_text(reason, MAX_DETAIL), column_text(detail, MAX_DETAIL), status, now),
+            )
+            deletions.delete(seq)
+            moved.append((str(row[0]), str(row[1]), str(row[3])))
     return moved
 
 
@@ -179,11 +181,8 @@ def replay(conn: sqlite3.Connection, *, ids: list[str] | None = None, reason: st
             rows = conn.execute(
                 f"SELECT id, kind, lane, source, body, size, received_at FROM dead{where} LIMIT ?", [*params, chunk]
             ).fetchall()
-            conn.executemany(
-                "INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*row, now, now) for row in rows],
-            )
+            # one already queued again (by its source) stays as it is: the dead letter goes
+            insert_records(conn, [(*row, now, now) for row in rows], skip_present=True)
             conn.executemany("DELETE FROM dead WHERE id = ?", [(row[0],) for row in rows])
         moved += len(rows)
         if len(rows) < chunk:

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 from bridge.queue.core import QueueCore
 from bridge.queue.rows import queued_rows
 from bridge.queue.schema import transaction
+from bridge.queue.totals import insert_records
 from bridge.records import DeployRecord, Provenance, record_id
 
 #: Source of the enrichment reports.
@@ -93,9 +94,7 @@ class GroupEnrichment(QueueCore):
                                             ("sha:" + sha, group.group_id, group.change))
                 if updated.rowcount != 1:
                     return False
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO records (id, kind, lane, source, body, size, received_at, enqueued_at,"
-                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                insert_records(self.conn, rows, skip_present=True)
                 self.conn.execute("INSERT OR IGNORE INTO deploy_members (record_id, group_id, body) VALUES (?, ?, ?)",
                                   (record.id, group.group_id, rows[0][4]))
             self._recount_sync()

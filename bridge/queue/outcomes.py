@@ -18,6 +18,7 @@ from typing import Any
 
 from bridge.queue.core import QueueCore
 from bridge.queue.schema import PARKED_PREFIX, State, column_text, parked_clause, transaction, waiting_clause
+from bridge.queue.totals import RecordDeletions
 from bridge.records import parse_timestamp
 
 #: Longest ``last_error`` kept with a record.
@@ -37,7 +38,7 @@ class Outcomes(QueueCore):
     def _delivered_sync(self, items: list[tuple[int, str | None]], how: str) -> None:
         conn = self.conn
         now = time.time()
-        with transaction(conn):
+        with transaction(conn), RecordDeletions(conn) as deletions:
             for seq, cortex_uuid in items:
                 row = conn.execute(
                     "SELECT id, kind, lane, body, source, received_at FROM records WHERE seq = ?", (seq,)
@@ -58,7 +59,7 @@ class Outcomes(QueueCore):
                         "INSERT OR REPLACE INTO delivered_points (id, lane, point, delivered_at) VALUES (?, ?, ?, ?)",
                         (rid, lane, point_key(doc["timestamp"], doc["value"]), now),
                     )
-                conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+                deletions.delete(seq)
         self._recount_sync()
 
     async def delivered_points(self, lane: str, since: float) -> tuple[Counter[str], bool]:

@@ -48,7 +48,9 @@ def is_parked(state: int, last_error: str | None, next_attempt_at: float, now: f
             and last_error is not None and last_error.startswith(PARKED_PREFIX))
 
 
-SCHEMA_VERSION = 3  #: 2: ``totals`` kept by triggers; 3: ``spend`` (requests sent to Cortex, bridge/queue/spend.py)
+#: 2: ``totals`` kept by triggers; 3: ``spend`` (requests sent to Cortex, bridge/queue/spend.py);
+#: 4: records counted by the statements that move them, not a trigger per row (bridge/queue/totals.py)
+SCHEMA_VERSION = 4
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS records (
@@ -134,9 +136,10 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 """
 
-# Depth, bytes and dead letters kept exact by triggers, in the same transaction as every change,
-# whichever process makes it (an operator's ``dlq replay`` included). Counting instead takes
-# ~0.6 s at a million queued records, all of it on the one thread that acknowledges input.
+# Depth, bytes and dead letters kept exact in the same transaction as every change, whichever
+# process makes it (an operator's ``dlq replay`` included): records by the statements that insert
+# and delete them (bridge/queue/totals.py, since version 4), the rest by triggers. Counting
+# instead takes ~0.6 s at a million queued records, all of it on the thread that acknowledges input.
 _TOTALS = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS totals (
@@ -145,12 +148,6 @@ CREATE TABLE IF NOT EXISTS totals (
     record_bytes INTEGER NOT NULL,
     dead INTEGER NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS records_in AFTER INSERT ON records BEGIN
-    UPDATE totals SET records = records + 1, record_bytes = record_bytes + NEW.size;
-END;
-CREATE TRIGGER IF NOT EXISTS records_out AFTER DELETE ON records BEGIN
-    UPDATE totals SET records = records - 1, record_bytes = record_bytes - OLD.size;
-END;
 CREATE TRIGGER IF NOT EXISTS records_resized AFTER UPDATE OF size ON records BEGIN
     UPDATE totals SET record_bytes = record_bytes - OLD.size + NEW.size;
 END;
@@ -179,6 +176,17 @@ CREATE TABLE IF NOT EXISTS spend (
 );
 CREATE INDEX IF NOT EXISTS spend_at ON spend (sent_at);
 UPDATE meta SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2');
+COMMIT;
+"""
+
+
+# Version 4: the per-row triggers counting ``records`` go; bridge/queue/totals.py counts instead
+# (the totals row is exact when this runs: the triggers kept it up to here, in this transaction).
+_COUNTED = """
+BEGIN IMMEDIATE;
+DROP TRIGGER IF EXISTS records_in;
+DROP TRIGGER IF EXISTS records_out;
+UPDATE meta SET value = '4' WHERE key = 'schema_version' AND value IN ('1', '2', '3');
 COMMIT;
 """
 
@@ -257,6 +265,9 @@ def connect(path: str) -> sqlite3.Connection:
         conn.executescript(_TOTALS)  # new file, or a version-1 file: count once, then keep counting
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'spend'").fetchone() is None:
         conn.executescript(_SPEND)  # new file, or a version-1/2 file
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'records_in'").fetchone() is not None or \
+            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] in ("1", "2", "3"):
+        conn.executescript(_COUNTED)  # a version-1/2/3 file
     return conn
 
 

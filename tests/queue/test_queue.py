@@ -254,7 +254,7 @@ async def test_totals_are_computed_once_for_a_queue_file_from_before_them(tmp_pa
     await queue.dead_letter([batch[0].seq], reason="rejected", detail="400", status=400)
     await queue.close()
     conn = sqlite3.connect(db)  # make it look like a version-1 file: no totals, no triggers, no spend
-    conn.executescript("DROP TABLE totals; DROP TABLE spend; DROP TRIGGER records_in; DROP TRIGGER records_out;"
+    conn.executescript("DROP TABLE totals; DROP TABLE spend;"
                        " DROP TRIGGER records_resized; DROP TRIGGER dead_in; DROP TRIGGER dead_out;"
                        " UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     conn.close()
@@ -265,6 +265,43 @@ async def test_totals_are_computed_once_for_a_queue_file_from_before_them(tmp_pa
     assert stored_rows(reopened, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     await reopened.append([metric(10)])
     assert reopened.depth == 5 == counted(db)[0]
+    await reopened.close()
+
+
+#: What a version-3 file has and version 4 drops: a trigger per inserted and per deleted record.
+VERSION_3_TRIGGERS = """
+CREATE TRIGGER records_in AFTER INSERT ON records BEGIN
+    UPDATE totals SET records = records + 1, record_bytes = record_bytes + NEW.size;
+END;
+CREATE TRIGGER records_out AFTER DELETE ON records BEGIN
+    UPDATE totals SET records = records - 1, record_bytes = record_bytes - OLD.size;
+END;
+UPDATE meta SET value = '3' WHERE key = 'schema_version';
+"""
+
+
+async def test_a_version_3_file_loses_its_per_row_triggers_and_stays_exactly_counted(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    queue = await open_queue(tmp_path)
+    await queue.close()
+    conn = sqlite3.connect(db)
+    conn.executescript(VERSION_3_TRIGGERS)
+    conn.close()
+    old = await open_queue(tmp_path)  # what the version-3 triggers counted, before the upgrade ran
+    assert stored_rows(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert stored_rows(old, "SELECT name FROM sqlite_master WHERE name IN ('records_in', 'records_out')") == []
+    await old.close()
+
+    conn = sqlite3.connect(db)  # the same file with records queued by version 3's triggers
+    conn.executescript(VERSION_3_TRIGGERS)
+    conn.close()
+    reopened = await open_queue(tmp_path)
+    await reopened.append([metric(i) for i in range(6)])  # counted once: no trigger doubles it
+    claimed = await reopened.claim(POLICY)
+    await reopened.mark_delivered([(q.seq, None) for q in claimed[:2]])
+    await reopened.refresh_gauges()
+    count, size, _ = counted(db)
+    assert (reopened.depth, reopened._bytes) == (count, size) and count == 4
     await reopened.close()
 
 
