@@ -83,7 +83,9 @@ async def test_410_after_compaction_relists_and_diffs(
     apiserver: FakeApiServer, cluster: Cluster, cortex: SimulatorServer, start_bridge: StartBridge
 ) -> None:
     cluster.create_deployment("payments-api", image="registry.example/payments:1")
-    running = await start_bridge(events={"window_seconds": 0.5})
+    # The repeats below fall in the first BackOff's window however slow the machine: a window of
+    # 0.5 s could end before the re-list read them (then they are, by design, a second event).
+    running = await start_bridge(events={"window_seconds": 60.0})
     pod = cluster.pods("payments-api")[0]["metadata"]["name"]
     crash = cluster.warning(pod, "BackOff", "Back-off restarting failed container")
     cluster.set_image("payments-api", "registry.example/payments:2")
