@@ -2,7 +2,7 @@
 
 sources -> records, queue; sender -> queue, cortex, records; cortex -> records only; the Cortex
 simulator is an independent model of Cortex and imports nothing else of the bridge. ``config``,
-``metrics`` and ``logs`` are the foundation every layer may use; ``app``, ``cli``, ``demo`` and
+``metrics``, ``logs`` and ``tasks`` are the foundation every layer may use; ``app``, ``cli``, ``demo`` and
 ``config_docs``/``schema_docs`` wire the layers together and may use anything. Lazy imports inside functions count.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from tests.support.paths import ROOT
 
 BRIDGE = ROOT / "bridge"
-FOUNDATION = {"bridge.config", "bridge.config_file", "bridge.metrics", "bridge.logs", "bridge.secrets"}
+FOUNDATION = {"bridge.config", "bridge.config_file", "bridge.metrics", "bridge.logs", "bridge.secrets", "bridge.tasks"}
 
 #: package (or module) -> the bridge packages/modules it may import, besides itself
 ALLOWED: dict[str, set[str]] = {
@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "bridge.config": {"bridge.secrets", "bridge.config_file"},
     "bridge.config_file": set(),
     "bridge.secrets": set(),
+    "bridge.tasks": set(),
     "bridge.logs": {"bridge.config"},
     "bridge.queue": {"bridge.records"} | FOUNDATION,
     "bridge.sources": {"bridge.records", "bridge.queue"} | FOUNDATION,

@@ -10,7 +10,6 @@ release of producers are the same for SQLite and PostgreSQL, so they live here o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from bridge.queue.deploy_groups import Claim, DeployPolicy, claims_of
 from bridge.queue.errors import QueueFull, QueueUnavailable
 from bridge.queue.rows import Row, encode_rows
 from bridge.records import Record
+from bridge.tasks import cancel_and_wait
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,7 @@ class GroupCommit:
         while self._pending:
             self._wakeup.set()
             await asyncio.sleep(0.005)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await cancel_and_wait(self._writer)
         self._writer = None
 
     async def _write_loop(self) -> None:

@@ -29,6 +29,7 @@ from bridge.sender.edges import EdgeLedger
 from bridge.sender.outcomes import AuthState, Outcome, Verdict, classify_failure, classify_response
 from bridge.sender.reconcile import reconcile_ambiguous
 from bridge.sender.requests import BatchRequest, build_request
+from bridge.tasks import cancel_and_wait
 
 log = structlog.get_logger("bridge.sender")
 
@@ -118,12 +119,10 @@ class Sender:
         while self._in_flight and time.monotonic() < end:
             await asyncio.sleep(0.02)
         for task in self._tasks:
-            task.cancel()
+            task.cancel()  # all at once; then each is waited for
         for task in self._tasks:
             try:
-                await task
-            except asyncio.CancelledError:
-                pass
+                await cancel_and_wait(task)
             except Exception as exc:  # a loop that died must not keep the queue from closing
                 log.error("sender_task_failed", task=task.get_name(), error=repr(exc))
         self._tasks.clear()

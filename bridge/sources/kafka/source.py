@@ -54,6 +54,7 @@ from bridge.sources.kafka.offsets import (
 )
 from bridge.sources.kafka.positions import partition_names, partitions_of, seek_out_of_range, seek_uncommitted
 from bridge.sources.kafka.settings import KafkaSourceSettings
+from bridge.tasks import cancel_and_wait
 
 log = structlog.get_logger("bridge.kafka")
 
@@ -118,9 +119,7 @@ class KafkaSource:
         deadline = time.monotonic() + self.settings.shutdown_timeout_seconds
         if self._task is not None:
             # Cancelling a fetch is safe: what it would have returned is not committed.
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
@@ -132,9 +131,7 @@ class KafkaSource:
     async def _close(self, consumer: AIOKafkaConsumer, deadline: float, *, why: str) -> None:
         """Let in-flight batches become durable, commit them, leave the group."""
         if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
+            await cancel_and_wait(self._committer)
             self._committer = None
         if self._inflight:
             # Appends waiting for queue room keep waiting: the sender still drains meanwhile.

@@ -38,6 +38,7 @@ from bridge.sources.kubernetes.memory import SourceMemory
 from bridge.sources.kubernetes.settings import KubernetesSourceSettings, load_client_configuration
 from bridge.sources.kubernetes.watch import Change, ListFunction, ResourceStream, call_raw
 from bridge.sources.kubernetes.workloads import CACHED_RESOURCES, REVISIONED_KINDS, WorkloadCache
+from bridge.tasks import cancel_and_wait
 
 log = structlog.get_logger("bridge.kubernetes")
 
@@ -99,9 +100,7 @@ class KubernetesSource:
         if self._elector is not None:
             self._elector.stop()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._stop_leading()
         if self._elector is not None:
@@ -170,9 +169,7 @@ class KubernetesSource:
             if acquired:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._memory.flush(), timeout=5.0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         finally:
             if acquired:
                 self._lock.release()
