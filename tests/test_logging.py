@@ -62,3 +62,23 @@ async def test_the_daemon_logs_json_lines_to_stderr_only(sim: SimulatorServer, t
     names = [e["event"] for e in events]
     assert "bridge_started" in names and "input_refused" in names and "drain_finished" in names
     assert "not-the-secret" not in process.log.read_text()
+
+
+async def test_an_accepted_request_is_logged_at_debug_and_not_at_info(sim: SimulatorServer, tmp_path: Path) -> None:
+    """The door asks :func:`bridge.logs.debug_enabled` before it builds its line: the level decides."""
+    written = {}
+    for level in ("debug", "info"):
+        (tmp_path / level).mkdir()
+        process = BridgeProcess(tmp_path / level, sim.url, log={"format": "json", "level": level})
+        try:
+            await process.start()
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"{process.url}/v1/records", json={"kind": "event", "entity": "svc", "type": "X", "title": "t",
+                                                       "timestamp": 1790000000}) as resp:
+                assert resp.status == 202
+            assert process.terminate() == 0
+        finally:
+            process.cleanup()
+        written[level] = [e for e in map(json.loads, process.log.read_text().splitlines()) if e["event"] == "accepted"]
+    assert [(e["source"], e["records"], e["new"]) for e in written["debug"]] == [("native", 1, 1)]
+    assert written["info"] == []

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
 from bridge import metrics
+from bridge.logs import debug_enabled
 from bridge.queue import AppendResult, QueueBackend, QueueFull, QueueUnavailable
 from bridge.records import Record, UnstorableRecord
 from bridge.sources.pipeline import DeadLetters
@@ -92,14 +94,25 @@ def error_response(status: int, reason: str, *, source: str, extra: dict[str, An
     """A JSON error answer, counted per source and status and logged (rate-limited) as a warning."""
     metrics.INPUTS_REJECTED.labels(source, str(status)).inc()
     REFUSALS.refused(source, status, reason, delivery_id=delivery_id)
-    body = {"error": reason, **(extra or {})}
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+    return json_answer({"error": reason, **(extra or {})}, status, headers=headers)
+
+
+def json_answer(body: dict[str, Any], status: int, *, headers: dict[str, str] | None = None) -> web.Response:
+    """``body`` as a JSON response (orjson: a few µs less than aiohttp's ``json.dumps`` per request).
+
+    A reason may quote what the client sent (a field name in a validation error): text orjson
+    cannot write (a lone surrogate) is written escaped by ``json.dumps``, never a 500."""
+    try:
+        data = orjson.dumps(body)
+    except TypeError:
+        data = json.dumps(body).encode()
+    return web.Response(status=status, body=data, content_type="application/json", headers=headers)
 
 
 def ignored_response(reason: str, *, source: str) -> web.Response:
     """An input that maps to nothing: 202 so the sender does not disable its hook."""
     metrics.INPUTS_IGNORED.labels(source, reason.split(":")[0][:60]).inc()
-    return web.json_response({"ignored": reason}, status=202)
+    return json_answer({"ignored": reason}, 202)
 
 
 def not_admitted_response(refusal: NotAdmitted, *, source: str, retry_after: int,
@@ -114,8 +127,7 @@ def admitted_response(admitted: Admitted | None, dead: Sequence[DeadLetters] = (
     dead_ids = [r.id for group in dead for r in group.records]
     if admitted is None:
         reasons = sorted({group.reason for group in dead})
-        return web.json_response({"accepted": 0, "dead_lettered": len(dead_ids), "reasons": reasons,
-                                  "ids": dead_ids}, status=202)
+        return json_answer({"accepted": 0, "dead_lettered": len(dead_ids), "reasons": reasons, "ids": dead_ids}, 202)
     body: dict[str, Any] = {"accepted": len(admitted.ids), "ids": admitted.ids}
     if admitted.skipped:
         body["skipped"] = {"ids": admitted.skipped, "reason": SKIPPED_REASON}
@@ -124,7 +136,7 @@ def admitted_response(admitted: Admitted | None, dead: Sequence[DeadLetters] = (
     if dead_ids:
         body["dead_lettered"] = len(dead_ids)
         body["dead_letter_ids"] = dead_ids
-    return web.json_response(body, status=202)
+    return json_answer(body, 202)
 
 
 def count_appended(source: str, records: Sequence[Record], result: AppendResult) -> None:
@@ -161,8 +173,9 @@ async def append_records(queue: QueueBackend, records: Sequence[Record], *, sour
         log.warning("record_unstorable", source=source, record_id=exc.record_id, problem=exc.problem)
         return _unstorable(exc)
     count_appended(source, records, result)
-    log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
-              new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)
+    if debug_enabled():
+        log.debug("accepted", source=source, delivery_id=delivery_id, records=len(records),
+                  new=len(result.new_ids), duplicate_delivery=result.duplicate_delivery)
     if result.skipped_ids:
         log.info("deploys_skipped", source=source, delivery_id=delivery_id, ids=result.skipped_ids[:20],
                  reason=SKIPPED_REASON)

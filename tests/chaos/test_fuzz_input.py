@@ -153,12 +153,15 @@ def check_answer(target: Target, status: int, answer: Any, depth_before: int, *,
 #: timestamp that is not a string or a number (null, list, object).
 OUT_OF_RANGE = {**make_record("event", 1), "timestamp": 1e20}
 NULL_TIMESTAMP = {**make_record("deploy", 2), "timestamp": None}
+#: A field name that is a lone surrogate (a JSON escape): a 400, never a 500.
+SURROGATE_FIELD = {**make_record("event", 3), "\ud800": 1}
 
 
 @SETTINGS
 @given(body=bodies)
 @example(body=OUT_OF_RANGE)
 @example(body=NULL_TIMESTAMP)
+@example(body=SURROGATE_FIELD)
 def test_fuzzed_record_bodies_get_202_or_400_and_store_only_what_is_acknowledged(target: Target, body: Any) -> None:
     before = target.depth()
     status, answer = target.post(encode(body), {"Content-Type": "application/json",

@@ -8,8 +8,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from bridge.cortex.simulator import SimulatorServer
+from bridge.sources.admit import json_answer
 from bridge.sources.native import RecordErrors, parse_native
 from tests.support.cortex import BridgeFactory, post_records, sim_state, wait_until
 from tests.support.queue_file import queue_pragma
@@ -167,3 +170,15 @@ def test_a_kind_of_any_json_type_is_a_validation_error(kind: Any) -> None:
     with pytest.raises(RecordErrors) as caught:
         parse_native({"kind": kind, "entity": "inventory", "key": "k", "value": 1}, source="native")
     assert caught.value.errors[0]["index"] == 0
+
+
+@given(body=st.dictionaries(st.text(max_size=8), st.text(max_size=8) | st.integers() | st.none(), max_size=4),
+       quoted=st.text(st.characters(exclude_categories=()), max_size=8))
+@example(body={}, quoted="\ud800")
+def test_any_answer_body_is_written_as_the_json_it_holds(body: dict[str, Any], quoted: str) -> None:
+    """Answers are written by orjson, and by json.dumps what orjson refuses (a lone surrogate a
+    reason may quote): either way the client reads back what was meant, never a 500."""
+    response = json_answer({**body, "error": quoted}, 400)
+    assert response.status == 400 and response.content_type == "application/json"
+    assert isinstance(response.body, bytes)
+    assert json.loads(response.body) == {**body, "error": quoted}
