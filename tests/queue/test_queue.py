@@ -379,3 +379,33 @@ async def test_records_put_back_wake_the_sender_at_once(tmp_path: Path) -> None:
     await queue.reschedule([claimed.seq], next_attempt_at=0, error="rate limited (429)", count_attempt=False)
     assert len(woken) == before + 1
     await queue.close()
+
+
+def documented_rollback_sql() -> str:
+    """The SQL docs/operations.md gives for a rollback to a release before schema version 4."""
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    block = text.split('sqlite3 /var/lib/cortex-bridge/queue.db "', 1)[1].split('"\n', 1)[0]
+    return block
+
+
+async def test_the_documented_rollback_gives_a_version_3_file_whose_triggers_count_right(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    queue = await open_queue(tmp_path)
+    await queue.append([metric(i) for i in range(5)])
+    await queue.close()
+    conn = sqlite3.connect(db)
+    conn.executescript(documented_rollback_sql())
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    # what a version-3 release does: plain statements, its triggers counting
+    conn.execute("INSERT INTO records (id, kind, lane, source, body, size, received_at, enqueued_at, next_attempt_at)"
+                 " VALUES ('old-release', 'event', 'event\x1fsvc', 't', '{}', 2, 1, 1, 1)")
+    conn.execute("DELETE FROM records WHERE seq = (SELECT MIN(seq) FROM records)")
+    conn.commit()
+    totals = conn.execute("SELECT records, record_bytes FROM totals").fetchone()
+    conn.close()
+    assert totals == counted(db)[:2] and totals[0] == 5
+    upgraded = await open_queue(tmp_path)  # and this release takes it back
+    await upgraded.append([metric(10)])
+    await upgraded.refresh_gauges()
+    assert (upgraded.depth, upgraded._bytes) == counted(db)[:2]
+    await upgraded.close()
