@@ -96,7 +96,7 @@ class HmacScheme(BaseModel):
         digests = [
             s[len(self.prefix):].strip().lower() for s in signatures if s.startswith(self.prefix)
         ]
-        digests = [d for d in digests if len(d) == length and all(c in _HEX for c in d)]
+        digests = [d for d in digests if len(d) == length and _HEX.issuperset(d)]  # a set test: C, not a loop per character
         if not digests:
             return f"{self.header} is not a {self.prefix}<{self.algorithm} hex digest> signature", [], None
         return None, digests, stamp

@@ -7,7 +7,7 @@ errors that mean "run it again" (a deadlock between replicas, a serialization fa
 pool checks a connection before lending it and replaces broken ones, so the queue recovers by
 itself when the database comes back.
 
-Depth and bytes: SQLite keeps exact totals with triggers; here every replica's commits would
+Depth and bytes: SQLite keeps exact totals in one row (bridge/queue/totals.py); here every replica's commits would
 queue on one totals row, so each replica adjusts its counts by what its own operations changed
 and recounts from the tables with every gauge refresh (every few seconds). ``max_records`` is
 therefore a bound per deployment that a burst from several replicas can overshoot by what they
