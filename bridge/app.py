@@ -40,6 +40,7 @@ from bridge.sources.edge import BodyBudget, EdgeRunner
 from bridge.sources.native import NativeEndpoint, serve_schema
 from bridge.sources.registry import build_sources
 from bridge.sources.webhooks.source import UNKNOWN_SOURCE_ROUTE, WebhookSource
+from bridge.tasks import cancel_and_wait
 
 log = structlog.get_logger("bridge.app")
 
@@ -275,8 +276,11 @@ class Bridge:
             except Exception as exc:
                 log.warning("source_stop_failed", source=source.name, error=str(exc))
         await self.sender.stop(deadline=max(0.1, end - time.monotonic() - 1.0))
+        # Awaited, not only cancelled: a maintenance task mid-query must be out of the queue
+        # before it closes.
         for task in self._tasks:
-            task.cancel()
+            await cancel_and_wait(task)
+        self._tasks.clear()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

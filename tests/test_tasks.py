@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
+from bridge.cortex.simulator import SimulatorServer
 from bridge.tasks import cancel_and_wait
+from tests.support.cortex import BridgeFactory
 
 
 async def test_a_cancelled_task_is_waited_for_until_it_has_ended() -> None:
@@ -85,3 +87,31 @@ async def test_a_task_already_cancelling_is_not_interrupted_in_its_cleanup() -> 
     await asyncio.sleep(0.01)
     await cancel_and_wait(task)
     assert cleaned.is_set()
+
+
+async def test_a_bridge_closes_its_queue_only_after_its_background_tasks_have_ended(
+        sim: SimulatorServer, make_bridge: BridgeFactory) -> None:
+    """A maintenance task mid-query when the drain reaches the queue would use a closed queue."""
+    bridge = await make_bridge(sim)
+    cleaned = asyncio.Event()
+
+    async def mid_query() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.3)  # a query that is still running when it is cancelled
+            cleaned.set()
+
+    task = asyncio.create_task(mid_query())
+    bridge._tasks.append(task)
+    await asyncio.sleep(0)
+    close = bridge.queue.close
+    ended_before_close: list[bool] = []
+
+    async def recording_close() -> None:
+        ended_before_close.append(task.done() and cleaned.is_set())
+        await close()
+
+    bridge.queue.close = recording_close  # type: ignore[method-assign]
+    await bridge.stop(deadline=2)
+    assert ended_before_close == [True]
