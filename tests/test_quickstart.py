@@ -48,7 +48,9 @@ class Walkthrough:
         shim = bin_dir / "cortex-bridge"
         shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bridge.cli "$@"\n')
         shim.chmod(0o755)
-        self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+        self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+                    # A process that ignores Ctrl-C is aborted with its Python stacks dumped (see stop).
+                    "PYTHONFAULTHANDLER": "1"}
         self.env.pop("BRIDGE_CONFIG", None)
         self.background: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -74,7 +76,12 @@ class Walkthrough:
         proc = self.background.pop(name)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as the page says
-        return proc.wait(timeout=60)
+        try:
+            return proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGABRT)  # the fault handler writes where it is stuck
+            proc.wait(timeout=30)
+            raise AssertionError(f"{name} did not stop on Ctrl-C within 60 s:\n{self.output(name)}") from None
 
     def stop_all(self) -> None:
         for proc in self.background.values():

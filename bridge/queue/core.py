@@ -15,16 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from bridge import metrics
 from bridge.queue import inspect
 from bridge.queue.errors import QueueUnavailable
 from bridge.queue.schema import totals, transaction
 from bridge.queue.signals import QueueSignals
-
-if TYPE_CHECKING:
-    from bridge.queue.appends import Submission
 
 T = TypeVar("T")
 
@@ -40,12 +37,6 @@ class QueueCore(QueueSignals):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
         self._conn: sqlite3.Connection | None = None
-        # group commit (bridge/queue/appends.py)
-        self._pending: list[Submission] = []
-        self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._reserved_count = 0
-        self._reserved_bytes = 0
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the database thread (package-internal: only bridge/queue calls it).

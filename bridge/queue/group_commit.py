@@ -5,11 +5,18 @@ running are written together in the next transaction, and each producer is relea
 that commit returned. A backend supplies :meth:`GroupCommit._commit` (one transaction for a
 batch of submissions) and the depth it keeps; the reservation of room, the writer task and the
 release of producers are the same for SQLite and PostgreSQL, so they live here once.
+
+When the previous commit was shared (requests are arriving together), the writer waits
+:attr:`GroupCommit.commit_delay_seconds` before taking the next batch, so that more of them share
+one fsync: under load that halves the writer's CPU per request. A lone append after a lone commit
+is never delayed, and the wait ends as soon as :attr:`GroupCommit.commit_delay_enough` appends
+are pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,17 +64,25 @@ class GroupCommit:
     _reserved_bytes: int
     _pending: list[Submission]
     _wakeup: asyncio.Event
+    _enough: asyncio.Event
     _writer: asyncio.Task[None] | None
+    _closing: bool
     #: the readiness reason while the queue cannot store records
     unwritable_reason: str = "queue cannot write to disk"
     #: deploy coalescing and per-source deploy modes (None: every deploy stored, none grouped)
     deploy_policy: DeployPolicy | None = None
+    #: how long the writer gathers appends after a shared commit (PostgreSQL's ``commit_delay``)
+    commit_delay_seconds: float = 0.001
+    #: pending appends that end the gathering early
+    commit_delay_enough: int = 64
 
     def _init_group_commit(self) -> None:
         """The append front's state (a backend's constructor calls it)."""
         self._pending = []
         self._wakeup = asyncio.Event()
+        self._enough = asyncio.Event()
         self._writer = None
+        self._closing = False
         self._reserved_count = 0
         self._reserved_bytes = 0
 
@@ -87,6 +102,8 @@ class GroupCommit:
         :class:`~bridge.records.UnstorableRecord` (a record that would not read back); in each
         case nothing is stored.
         """
+        if self._closing:
+            raise QueueUnavailable("queue is closed")
         claims: list[Claim] = []
         skipped: list[str] = []
         if self.deploy_policy is not None:
@@ -106,6 +123,8 @@ class GroupCommit:
         self._reserved_bytes += size
         self._pending.append(Submission(rows, delivery, dict(state_updates or {}), future, claims))
         self._wakeup.set()
+        if len(self._pending) >= self.commit_delay_enough:
+            self._enough.set()
         try:
             # A cancelled caller (client gone) cancels only its wait: the writer still stores the
             # rows and skips the cancelled future.
@@ -130,21 +149,54 @@ class GroupCommit:
         self._writer = asyncio.create_task(self._write_loop(), name="queue-writer")
 
     async def _stop_writer(self) -> None:
-        """Flush pending appends, then stop the writer."""
-        if self._writer is None:
+        """Let the writer commit what is pending and the batch it is committing, then stop it.
+
+        Cancelling a writer mid-commit would leave that batch's producers waiting forever (and
+        whether their rows are stored undecided); so the writer is asked to finish and ends itself.
+        Only the closer's own cancellation (a shutdown deadline) interrupts it.
+        """
+        writer = self._writer
+        if writer is None:
             return
-        while self._pending:
-            self._wakeup.set()
-            await asyncio.sleep(0.005)
-        await cancel_and_wait(self._writer)
-        self._writer = None
+        self._closing = True
+        self._wakeup.set()
+        self._enough.set()
+        try:
+            await asyncio.wait([writer])
+        finally:
+            if not writer.done():
+                await cancel_and_wait(writer)
+            self._writer = None
+        closed = QueueUnavailable("queue is closed")
+        for sub in self._pending:
+            if not sub.future.done():
+                sub.future.set_exception(closed)
+        self._pending = []
+        if not writer.cancelled() and (error := writer.exception()) is not None:
+            raise error
+
+    async def _gather(self) -> None:
+        """Wait up to the commit delay, or until enough appends are pending."""
+        self._enough.clear()
+        if len(self._pending) >= self.commit_delay_enough:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.commit_delay_seconds):
+                await self._enough.wait()
 
     async def _write_loop(self) -> None:
+        last_batch = 0
         while True:
-            await self._wakeup.wait()
+            if not self._closing:
+                await self._wakeup.wait()
             self._wakeup.clear()
+            if last_batch > 1 and not self._closing:
+                await self._gather()
             batch, self._pending = self._pending, []
+            last_batch = len(batch)
             if not batch:
+                if self._closing:
+                    return
                 continue
             started = time.perf_counter()
             try:

@@ -44,6 +44,7 @@ class DurableQueue(SourceState, Claims, Outcomes, DeadLetters, History, SpendRow
         """
         queue = cls(path, max_records=max_records, max_bytes=max_bytes, history_seconds=history_seconds,
                     settle_seconds=settle_seconds)
+        queue._init_group_commit()
         await queue._run(queue._open_sync)
         queue._start_writer()
         queue._publish_gauges()
