@@ -143,8 +143,10 @@ async def test_a_bucket_reloaded_at_a_takeover_counts_what_the_previous_sender_s
         successor = TokenBucket(3, 3, window_seconds=60, spend_log=QueueSpendLog(queue), request_timeout_seconds=5)
         (await successor.acquire()).cancel()  # loaded once, while the log was empty
         predecessor = TokenBucket(3, 3, window_seconds=60, spend_log=QueueSpendLog(queue), request_timeout_seconds=5)
-        for _ in range(3):
-            (await predecessor.acquire()).done()
+        # The log already holds the successor's stamp (recorded before the request would leave,
+        # so kept when it was not sent): two more spend the whole quota; a third would wait a minute.
+        for _ in range(2):
+            (await asyncio.wait_for(predecessor.acquire(), 5)).done()
         successor.reload()
         waiter = asyncio.create_task(successor.acquire())
         await asyncio.sleep(0.1)
