@@ -183,6 +183,11 @@ class EdgeProtocol(RequestHandler):
         """After each answer, the next bytes on the connection are a new request head."""
         result = await super().finish_response(request, resp, start_time)
         self._awaiting_head = not self._messages
+        if resp.status == 408:
+            # A client that stalled mid-body gets its answer and the close, not aiohttp's
+            # lingering read (up to 10 s more of a connection held for bytes that never come);
+            # the transport sends what is buffered (the answer) before it closes.
+            self.force_close()
         return result
 
     def connection_lost(self, exc: BaseException | None) -> None:
